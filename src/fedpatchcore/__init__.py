@@ -1,0 +1,3 @@
+"""Federated PatchCore anomaly detection for industrial visual inspection."""
+
+__version__ = "0.1.0"
