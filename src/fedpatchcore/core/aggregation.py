@@ -1,0 +1,428 @@
+"""The server: merging client coresets into global memory banks, one per product category.
+
+Each client uploads, per category it holds, a coreset (``(m, d)`` float32 rows) and the number
+of training images behind it. :func:`aggregate` checks every upload, rejects a malformed one
+whole (with a warning naming the client), and merges the rest per category with a strategy
+from :data:`STRATEGIES` (``aggregation.strategy``):
+
+* ``concatenate``: union of all client rows; global k-center down to ``global_bank_size`` if
+  the union is larger. ``global_bank_size=None`` keeps every row.
+* ``federated_coreset``: each client gets a quota of rows proportional to its ``n_images``
+  for the category (times its ``client_weights`` entry), largest-remainder rounded so the
+  quotas sum exactly to ``global_bank_size``; a client with fewer rows than its quota gives
+  them all and the rest is shared among the others; k-center within each client's coreset.
+  ``None`` keeps every row.
+* ``diversity``: global k-center over the unweighted union to ``global_bank_size``, which is
+  required (unlike ``concatenate``, ``None`` is an error rather than "keep everything").
+
+Every row of a result bank is a real row of some upload, and ``origin`` says whose. Inputs
+are never mutated; result banks are fresh float32 arrays.
+
+Multi-round federation: :func:`uncovered_rows` tells a client which of its rows the previous
+global bank does not already cover, so round ``r > 1`` uploads only those.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import faiss
+import numpy as np
+
+from fedpatchcore.core.coreset import greedy_kcenter
+
+logger = logging.getLogger(__name__)
+
+
+class AggregationError(RuntimeError):
+    """The server cannot build a global bank from what it received."""
+
+
+@dataclass
+class ClientUpload:
+    """What one client sends: a coreset per category and the images behind each."""
+
+    client_id: str
+    banks: dict[str, np.ndarray]  # category -> (m, d) float32 coreset
+    n_images: dict[str, int]  # category -> training images behind that bank
+
+
+@dataclass
+class AggregationResult:
+    """Global banks per category, with the provenance of every row."""
+
+    banks: dict[str, np.ndarray]  # category -> (n, d) float32
+    origin: dict[str, np.ndarray]  # category -> (n,) client id of each row
+    rejected: dict[str, list[str]]  # client id -> problems that got it rejected
+    contributions: dict[str, dict[str, int]]  # category -> client id -> rows kept
+
+    def summary(self) -> dict:
+        """JSON-ready overview (no arrays)."""
+        return {
+            "bank_rows": {c: int(b.shape[0]) for c, b in self.banks.items()},
+            "dim": next((int(b.shape[1]) for b in self.banks.values()), None),
+            "contributions": {c: dict(v) for c, v in self.contributions.items()},
+            "rejected": {c: list(v) for c, v in self.rejected.items()},
+        }
+
+
+@dataclass(frozen=True)
+class CategoryParts:
+    """What a strategy sees for one category: the usable clients' coresets, in upload order."""
+
+    category: str
+    client_ids: list[str]
+    banks: list[np.ndarray]  # float32, one per client
+    n_images: list[int]
+    weights: list[float]  # client_weights entries (all > 0 here)
+    seed: int  # already specific to this category
+    projection_dim: int
+    extra: dict = field(default_factory=dict)
+
+
+# A strategy returns, for the rows it keeps, (client index into parts.client_ids, row index
+# into that client's bank); the framework gathers them, so rows are always real rows.
+Selection = tuple[np.ndarray, np.ndarray]
+Strategy = Callable[[CategoryParts, "int | None"], Selection]
+
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
+    """Decorator adding a strategy to :data:`STRATEGIES` under ``name``."""
+
+    def wrap(fn: Strategy) -> Strategy:
+        if name in STRATEGIES and STRATEGIES[name] is not fn:
+            raise ValueError(f"aggregation strategy '{name}' is already registered")
+        STRATEGIES[name] = fn
+        return fn
+
+    return wrap
+
+
+# --------------------------------------------------------------------------- uploads
+
+
+def upload_bytes(upload: ClientUpload) -> int:
+    """Bytes of the arrays as sent (their own dtype: 4 per value for float32)."""
+    return int(sum(np.asarray(b).nbytes for b in upload.banks.values()))
+
+
+def validate_upload(upload: ClientUpload, expected_dim: int | None) -> list[str]:
+    """Problems that make an upload unusable; an empty list means it is fine."""
+    problems: list[str] = []
+    if not upload.banks:
+        problems.append("no banks uploaded")
+    dims: set[int] = set()
+    for category, bank in upload.banks.items():
+        try:
+            arr = np.asarray(bank)
+        except Exception as exc:  # pragma: no cover - exotic inputs
+            problems.append(f"category '{category}': not an array ({exc})")
+            continue
+        if arr.ndim != 2:
+            problems.append(f"category '{category}': bank must be 2-D (rows, dim), got shape {arr.shape}")
+            continue
+        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+            problems.append(f"category '{category}': non-numeric dtype {arr.dtype}")
+            continue
+        if arr.shape[0] == 0:
+            problems.append(f"category '{category}': zero rows")
+        if arr.shape[1] == 0:
+            problems.append(f"category '{category}': zero-dimensional vectors")
+        if expected_dim is not None and arr.shape[1] != expected_dim:
+            problems.append(f"category '{category}': dimension {arr.shape[1]}, expected {expected_dim}")
+        dims.add(int(arr.shape[1]))
+        if arr.size and not np.isfinite(arr).all():
+            n_nan = int(np.isnan(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
+            n_inf = int(np.isinf(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
+            problems.append(f"category '{category}': non-finite values ({n_nan} NaN, {n_inf} inf)")
+        n = upload.n_images.get(category) if upload.n_images is not None else None
+        if n is None:
+            problems.append(f"category '{category}': n_images missing")
+        else:
+            try:
+                ok = float(n) > 0 and float(n) == int(n)
+            except (TypeError, ValueError):
+                ok = False
+            if not ok:
+                problems.append(f"category '{category}': n_images must be a positive integer, got {n!r}")
+    if expected_dim is None and len(dims) > 1:
+        problems.append(f"banks disagree on the dimension: {sorted(dims)}")
+    return problems
+
+
+def _infer_dim(uploads: Sequence[ClientUpload]) -> int | None:
+    """The dimension most clients use (one vote per client); ties are an error."""
+    votes: dict[int, list[str]] = {}
+    for up in uploads:
+        dims = {np.asarray(b).shape[1] for b in up.banks.values() if np.asarray(b).ndim == 2}
+        if len(dims) == 1:
+            votes.setdefault(dims.pop(), []).append(up.client_id)
+    if not votes:
+        return None
+    ranked = sorted(votes.items(), key=lambda kv: -len(kv[1]))
+    if len(ranked) > 1 and len(ranked[0][1]) == len(ranked[1][1]):
+        raise AggregationError(
+            f"clients disagree on the feature dimension ({ {d: ids for d, ids in ranked} }) and no "
+            "expected_dim was given: pass the backbone's feature dimension"
+        )
+    return int(ranked[0][0])
+
+
+# --------------------------------------------------------------------------- quotas
+
+
+def compute_quotas(weights: Sequence[float], capacities: Sequence[int], total: int) -> np.ndarray:
+    """Integer quotas summing exactly to ``min(total, sum(capacities))``, proportional to weights.
+
+    A client whose proportional share reaches its capacity gets its capacity and the rest is
+    shared among the others (repeated until no share exceeds a capacity); the final shares
+    are rounded by largest remainder, ties to the lower index. Weight-0 clients get 0.
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    cap = np.asarray(capacities, dtype=np.int64)
+    if w.shape != cap.shape:
+        raise ValueError("weights and capacities must have the same length")
+    if (w < 0).any() or not np.isfinite(w).all():
+        raise ValueError(f"quota weights must be finite and >= 0, got {w.tolist()}")
+    quotas = np.zeros(len(w), dtype=np.int64)
+    active = (w > 0) & (cap > 0)
+    budget = int(min(int(total), int(cap[active].sum()) if active.any() else 0))
+    if budget <= 0:
+        return quotas
+    while True:
+        idx = np.flatnonzero(active)
+        share = budget * w[idx] / w[idx].sum()
+        full = share >= cap[idx]
+        if not full.any():
+            break
+        for i in idx[full]:
+            quotas[i] = cap[i]
+            budget -= int(cap[i])
+            active[i] = False
+        if budget == 0 or not active.any():
+            return quotas
+    idx = np.flatnonzero(active)
+    share = budget * w[idx] / w[idx].sum()
+    base = np.floor(share).astype(np.int64)
+    short = budget - int(base.sum())
+    order = sorted(range(len(idx)), key=lambda j: (-(share[j] - base[j]), j))
+    for j in order[:short]:
+        base[j] += 1
+    quotas[idx] = base
+    return quotas
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def _kcenter(vectors: np.ndarray, k: int, parts: CategoryParts, salt: int = 0) -> np.ndarray:
+    if k >= vectors.shape[0]:
+        return np.arange(vectors.shape[0], dtype=np.int64)
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    seed = int(np.random.SeedSequence([parts.seed, salt]).generate_state(1)[0])
+    idx = greedy_kcenter(vectors, k, projection_dim=parts.projection_dim, seed=seed)
+    return np.asarray(idx, dtype=np.int64)
+
+
+def _union(parts: CategoryParts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    vectors = np.concatenate(parts.banks, axis=0)
+    client = np.concatenate([np.full(len(b), i, dtype=np.int64) for i, b in enumerate(parts.banks)])
+    row = np.concatenate([np.arange(len(b), dtype=np.int64) for b in parts.banks])
+    return vectors, client, row
+
+
+@register_strategy("concatenate")
+def concatenate_strategy(parts: CategoryParts, size: int | None) -> Selection:
+    """Union of every client's rows; global k-center to ``size`` if the union is larger."""
+    vectors, client, row = _union(parts)
+    if size is None or size >= len(vectors):
+        return client, row
+    chosen = _kcenter(vectors, size, parts)
+    return client[chosen], row[chosen]
+
+
+@register_strategy("diversity")
+def diversity_strategy(parts: CategoryParts, size: int | None) -> Selection:
+    """Global k-center over the unweighted union to ``size`` (required)."""
+    if size is None:
+        raise ValueError(
+            "aggregation.strategy 'diversity' needs aggregation.global_bank_size "
+            "(use 'concatenate' to keep every row)"
+        )
+    return concatenate_strategy(parts, size)
+
+
+@register_strategy("federated_coreset")
+def federated_coreset_strategy(parts: CategoryParts, size: int | None) -> Selection:
+    """Quotas proportional to n_images x weight; k-center inside each client's coreset."""
+    capacities = [len(b) for b in parts.banks]
+    total = sum(capacities) if size is None else size
+    weights = [n * w for n, w in zip(parts.n_images, parts.weights, strict=True)]
+    quotas = compute_quotas(weights, capacities, total)
+    clients, rows = [], []
+    for i, (bank, q) in enumerate(zip(parts.banks, quotas, strict=True)):
+        chosen = _kcenter(bank, int(q), parts, salt=i + 1)
+        clients.append(np.full(len(chosen), i, dtype=np.int64))
+        rows.append(chosen)
+    return np.concatenate(clients), np.concatenate(rows)
+
+
+# --------------------------------------------------------------------------- aggregate
+
+
+def _category_seed(seed: int, category: str) -> int:
+    return int(np.random.SeedSequence([int(seed), zlib.crc32(category.encode("utf-8"))]).generate_state(1)[0])
+
+
+def aggregate(
+    uploads: Sequence[ClientUpload],
+    strategy: str,
+    global_bank_size: int | None,
+    *,
+    min_clients: int = 1,
+    seed: int = 0,
+    projection_dim: int = 128,
+    client_weights: Mapping[str, float] | None = None,
+    expected_dim: int | None = None,
+) -> AggregationResult:
+    """Merge client uploads into one global bank per category.
+
+    ``global_bank_size`` is rows per category. ``client_weights`` (client id -> weight >= 0,
+    missing ids weigh 1) scales quotas in ``federated_coreset``; a weight of 0 drops that
+    client from every strategy. ``expected_dim`` (the backbone's feature dimension) is
+    inferred by majority over clients when not given. Malformed uploads are rejected whole;
+    fewer than ``min_clients`` usable clients raises :class:`AggregationError`.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"aggregation.strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
+    if global_bank_size is not None and (int(global_bank_size) != global_bank_size or global_bank_size < 1):
+        raise ValueError(
+            f"aggregation.global_bank_size must be a positive integer or null, got {global_bank_size!r}"
+        )
+    ids = [str(u.client_id) for u in uploads]
+    dup = sorted({c for c in ids if ids.count(c) > 1})
+    if dup:
+        raise ValueError(f"several uploads claim the same client id: {dup}")
+    weights = {str(k): float(v) for k, v in (client_weights or {}).items()}
+    bad_w = {k: v for k, v in weights.items() if not np.isfinite(v) or v < 0}
+    if bad_w:
+        raise ValueError(f"client_weights must be finite and >= 0, got {bad_w}")
+    unknown_w = sorted(set(weights) - set(ids))
+    if unknown_w:
+        logger.warning("client_weights name clients that sent no upload: %s", unknown_w)
+
+    dim = expected_dim if expected_dim is not None else _infer_dim(uploads)
+    rejected: dict[str, list[str]] = {}
+    usable: list[ClientUpload] = []
+    dropped: list[str] = []
+    for up in uploads:
+        problems = validate_upload(up, dim)
+        if problems:
+            rejected[str(up.client_id)] = problems
+            logger.warning("rejecting upload of client '%s': %s", up.client_id, "; ".join(problems))
+        elif weights.get(str(up.client_id), 1.0) == 0.0:
+            dropped.append(str(up.client_id))
+        else:
+            usable.append(up)
+
+    if len(usable) < int(min_clients):
+        raise AggregationError(
+            f"only {len(usable)} usable client upload(s), fewer than aggregation.min_clients={min_clients}; "
+            f"rejected: {rejected or 'none'}; dropped by weight 0: {dropped or 'none'}"
+        )
+    if not usable:
+        raise AggregationError("no usable client uploads to aggregate")
+
+    categories = sorted({c for up in usable for c in up.banks})
+    banks: dict[str, np.ndarray] = {}
+    origin: dict[str, np.ndarray] = {}
+    contributions: dict[str, dict[str, int]] = {}
+    fn = STRATEGIES[strategy]
+    for category in categories:
+        holders = [up for up in usable if category in up.banks]
+        parts = CategoryParts(
+            category=category,
+            client_ids=[str(up.client_id) for up in holders],
+            banks=[np.ascontiguousarray(up.banks[category], dtype=np.float32) for up in holders],
+            n_images=[int(up.n_images[category]) for up in holders],
+            weights=[weights.get(str(up.client_id), 1.0) for up in holders],
+            seed=_category_seed(seed, category),
+            projection_dim=int(projection_dim),
+        )
+        client_idx, row_idx = fn(parts, global_bank_size)
+        client_idx = np.asarray(client_idx, dtype=np.int64)
+        row_idx = np.asarray(row_idx, dtype=np.int64)
+        if client_idx.shape != row_idx.shape:
+            raise AggregationError(f"strategy '{strategy}' returned mismatched selection for '{category}'")
+        bank = np.empty((len(client_idx), parts.banks[0].shape[1]), dtype=np.float32)
+        for i, source in enumerate(parts.banks):
+            mine = client_idx == i
+            if mine.any():
+                if row_idx[mine].min() < 0 or row_idx[mine].max() >= len(source):
+                    raise AggregationError(
+                        f"strategy '{strategy}' chose rows outside client '{parts.client_ids[i]}'"
+                    )
+                bank[mine] = source[row_idx[mine]]
+        if len(client_idx) and (client_idx.min() < 0 or client_idx.max() >= len(holders)):
+            raise AggregationError(f"strategy '{strategy}' chose an unknown client for '{category}'")
+        banks[category] = bank
+        origin[category] = np.array([parts.client_ids[c] for c in client_idx], dtype=object).astype(str)
+        kept = (
+            np.bincount(client_idx, minlength=len(holders))
+            if len(client_idx)
+            else np.zeros(len(holders), int)
+        )
+        contributions[category] = {cid: int(k) for cid, k in zip(parts.client_ids, kept, strict=True)}
+    return AggregationResult(banks=banks, origin=origin, rejected=rejected, contributions=contributions)
+
+
+# --------------------------------------------------------------------------- multi-round
+
+
+def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
+    arr = np.ascontiguousarray(a, dtype=np.float32)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, dim), got shape {arr.shape}")
+    return arr
+
+
+def uncovered_rows(local_coreset: np.ndarray, global_bank: np.ndarray, radius: float) -> np.ndarray:
+    """Bool mask over ``local_coreset``: rows farther than ``radius`` (L2) from every global row.
+
+    Exact search (faiss ``IndexFlatL2``). An empty global bank covers nothing.
+    """
+    local = _as_f32(local_coreset, "local_coreset")
+    bank = _as_f32(global_bank, "global_bank")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    if len(local) == 0:
+        return np.zeros(0, dtype=bool)
+    if len(bank) == 0:
+        return np.ones(len(local), dtype=bool)
+    if local.shape[1] != bank.shape[1]:
+        raise ValueError(f"dimension mismatch: local {local.shape[1]} vs global {bank.shape[1]}")
+    index = faiss.IndexFlatL2(bank.shape[1])
+    index.add(bank)
+    sq_dist, _ = index.search(local, 1)
+    return sq_dist[:, 0] > float(radius) ** 2
+
+
+def covering_radius_estimate(bank: np.ndarray, quantile: float) -> float:
+    """The ``quantile`` of each bank row's L2 distance to its nearest other row."""
+    arr = _as_f32(bank, "bank")
+    if not 0.0 <= quantile <= 1.0:
+        raise ValueError(f"quantile must be in [0, 1], got {quantile}")
+    if len(arr) < 2:
+        raise ValueError("covering_radius_estimate needs a bank of at least 2 rows")
+    index = faiss.IndexFlatL2(arr.shape[1])
+    index.add(arr)
+    sq_dist, _ = index.search(arr, 2)
+    # Column 0 is the row itself (or an exact duplicate, at distance 0 too); column 1 the nearest other.
+    nn = np.sqrt(np.maximum(sq_dist[:, 1], 0.0))
+    return float(np.quantile(nn, quantile))
