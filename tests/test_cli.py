@@ -1,0 +1,79 @@
+"""The `fedpatchcore` command: exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+from fedpatchcore.cli import main
+from tests.core.test_download import autovi_zip, free_port, zenodo  # noqa: F401  (zenodo is a fixture)
+
+
+def _fast(*args: str) -> list[str]:
+    return [*args, "--retries", "1", "--backoff", "0.01", "--timeout", "5", "--no-progress"]
+
+
+def test_download_then_check_layout(zenodo, tmp_path, capsys):  # noqa: F811
+    zenodo.files = {"pipe_staple.zip": autovi_zip("pipe_staple")}
+    target = tmp_path / "autovi"
+    code = main(
+        _fast("download", "--categories", "pipe_staple", "--target", str(target), "--api-base", zenodo.base)
+    )
+    assert code == 0
+    assert (
+        json.loads((target / "layout_report.json").read_text())["categories"]["pipe_staple"]["train_good"]
+        == 3
+    )
+
+    code = main(["check-layout", str(target)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "pipe_staple" in out and "train/good" in out
+
+
+def test_check_layout_problem_gives_nonzero_exit(tmp_path, capsys):
+    (tmp_path / "tank_screw" / "train" / "good").mkdir(parents=True)
+    assert main(["check-layout", str(tmp_path)]) == 3
+    assert "no images in train/good" in capsys.readouterr().out
+
+
+def test_unreachable_host_is_one_line_without_traceback(tmp_path, capsys):
+    code = main(
+        _fast("download", "--target", str(tmp_path / "a"), "--api-base", f"http://127.0.0.1:{free_port()}")
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("fedpatchcore: error: could not reach") and "--from-dir" in err
+
+
+def test_checksum_error_is_one_line(zenodo, tmp_path, capsys):  # noqa: F811
+    good = autovi_zip()
+    zenodo.files = {"engine_wiring.zip": good}
+    zenodo.served = {"engine_wiring.zip": good[:50] + b"\x00" * 50 + good[100:]}
+    code = main(
+        _fast(
+            "download", "--categories", "engine_wiring", "--target", str(tmp_path), "--api-base", zenodo.base
+        )
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "checksum mismatch for engine_wiring.zip" in err
+
+
+def test_from_dir_offline(tmp_path, capsys):
+    src = tmp_path / "zips"
+    src.mkdir()
+    (src / "underbody_screw.zip").write_bytes(autovi_zip("underbody_screw"))
+    argv = _fast(
+        "download",
+        *("--categories", "underbody_screw", "--target", str(tmp_path / "a")),
+        *("--from-dir", str(src), "--api-base", f"http://127.0.0.1:{free_port()}"),
+    )
+    assert main(argv) == 0
+    assert "fedpatchcore: warning: could not verify" in capsys.readouterr().err
+    assert (tmp_path / "a" / "underbody_screw" / "train" / "good" / "0000.png").is_file()
+
+
+def test_unknown_category_is_a_clear_error(tmp_path, capsys):
+    assert main(_fast("download", "--categories", "bolts", "--target", str(tmp_path))) == 1
+    assert "unknown AutoVI categories ['bolts']" in capsys.readouterr().err
