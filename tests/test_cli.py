@@ -77,3 +77,19 @@ def test_from_dir_offline(tmp_path, capsys):
 def test_unknown_category_is_a_clear_error(tmp_path, capsys):
     assert main(_fast("download", "--categories", "bolts", "--target", str(tmp_path))) == 1
     assert "unknown AutoVI categories ['bolts']" in capsys.readouterr().err
+
+
+def test_kedro_finds_a_click_group_named_cli(tmp_path):
+    """Kedro imports fedpatchcore.cli and fails on every command unless it has `cli`."""
+    from click.testing import CliRunner
+
+    from fedpatchcore import cli as module
+
+    (tmp_path / "pipe_clip" / "train" / "good").mkdir(parents=True)
+    result = CliRunner().invoke(module.cli, ["check-layout", str(tmp_path)])
+    assert result.exit_code == 3 and "no images in train/good" in result.output
+
+
+def test_check_layout_of_missing_root_fails(tmp_path, capsys):
+    assert main(["check-layout", str(tmp_path / "nowhere")]) == 3
+    assert "does not exist" in capsys.readouterr().out

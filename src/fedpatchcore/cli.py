@@ -6,6 +6,10 @@
 
 Errors (unreachable host, checksum mismatch, unsafe zip) end with one line on stderr and a
 non-zero exit code, no traceback. The pipelines themselves run with ``kedro run``.
+
+Kedro imports ``<package>.cli`` and requires a click group named ``cli`` in it (otherwise every
+``kedro`` command fails with "Cannot load commands from fedpatchcore.cli"); :data:`cli` provides
+it and also makes ``kedro download ...`` / ``kedro check-layout ...`` work.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+
+import click
 
 from fedpatchcore.core.download import (
     AUTOVI_CATEGORIES,
@@ -128,6 +134,30 @@ def _run(args: argparse.Namespace) -> int:
         print("fedpatchcore: interrupted (partial downloads are kept and resumed next time)", file=sys.stderr)
         return 130
     return EXIT_OK if report["ok"] else EXIT_LAYOUT_PROBLEM
+
+
+# --- Kedro project commands ------------------------------------------------------------------
+
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
+
+
+@click.group(name="fedpatchcore")
+def cli() -> None:
+    """fedpatchcore dataset commands (same as the `fedpatchcore` console script)."""
+
+
+@cli.command("download", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def _kedro_download(args: tuple[str, ...]) -> None:
+    """Download and unpack AutoVI categories (see `fedpatchcore download --help`)."""
+    raise SystemExit(main(["download", *args]))
+
+
+@cli.command("check-layout", context_settings=_PASS_THROUGH, add_help_option=False)
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def _kedro_check_layout(args: tuple[str, ...]) -> None:
+    """Check an AutoVI folder and write layout_report.json."""
+    raise SystemExit(main(["check-layout", *args]))
 
 
 if __name__ == "__main__":

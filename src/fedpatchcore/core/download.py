@@ -475,6 +475,10 @@ def check_autovi_layout(root: str | Path, categories: Iterable[str] | None = Non
         report["categories"][cat] = entry
         report["problems"].extend(entry["problems"])
         report["warnings"].extend(entry["warnings"])
+    if not root.is_dir():
+        report["problems"].insert(0, f"dataset root {root} does not exist")
+    elif not cats:
+        report["problems"].append(f"no category folders under {root}")
     report["ok"] = not report["problems"]
     if save and root.is_dir():
         try:
