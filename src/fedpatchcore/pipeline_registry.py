@@ -1,0 +1,73 @@
+"""Project pipelines.
+
+``ingest``       raw images -> dataset_index, category_info
+``centralized``  ingest + one client holding everything (the baseline) + evaluation + report
+``federated``    ingest + partition + one lane per client + server rounds + evaluation + report
+                 (+ the centralized baseline and comparison variants when comparison.enabled)
+``evaluate``     scoring and metrics only, from persisted memory banks
+``report``       overlays, charts and the comparison table from persisted results
+``__default__``  federated
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from fedpatchcore import structure
+from fedpatchcore.pipelines.evaluation import nodes as evaluation_nodes
+from fedpatchcore.pipelines.evaluation.pipeline import evaluation
+from fedpatchcore.pipelines.federated.pipeline import (
+    federated_evaluation,
+    federated_training,
+    published_metrics_name,
+)
+from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
+from fedpatchcore.pipelines.report.pipeline import comparison, report
+from fedpatchcore.pipelines.training.pipeline import centralized_training
+
+
+def centralized_evaluation() -> Pipeline:
+    summary = Pipeline(
+        [
+            node(
+                evaluation_nodes.summarise_centralized_run,
+                ["metrics", "partition"],
+                "published_metrics",
+                name="summarise_run",
+            )
+        ]
+    )
+    return evaluation("centralized") + pipeline(
+        summary, namespace="centralized", outputs={"published_metrics": "metrics_centralized"}
+    )
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    variants = structure.federated_variants()
+    compare = structure.comparison_enabled()
+
+    centralized_eval = centralized_evaluation()
+    centralized_report = report("centralized")
+    centralized_all = centralized_training() + centralized_eval + centralized_report
+
+    federated_train = sum((federated_training(v) for v in variants), Pipeline([]))
+    federated_eval = sum((federated_evaluation(v) for v in variants), Pipeline([]))
+    federated_report = sum((report(v.name) for v in variants), Pipeline([]))
+    comparison_report = comparison({f"metrics_{v.name}": published_metrics_name(v) for v in variants})
+
+    federated = ingest() + federated_train + federated_eval + federated_report
+    evaluate = federated_eval
+    reporting = federated_report
+    if compare:
+        federated += centralized_all + comparison_report
+        evaluate += centralized_eval
+        reporting += centralized_report + comparison_report
+
+    return {
+        "ingest": ingest(),
+        "centralized": ingest() + centralized_all,
+        "federated": federated,
+        "evaluate": evaluate,
+        "report": reporting,
+        "__default__": federated,
+    }

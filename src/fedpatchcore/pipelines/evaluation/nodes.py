@@ -1,0 +1,159 @@
+"""Evaluation: index the memory bank, score every test image, compute the benchmark metrics."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.data.loading import load_defect_channels, load_mask, original_size
+from fedpatchcore.core.data.types import TEST, CategoryInfo, Sample, category_info_from_dict, frame_to_samples
+from fedpatchcore.core.extraction import group_by_category
+from fedpatchcore.core.metrics import DefectRegion, evaluate_category, mean_over_categories, saturation_area
+from fedpatchcore.core.patchcore import build_index
+from fedpatchcore.core.scoring import score_category
+from fedpatchcore.pipelines.training.nodes import make_embedder
+
+logger = logging.getLogger(__name__)
+
+
+def build_faiss_index(
+    memory_bank: dict[str, np.ndarray], scoring: dict[str, Any], seed: int
+) -> dict[str, Any]:
+    """One nearest-neighbour index per category; approximate (IVF) only for very large banks."""
+    banks = CategoryBanks.from_arrays(memory_bank)
+    threshold = scoring["approximate_index_above"]
+    indexes = {}
+    for category, bank in banks.banks.items():
+        approximate = threshold is not None and len(bank) > threshold
+        indexes[category] = build_index(bank, approximate=approximate, seed=seed)
+        logger.info("%s: %s index over %d rows", category, "IVF" if approximate else "exact", len(bank))
+    return indexes
+
+
+def score_test_images(
+    faiss_index: dict[str, Any],
+    memory_bank: dict[str, np.ndarray],
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+    backbone: dict[str, Any],
+    extraction: dict[str, Any],
+    scoring: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
+    """Raw anomaly maps (one scale per category, never per image) and image scores."""
+    banks = CategoryBanks.from_arrays(memory_bank)
+    embedder = make_embedder(backbone, extraction)
+    test_samples = [s for s in frame_to_samples(dataset_index) if s.split == TEST]
+    maps, rows = {}, []
+    for category, samples in group_by_category(test_samples).items():
+        if category not in faiss_index:
+            raise KeyError(f"no memory bank for category '{category}': no client held its training images")
+        scores = score_category(
+            samples,
+            category_info_from_dict(category_info[category]),
+            embedder,
+            faiss_index[category],
+            batch_size=scoring["batch_size"],
+            sigma=scoring["sigma"],
+            reweight=scoring["reweight"],
+            bank=banks.banks[category] if scoring["reweight"] else None,
+            reweight_neighbours=scoring["reweight_neighbours"],
+            num_workers=extraction["num_workers"],
+        )
+        maps[category] = {"keys": [s.key for s in scores.samples], "maps": scores.maps}
+        rows.extend(
+            {
+                "key": s.key,
+                "category": s.category,
+                "defect_type": s.defect_type,
+                "label": s.label,
+                "image_score": float(score),
+            }
+            for s, score in zip(scores.samples, scores.image_scores, strict=True)
+        )
+    return maps, pd.DataFrame(rows, columns=["key", "category", "defect_type", "label", "image_score"])
+
+
+def _defect_regions(sample: Sample, info: CategoryInfo) -> list[DefectRegion]:
+    """Ground-truth channels of one image at model resolution, with their sPRO saturation areas."""
+    if sample.label == 0:
+        return []
+    width, height = info.image_size
+    original_width, original_height = original_size(sample.image_path)
+    # Absolute saturation thresholds are pixel counts at the original resolution.
+    area_scale = (width * height) / (original_width * original_height)
+    regions = []
+    for mask, config in load_defect_channels(sample, info):
+        if config is None:
+            # LOCO semantics for a channel without a config entry: saturate at its full area.
+            regions.append(DefectRegion(mask, float(mask.sum()), "unknown"))
+            continue
+        threshold = config.saturation_threshold
+        if not config.relative_saturation:
+            threshold *= area_scale
+        regions.append(
+            DefectRegion(
+                mask, saturation_area(mask, threshold, config.relative_saturation), config.defect_name
+            )
+        )
+    return regions
+
+
+def compute_metrics(
+    anomaly_maps: dict[str, dict[str, Any]],
+    image_scores: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+) -> dict[str, Any]:
+    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, and their mean."""
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    per_category = {}
+    for category, entry in anomaly_maps.items():
+        info = category_info_from_dict(category_info[category])
+        scored = image_scores.set_index("key").loc[entry["keys"]]
+        category_samples = [samples[key] for key in entry["keys"]]
+        masks = regions = None
+        if info.has_pixel_ground_truth:
+            masks = [load_mask(s, info) for s in category_samples]
+            regions = [_defect_regions(s, info) for s in category_samples]
+        per_category[category] = evaluate_category(
+            scored["image_score"].to_numpy(),
+            scored["label"].to_numpy(),
+            [s.defect_type for s in category_samples],
+            anomaly_maps=entry["maps"],
+            masks=masks,
+            regions_per_image=regions,
+        )
+    metrics = {"categories": per_category, "mean": mean_over_categories(per_category)}
+    logger.info("Metrics:\n%s", metrics_table(metrics).to_string(float_format=lambda x: f"{x:.3f}"))
+    return metrics
+
+
+def metrics_table(metrics: dict[str, Any], spro_limit: str = "0.05") -> pd.DataFrame:
+    """Per-category image AUC-ROC, AUC-sPRO@limit, pixel AUROC, PRO and F1, plus the mean row."""
+    rows = {**metrics["categories"], "mean": metrics["mean"]}
+    table = pd.DataFrame(
+        {
+            name: {
+                "image_auroc": values.get("image_auroc"),
+                f"aucspro@{spro_limit}": (values.get("aucspro") or {}).get(spro_limit),
+                "pixel_auroc": values.get("pixel_auroc"),
+                "pro": values.get("pro"),
+                "f1": values.get("f1"),
+            }
+            for name, values in rows.items()
+        }
+    ).T
+    return table.astype(float)
+
+
+def summarise_centralized_run(metrics: dict[str, Any], partition: dict[str, list[str]]) -> dict[str, Any]:
+    """The published metrics of the centralized baseline (one client holding every image)."""
+    return {
+        **metrics,
+        "partition": "centralized",
+        "clients": {client: {"n_images": len(keys)} for client, keys in partition.items()},
+    }

@@ -1,0 +1,48 @@
+"""Scoring and metrics of one variant's memory bank (centralized or a federated variant)."""
+
+from kedro.pipeline import Pipeline, node, pipeline
+
+from fedpatchcore.pipelines.evaluation import nodes
+
+
+def evaluation_template() -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                nodes.build_faiss_index,
+                ["memory_bank", "params:scoring", "params:seed"],
+                "faiss_index",
+                name="build_faiss_index",
+            ),
+            node(
+                nodes.score_test_images,
+                [
+                    "faiss_index",
+                    "memory_bank",
+                    "dataset_index",
+                    "category_info",
+                    "params:backbone",
+                    "params:extraction",
+                    "params:scoring",
+                ],
+                ["anomaly_maps", "image_scores"],
+                name="score_test_images",
+            ),
+            node(
+                nodes.compute_metrics,
+                ["anomaly_maps", "image_scores", "dataset_index", "category_info"],
+                "metrics",
+                name="compute_metrics",
+            ),
+        ]
+    )
+
+
+def evaluation(variant: str) -> Pipeline:
+    """``<variant>.memory_bank`` -> ``<variant>.anomaly_maps``, ``.image_scores``, ``.metrics``."""
+    return pipeline(
+        evaluation_template(),
+        namespace=variant,
+        inputs={"dataset_index", "category_info"},
+        parameters={"params:scoring", "params:backbone", "params:extraction", "params:seed"},
+    )

@@ -1,0 +1,22 @@
+from kedro.pipeline import Pipeline, node
+
+from fedpatchcore.pipelines.ingest import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                nodes.prepare_raw_dataset,
+                ["params:dataset", "params:seed"],
+                "raw_dataset",
+                name="prepare_raw_dataset",
+            ),
+            node(
+                nodes.index_raw_dataset,
+                ["raw_dataset", "params:dataset"],
+                ["dataset_index", "category_info", "skipped_files"],
+                name="index_dataset",
+            ),
+        ]
+    )
