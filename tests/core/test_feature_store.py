@@ -48,7 +48,9 @@ def test_round_trip_is_plain_npy_in_fp16(tmp_path):
     np.testing.assert_array_equal(ff.load(mmap=False), loaded)
 
 
-def test_projection_kept_in_ram(tmp_path):
+@pytest.mark.parametrize("grow_rows", [65536, 64])
+def test_projection_kept_in_ram(tmp_path, monkeypatch, grow_rows):
+    monkeypatch.setattr("fedpatchcore.core.feature_store._GROW_ROWS", grow_rows)  # 64: buffer grows often
     data = make_data()
     ff = write(tmp_path / "bank.npy", data, seed=4)
     assert ff.projected.shape == (len(data), PROJ) and ff.projected.dtype == np.float32

@@ -17,15 +17,12 @@ Everything here is plain numpy / torch and takes explicit seeds; nothing imports
 
 from __future__ import annotations
 
+import importlib
 import math
+import sys
 from typing import Any
 
 import numpy as np
-
-try:  # torch is a project dependency, but the CPU path does not need it.
-    import torch
-except ImportError:  # pragma: no cover - exercised only without torch installed
-    torch = None  # type: ignore[assignment]
 
 __all__ = [
     "DEFAULT_PROJECTION_DIM",
@@ -185,9 +182,16 @@ def _is_cpu(device: Any) -> bool:
     return str(device) == "cpu"
 
 
+def _torch():
+    """torch, imported only when needed: the numpy CPU path does not pay torch's ~0.5 GB import RSS."""
+    try:
+        return importlib.import_module("torch")
+    except ImportError as error:  # pragma: no cover - torch is a project dependency
+        raise RuntimeError("this coreset device / input needs torch, which is not installed") from error
+
+
 def _check_torch_device(device: str):
-    if torch is None:
-        raise RuntimeError(f"coreset.device={device!r} needs torch, which is not installed")
+    torch = _torch()
     device_obj = torch.device(device)
     if device_obj.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
@@ -200,6 +204,7 @@ def _check_torch_device(device: str):
 
 
 def _as_numpy_2d(vectors: Any) -> np.ndarray:
+    torch = sys.modules.get("torch")  # a tensor can only exist if torch is imported already
     if torch is not None and isinstance(vectors, torch.Tensor):
         vectors = vectors.detach()
         if vectors.dtype == torch.bfloat16:
@@ -277,6 +282,7 @@ def _greedy_numpy(work: np.ndarray, k: int, starts: np.ndarray) -> np.ndarray:
 
 
 def _prepare_torch(vectors: Any, projection_dim: int | None, seed: int, device, dtype_name: str):
+    torch = _torch()
     torch_dtype = getattr(torch, dtype_name)
     source = vectors.detach() if isinstance(vectors, torch.Tensor) else _as_numpy_2d(vectors)
     n_rows, dim = source.shape
@@ -301,6 +307,7 @@ def _prepare_torch(vectors: Any, projection_dim: int | None, seed: int, device, 
 
 def _greedy_torch(work, k: int, starts: np.ndarray) -> np.ndarray:
     """Same loop as :func:`_greedy_numpy` in torch; stays asynchronous on the device."""
+    torch = _torch()
     device = work.device
     norm_dtype = torch.float64 if work.dtype == torch.float64 else torch.float32
     half_norms = torch.empty(work.shape[0], dtype=norm_dtype, device=device)

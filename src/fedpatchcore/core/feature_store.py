@@ -41,6 +41,8 @@ _MAGIC = b"\x93NUMPY\x01\x00"
 _STORED_DTYPE = np.dtype("<f2")
 #: Default rows per read when iterating a file (≈ 48 MB of float32 at d = 1536).
 DEFAULT_ROWS_PER_CHUNK = 8192
+#: The writer's in-RAM projection grows by this many rows at a time (32 MiB at 128 columns).
+_GROW_ROWS = 65536
 
 
 def projected_path(path: str | os.PathLike) -> Path:
@@ -110,7 +112,9 @@ class PatchFeatureWriter:
             if projection_dim is not None
             else None
         )
-        self._projected: list[np.ndarray] = []
+        # Projection buffer grown in place (ndarray.resize -> realloc -> mremap for large
+        # blocks), so RAM holds ~one copy of the projection, never a list plus a concatenation.
+        self._projected: np.ndarray | None = None
         self.result: PatchFeatureFile | None = None  # set when closed by a ``with`` block
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._handle = open(self.path, "wb")  # noqa: SIM115 - closed in close()
@@ -128,10 +132,21 @@ class PatchFeatureWriter:
         if len(batch) == 0:
             return
         batch32 = np.ascontiguousarray(batch, dtype=np.float32)
-        self._handle.write(batch32.astype(_STORED_DTYPE).tobytes())
+        self._handle.write(np.ascontiguousarray(batch32, dtype=_STORED_DTYPE).data)
         if self._matrix is not None:
-            self._projected.append(batch32 @ self._matrix)
+            rows = self._reserve(len(batch32))
+            np.matmul(batch32, self._matrix, out=rows)
         self.n_rows += len(batch32)
+
+    def _reserve(self, count: int) -> np.ndarray:
+        """The next ``count`` rows of the projection buffer, growing it by whole steps."""
+        need = self.n_rows + count
+        if self._projected is None:
+            self._projected = np.empty((max(need, _GROW_ROWS), self.projection_dim), dtype=np.float32)
+        elif need > len(self._projected):
+            capacity = -(-need // _GROW_ROWS) * _GROW_ROWS
+            self._projected.resize((capacity, self.projection_dim), refcheck=False)
+        return self._projected[self.n_rows : need]
 
     def close(self) -> PatchFeatureFile:
         """Finalise the header and return the readable :class:`PatchFeatureFile`."""
@@ -143,13 +158,11 @@ class PatchFeatureWriter:
         self._handle = None
         projected = None
         if self._matrix is not None:
-            # Copy piece by piece and drop each piece at once: peak = result + one batch.
-            projected = np.empty((self.n_rows, self.projection_dim), dtype=np.float32)
-            row = 0
-            while self._projected:
-                piece = self._projected.pop(0)
-                projected[row : row + len(piece)] = piece
-                row += len(piece)
+            projected, self._projected = self._projected, None
+            if projected is None:
+                projected = np.empty((0, self.projection_dim), dtype=np.float32)
+            elif len(projected) != self.n_rows:
+                projected.resize((self.n_rows, self.projection_dim), refcheck=False)  # shrink in place
         return PatchFeatureFile(
             self.path, projected=projected, projection_dim=self.projection_dim, seed=self.seed
         )
@@ -159,7 +172,7 @@ class PatchFeatureWriter:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        self._projected.clear()
+        self._projected = None
         self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> PatchFeatureWriter:
