@@ -6,6 +6,8 @@
                  (+ the centralized baseline and comparison variants when comparison.enabled)
 ``evaluate``     scoring and metrics only, from persisted memory banks
 ``report``       overlays, charts and the comparison table from persisted results
+``export``       anomaly maps in the official AutoVI/MVTec layout from persisted maps
+                 (also appended to ``centralized``/``federated`` when export.enabled)
 ``__default__``  federated
 """
 
@@ -16,6 +18,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from fedpatchcore import structure
 from fedpatchcore.pipelines.evaluation import nodes as evaluation_nodes
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
+from fedpatchcore.pipelines.export.pipeline import export_enabled, export_maps
 from fedpatchcore.pipelines.federated.pipeline import (
     federated_evaluation,
     federated_training,
@@ -58,16 +61,23 @@ def register_pipelines() -> dict[str, Pipeline]:
     federated = ingest() + federated_train + federated_eval + federated_report
     evaluate = federated_eval
     reporting = federated_report
+    exporting = export_maps(v.name for v in variants)
     if compare:
         federated += centralized_all + comparison_report
         evaluate += centralized_eval
         reporting += centralized_report + comparison_report
+        exporting += export_maps(["centralized"])
+    centralized = ingest() + centralized_all
+    if export_enabled(structure.current_parameters()):
+        centralized += export_maps(["centralized"])
+        federated += exporting
 
     return {
         "ingest": ingest(),
-        "centralized": ingest() + centralized_all,
+        "centralized": centralized,
         "federated": federated,
         "evaluate": evaluate,
         "report": reporting,
+        "export": exporting,
         "__default__": federated,
     }
