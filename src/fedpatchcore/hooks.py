@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
+
 from kedro.framework.hooks import hook_impl
 
 from fedpatchcore import structure
+
+logger = logging.getLogger(__name__)
 
 
 class PipelineStructureHook:
@@ -19,3 +24,38 @@ class PipelineStructureHook:
     @hook_impl
     def after_context_created(self, context) -> None:
         structure.use_parameters(context.config_loader["parameters"])
+
+
+class NodeTimingHook:
+    """Logs how long each node took and, at the end of a run, the slowest stages.
+
+    ``timings`` (node name -> seconds) of the last run stays readable in-process; the
+    end-to-end benchmark (benchmarks/end_to_end.py) reads it.
+    """
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    @hook_impl
+    def before_pipeline_run(self) -> None:
+        self.timings = {}
+
+    @hook_impl
+    def before_node_run(self, node) -> None:
+        self._started[node.name] = time.perf_counter()
+
+    @hook_impl
+    def after_node_run(self, node) -> None:
+        elapsed = time.perf_counter() - self._started.pop(node.name, time.perf_counter())
+        self.timings[node.name] = elapsed
+        logger.info("%s took %.1f s", node.name, elapsed)
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        slowest = sorted(self.timings.items(), key=lambda item: -item[1])[:5]
+        logger.info(
+            "Run took %.1f s in nodes; slowest: %s",
+            sum(self.timings.values()),
+            ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest),
+        )

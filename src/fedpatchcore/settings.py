@@ -2,11 +2,12 @@
 
 from kedro.config import OmegaConfigLoader
 
-from fedpatchcore.hooks import PipelineStructureHook
+from fedpatchcore.hooks import NodeTimingHook, PipelineStructureHook
 
-# The per-client lanes of the federated pipeline depend on parameters (how many clients, which
-# layout); this hook hands the run's parameters to the pipeline registry before it builds them.
-HOOKS = (PipelineStructureHook(),)
+# PipelineStructureHook: the per-client lanes depend on parameters (how many clients, which
+# layout), so it hands the run's parameters to the pipeline registry before it builds them.
+# NodeTimingHook: logs each node's wall time (and feeds benchmarks/end_to_end.py).
+HOOKS = (PipelineStructureHook(), NodeTimingHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -166,6 +166,7 @@ def _matching_rows(source: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 def summarise_federated_run(
     metrics: dict[str, Any],
+    memory_bank: dict[str, np.ndarray],
     partition: dict[str, list[str]],
     partition_stats: dict[str, Any],
     dataset_index: pd.DataFrame,
@@ -179,6 +180,8 @@ def summarise_federated_run(
     }
     uploaded = sum(report["uploaded_bytes"] for report in round_reports)
     broadcast = sum(report["broadcast_bytes"] for report in round_reports)
+    # After the last round every factory receives the global bank to inspect its own parts.
+    model_broadcast = CategoryBanks.from_arrays(memory_bank).nbytes * len(partition)
     clients = {}
     for cid, stats in partition_stats["clients"].items():
         clients[cid] = {
@@ -195,6 +198,7 @@ def summarise_federated_run(
         "communication": {
             "uploaded_bytes": int(uploaded),
             "broadcast_bytes": int(broadcast),
+            "model_broadcast_bytes": int(model_broadcast),
             "raw_image_bytes": int(sum(raw_bytes.values())),
             "upload_to_raw_ratio": float(uploaded / max(1, sum(raw_bytes.values()))),
             "rounds": list(round_reports),

@@ -98,6 +98,7 @@ def summary_node(variant: FederatedVariant):
         nodes.summarise_federated_run,
         [
             "metrics",
+            "memory_bank",
             "partition",
             "partition_stats",
             "dataset_index",
