@@ -2,13 +2,15 @@
 
 ``register_pipelines()`` gets no arguments, yet a 5-client layout needs 5 lanes. The
 ``PipelineStructureHook`` stores the run's merged parameters here (conf environment and
-``--params``); outside a run (kedro viz, a notebook, tests that build pipelines directly) the
-project's ``conf/base`` (+ ``conf/local``) parameters are read instead.
+``--params``); before any run in this process (kedro viz, a notebook, tests that build
+pipelines directly) the project's ``conf/base`` + ``conf/$KEDRO_ENV`` (default ``conf/local``)
+parameters are read instead. After a run, its shape stays until the next run's parameters.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,13 @@ def current_parameters() -> dict[str, Any]:
     from kedro.config import OmegaConfigLoader
 
     conf_source = Path.cwd() / "conf"
-    loader = OmegaConfigLoader(conf_source=str(conf_source), base_env="base", default_run_env="local")
+    # Same environment resolution as `kedro run`: KEDRO_ENV if set, else conf/local.
+    loader = OmegaConfigLoader(
+        conf_source=str(conf_source),
+        base_env="base",
+        default_run_env="local",
+        env=os.environ.get("KEDRO_ENV"),
+    )
     return loader["parameters"]
 
 
