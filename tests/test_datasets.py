@@ -139,6 +139,7 @@ def test_anomaly_maps_failed_save_leaves_no_partial_artifact(tmp_path):
     assert not dataset.exists()
     assert _versions(path) == []
     assert not list(path.rglob("*.npy")) and not list(path.rglob("*.json"))
+    assert not path.exists() or not any(path.iterdir())  # not even an empty version folder
 
     # With an earlier good version, a failed save leaves that version as the one loaded.
     good = _versioned(AnomalyMapsDataset, path)

@@ -42,6 +42,7 @@ class LocalVersionedDataset(AbstractVersionedDataset):
 
     def save(self, data: Any) -> None:
         path = Path(str(self._get_save_path()))
+        created_parent = not path.parent.exists()
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
@@ -52,8 +53,12 @@ class LocalVersionedDataset(AbstractVersionedDataset):
             elif path.exists():
                 path.unlink()
             os.replace(staged, path)
-        finally:
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
+            if created_parent and not any(path.parent.iterdir()):
+                path.parent.rmdir()  # no empty version folder left behind by a failed save
+            raise
+        shutil.rmtree(staging, ignore_errors=True)
         # The next load must find the version just written, not a cached older one.
         self._clear_version_cache()
 

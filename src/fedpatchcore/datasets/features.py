@@ -25,15 +25,16 @@ class PatchFeaturesDataset(LocalVersionedDataset):
         if not isinstance(data, ExtractedFeatures):
             raise TypeError(f"PatchFeaturesDataset saves ExtractedFeatures, got {type(data).__name__}")
         path.mkdir(parents=True)
-        sources = set()
-        for category, feature_file in data.files.items():
-            target = path / f"{category}.npy"
-            sources.add(feature_file.path.parent)
-            if feature_file.projected is not None:
-                feature_file.save_projected(projected_path(target))
-            shutil.move(str(feature_file.path), target)
         meta = {"n_images": data.n_images, "skipped": data.skipped}
         (path / "features.json").write_text(json.dumps(meta, indent=2))
+        for category, feature_file in data.files.items():
+            if feature_file.projected is not None:
+                feature_file.save_projected(projected_path(path / f"{category}.npy"))
+        # Moved last: if anything above fails, the extracted features are still in scratch.
+        sources = set()
+        for category, feature_file in data.files.items():
+            sources.add(feature_file.path.parent)
+            shutil.move(str(feature_file.path), path / f"{category}.npy")
         for source in sources:  # the emptied scratch folder of the extraction
             if source.is_dir() and not any(source.iterdir()):
                 os.rmdir(source)
