@@ -165,3 +165,30 @@ def test_bad_inputs_are_refused(tmp_path):
         export_autovi_maps(bad, samples, tmp_path / "m")
     with pytest.raises(KeyError):
         export_autovi_maps(np.zeros((2, 4, 4), np.float32), samples, tmp_path / "m", original_sizes={})
+
+
+def test_round_trip_keeps_image_auroc_and_aucspro(tmp_path):
+    """The issue's round trip: export, read back, rescale; the benchmark metrics do not move."""
+    from fedpatchcore.core.metrics import DefectRegion, auc_spro, image_auroc
+
+    samples = make_samples(tmp_path, n_good=4, n_bad=4)
+    maps = make_maps(samples, (H, W), seed=2)
+    maps[1] += 7.5  # a good image brighter than some defects: AUROC < 1, curves non-trivial
+    regions = []
+    for s in samples:
+        if not s.label:
+            regions.append([])
+            continue
+        mask = np.zeros((H, W), bool)
+        mask[H // 4 : H // 2, W // 4 : W // 2] = True
+        regions.append([DefectRegion(mask, saturation_area=float(mask.sum()) / 2, defect_name="fastening")])
+    labels = [s.label for s in samples]
+
+    export_autovi_maps(maps, samples, tmp_path / "maps")
+    back = read_autovi_maps(tmp_path / "maps", samples)
+
+    assert image_auroc(image_scores(back), labels) == image_auroc(image_scores(maps), labels) < 1.0
+    spro_before, spro_after = auc_spro(maps, regions), auc_spro(back, regions)
+    assert spro_before.keys() == spro_after.keys()
+    for limit in spro_before:
+        assert spro_after[limit] == pytest.approx(spro_before[limit], abs=2e-3), limit
