@@ -150,6 +150,22 @@ def test_torch_input_and_already_projected():
     np.testing.assert_array_equal(a, b)
 
 
+def test_copy_false_works_in_place_with_same_choice():
+    projected = clustered() @ random_projection_matrix(64, 16, seed=1)
+    before = projected.copy()
+    a = greedy_kcenter(projected, 20, seed=1, already_projected=True)
+    np.testing.assert_array_equal(projected, before)  # default: input untouched
+    b = greedy_kcenter(projected, 20, seed=1, already_projected=True, copy=False)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(projected, before)  # centred and rescaled in place
+
+
+def test_float64_input_keeps_precision():
+    x = clustered(n=200, dim=16).astype(np.float64) * 1e-4 + 1e4  # tiny spread far from the origin
+    ours = greedy_kcenter(x, 20, projection_dim=None, seed=0, dtype="float64")
+    np.testing.assert_array_equal(ours, exact_greedy(x, 20, first=int(ours[0])))
+
+
 def test_float16_input_and_cpu_dtype_errors():
     x = clustered()
     assert len(np.unique(greedy_kcenter(x.astype(np.float16), 10, projection_dim=16))) == 10

@@ -84,6 +84,9 @@ def test_streaming_selection_equals_in_memory(tmp_path):
     )
     # same seed for projection and starts: the whole in-memory path gives the same choice
     np.testing.assert_array_equal(streamed, greedy_kcenter(data, 40, projection_dim=PROJ, seed=2))
+    # in place on the projection: same choice, projection handed over
+    np.testing.assert_array_equal(streamed, select_coreset_streaming(ff, 40, seed=2, keep_projection=False))
+    assert ff.projected is None
     coreset = ff.gather(streamed)
     np.testing.assert_allclose(coreset, data[streamed], rtol=1e-3, atol=1e-3)
 

@@ -115,6 +115,7 @@ def greedy_kcenter(
     device: str = "cpu",
     dtype: str = "float32",
     already_projected: bool = False,
+    copy: bool = True,
 ) -> np.ndarray:
     """Indices (int64, shape ``(min(k, N),)``, selection order, unique) of a greedy k-center coreset.
 
@@ -133,6 +134,9 @@ def greedy_kcenter(
             ``"float16"`` / ``"bfloat16"`` on CUDA only (norms are kept in float32).
         already_projected: ``vectors`` are already projected (e.g. by a
             :class:`~fedpatchcore.core.feature_store.PatchFeatureWriter`); skip projection.
+        copy: ``False`` lets a CPU run that needs no projection work *in place* on a
+            C-contiguous, writeable numpy input of the loop dtype: saves one N×p copy,
+            but the input is centred and rescaled (its contents change).
 
     The result depends only on the data, ``k``, ``projection_dim``, ``seed``,
     ``num_starts``, ``device`` and ``dtype``: identical inputs give identical indices.
@@ -163,7 +167,9 @@ def greedy_kcenter(
                 f"coreset dtype {dtype!r} is not supported on CPU (use one of {sorted(_CPU_DTYPES)}); "
                 "float16/bfloat16 are CUDA-only"
             )
-        work = _prepare_cpu(vectors, projection_dim if use_projection else None, seed, _CPU_DTYPES[dtype])
+        work = _prepare_cpu(
+            vectors, projection_dim if use_projection else None, seed, _CPU_DTYPES[dtype], copy=copy
+        )
         return _greedy_numpy(work, k, starts)
 
     device_obj = _check_torch_device(device)
@@ -216,8 +222,11 @@ def _as_numpy_2d(vectors: Any) -> np.ndarray:
     return vectors
 
 
-def _prepare_cpu(vectors: Any, projection_dim: int | None, seed: int, np_dtype) -> np.ndarray:
-    """Own a C-contiguous copy (projected or not), centred and scaled to unit max norm.
+def _prepare_cpu(
+    vectors: Any, projection_dim: int | None, seed: int, np_dtype, copy: bool = True
+) -> np.ndarray:
+    """A C-contiguous copy (projected or not; the input itself when ``copy=False`` allows),
+    centred and scaled to unit max norm.
 
     Centring and scaling do not change which row is farthest, but they keep the
     ``||x||² - 2x·c + ||c||²`` expansion away from cancellation when the data sit far
@@ -227,12 +236,20 @@ def _prepare_cpu(vectors: Any, projection_dim: int | None, seed: int, np_dtype) 
     n_rows, dim = vectors.shape
     if projection_dim is not None:
         work = project(vectors, projection_dim, seed)
+        if np_dtype != np.float32:
+            work = work.astype(np_dtype)
+    elif (
+        not copy
+        and type(vectors) is np.ndarray
+        and vectors.dtype == np_dtype
+        and vectors.flags.c_contiguous
+        and vectors.flags.writeable
+    ):
+        work = vectors
     else:
-        work = np.empty((n_rows, dim), dtype=np.float32)
+        work = np.empty((n_rows, dim), dtype=np_dtype)
         for start in range(0, n_rows, _ROW_BLOCK):
             work[start : start + _ROW_BLOCK] = vectors[start : start + _ROW_BLOCK]
-    if np_dtype != np.float32:
-        work = work.astype(np_dtype)
     mean = np.zeros(work.shape[1], dtype=np.float64)
     for start in range(0, n_rows, _ROW_BLOCK):
         mean += work[start : start + _ROW_BLOCK].sum(axis=0, dtype=np.float64)

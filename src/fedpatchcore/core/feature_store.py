@@ -338,6 +338,7 @@ def select_coreset_streaming(
     device: str = "cpu",
     dtype: str = "float32",
     rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
+    keep_projection: bool = True,
 ) -> np.ndarray:
     """Greedy k-center indices for a :class:`PatchFeatureFile`, from its in-RAM projection.
 
@@ -345,6 +346,8 @@ def select_coreset_streaming(
     computed chunk-wise from the file first if ``feature_file.projection_dim`` is set;
     otherwise the full float16 vectors are loaded (only sensible for small files).
     ``seed`` chooses the starting row(s); the projection's own seed is fixed at write time.
+    ``keep_projection=False`` lets the CPU loop work in place on ``feature_file.projected``
+    (saving one N × projection_dim float32 copy) and then drops it (sets it to ``None``).
     """
     projected = feature_file.projected
     if projected is None and feature_file.projection_dim is not None:
@@ -359,6 +362,8 @@ def select_coreset_streaming(
             device=device,
             dtype=dtype,
         )
+    if not keep_projection:
+        feature_file.projected = None  # the caller gives it up; the loop may overwrite it
     return greedy_kcenter(
         projected,
         k,
@@ -368,4 +373,5 @@ def select_coreset_streaming(
         device=device,
         dtype=dtype,
         already_projected=True,
+        copy=keep_projection,
     )
