@@ -148,9 +148,11 @@ def greedy_kcenter(
         raise ValueError(f"coreset.num_starts must be >= 1, got {num_starts}")
     if projection_dim is not None and projection_dim < 1:
         raise ValueError(f"coreset.projection_dim must be >= 1 or None, got {projection_dim}")
-    n_rows = int(vectors.shape[0])
+    if not hasattr(vectors, "shape"):
+        vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
         raise ValueError(f"vectors must be 2-D (N, d), got shape {tuple(vectors.shape)}")
+    n_rows = int(vectors.shape[0])
     if k >= n_rows:
         return np.arange(n_rows, dtype=np.int64)
     if k == 0:
