@@ -38,19 +38,13 @@ from pathlib import Path, PurePosixPath
 import requests
 from tqdm import tqdm
 
+from fedpatchcore.core.data.autovi import AUTOVI_CATEGORIES
+
 AUTOVI_RECORD_ID = "10459003"
 AUTOVI_RECORD_URL = f"https://zenodo.org/records/{AUTOVI_RECORD_ID}"
 AUTOVI_LICENSE = "CC BY-NC-SA 4.0"
 DEFAULT_API_BASE = "https://zenodo.org"
 DEFAULT_TARGET = "data/01_raw/autovi"
-AUTOVI_CATEGORIES = (
-    "engine_wiring",
-    "pipe_clip",
-    "pipe_staple",
-    "tank_screw",
-    "underbody_pipes",
-    "underbody_screw",
-)
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 LAYOUT_REPORT_NAME = "layout_report.json"
 PARTIAL_DIR_NAME = ".partial"
