@@ -43,21 +43,36 @@ def iter_image_batches(
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     chunks = [list(samples[i : i + batch_size]) for i in range(0, len(samples), batch_size)]
-    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+    if num_workers < 1:
+        # Decode in the caller's thread: on a machine whose cores the network already fills,
+        # loader threads only fight its threads for the same cores.
+        for chunk in chunks:
+            batch = _collect(chunk, [_read(sample, size) for sample in chunk], skipped)
+            if batch is not None:
+                yield batch
+        return
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
         # Submit one batch ahead: it decodes while the caller runs the network on the current one.
         pending = [pool.map(_read, chunk, [size] * len(chunk)) for chunk in chunks[:1]]
         for position, chunk in enumerate(chunks):
             if position + 1 < len(chunks):
                 following = chunks[position + 1]
                 pending.append(pool.map(_read, following, [size] * len(following)))
-            results = list(pending.pop(0))
-            kept_samples, kept_images = [], []
-            for sample, result in zip(chunk, results, strict=True):
-                if isinstance(result, ImageReadError):
-                    logger.warning("Skipping unreadable image %s: %s", sample.image_path, result)
-                    skipped.append({"path": sample.image_path, "reason": str(result)})
-                    continue
-                kept_samples.append(sample)
-                kept_images.append(result)
-            if kept_images:
-                yield ImageBatch(kept_samples, np.stack(kept_images))
+            batch = _collect(chunk, list(pending.pop(0)), skipped)
+            if batch is not None:
+                yield batch
+
+
+def _collect(
+    chunk: list[Sample], results: list[np.ndarray | ImageReadError], skipped: list[dict[str, str]]
+) -> ImageBatch | None:
+    """The readable images of one chunk as a batch; unreadable ones are logged and reported."""
+    kept_samples, kept_images = [], []
+    for sample, result in zip(chunk, results, strict=True):
+        if isinstance(result, ImageReadError):
+            logger.warning("Skipping unreadable image %s: %s", sample.image_path, result)
+            skipped.append({"path": sample.image_path, "reason": str(result)})
+            continue
+        kept_samples.append(sample)
+        kept_images.append(result)
+    return ImageBatch(kept_samples, np.stack(kept_images)) if kept_images else None

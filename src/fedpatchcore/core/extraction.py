@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from fedpatchcore.core.batches import iter_image_batches
@@ -67,11 +68,16 @@ def extract_patch_features(
         progress = tqdm(
             total=len(category_samples), desc=f"{description} {category}", unit="img", leave=False
         )
-        for batch in iter_image_batches(category_samples, info.image_size, batch_size, skipped, num_workers):
-            patches = embedder.embed(batch.images)
-            writer.append(patches.reshape(-1, patches.shape[-1]))
-            count += len(batch.samples)
-            progress.update(len(batch.samples))
+        # numpy's BLAS (the projection in writer.append) would otherwise start its own threads,
+        # which keep spinning after each call and slow the network's threads on the same cores.
+        with threadpool_limits(limits=1, user_api="blas"):
+            for batch in iter_image_batches(
+                category_samples, info.image_size, batch_size, skipped, num_workers
+            ):
+                patches = embedder.embed(batch.images)
+                writer.append(patches.reshape(-1, patches.shape[-1]))
+                count += len(batch.samples)
+                progress.update(len(batch.samples))
         progress.close()
         if count == 0:
             writer.close()
