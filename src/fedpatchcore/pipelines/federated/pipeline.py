@@ -5,10 +5,9 @@ Everything of variant ``v`` lives in namespace ``v`` (datasets ``v.partition``,
 re-runs just that variant and ``kedro viz`` folds it into one box with one lane per client.
 """
 
-from functools import partial, update_wrapper
-
 from kedro.pipeline import Pipeline, node, pipeline
 
+from fedpatchcore.pipelines import bind
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.training.pipeline import client_lanes
@@ -16,12 +15,6 @@ from fedpatchcore.structure import MAIN_VARIANT, FederatedVariant
 
 SHARED_INPUTS = {"dataset_index"}
 SHARED_PARAMETERS = {"params:federation", "params:aggregation", "params:coreset", "params:seed"}
-
-
-def _bind(function, **bound):
-    wrapped = partial(function, **bound)
-    update_wrapper(wrapped, function)
-    return wrapped
 
 
 def _in_variant(nodes_: list, variant: FederatedVariant, outputs: dict | None = None) -> Pipeline:
@@ -57,7 +50,7 @@ def server_round_nodes(variant: FederatedVariant) -> list:
 
     nodes_ = [
         node(
-            _bind(nodes.aggregate_first_round, client_ids=client_ids),
+            bind(nodes.aggregate_first_round, client_ids=client_ids),
             [*shared, *[f"client_{cid}.local_coreset" for cid in client_ids]],
             [bank(1), "round_1_report"],
             name="aggregate_round_1",
@@ -75,7 +68,7 @@ def server_round_nodes(variant: FederatedVariant) -> list:
         ]
         nodes_.append(
             node(
-                _bind(nodes.aggregate_later_round, client_ids=client_ids, round_number=round_number),
+                bind(nodes.aggregate_later_round, client_ids=client_ids, round_number=round_number),
                 [
                     bank(round_number - 1),
                     *shared,

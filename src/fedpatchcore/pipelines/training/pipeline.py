@@ -1,9 +1,8 @@
 """The client lane, instantiated once per client with its own namespace."""
 
-from functools import partial, update_wrapper
-
 from kedro.pipeline import Pipeline, node, pipeline
 
+from fedpatchcore.pipelines import bind
 from fedpatchcore.pipelines.training import nodes
 
 # Settings every client shares; inside a client namespace they stay global.
@@ -17,18 +16,12 @@ SHARED_PARAMETERS = {
 SHARED_INPUTS = {"dataset_index", "category_info"}
 
 
-def _for_client(function, client_id: str):
-    bound = partial(function, client_id=client_id)
-    update_wrapper(bound, function)
-    return bound
-
-
 def client_lane(client_id: str) -> Pipeline:
     """What one factory does with its own images; nothing here knows about the others."""
     return Pipeline(
         [
             node(
-                _for_client(nodes.extract_client_features, client_id),
+                bind(nodes.extract_client_features, client_id=client_id),
                 [
                     "partition",
                     "dataset_index",
@@ -42,7 +35,7 @@ def client_lane(client_id: str) -> Pipeline:
                 name="extract_features",
             ),
             node(
-                _for_client(nodes.select_local_coreset, client_id),
+                bind(nodes.select_local_coreset, client_id=client_id),
                 [
                     "patch_features",
                     "params:coreset",
