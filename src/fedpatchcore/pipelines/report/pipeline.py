@@ -30,18 +30,29 @@ def report(variant: str) -> Pipeline:
 
 
 def comparison(published_metrics: dict[str, str]) -> Pipeline:
-    """Centralized vs the federated variants, from their published metrics datasets."""
-    return Pipeline(
+    """Centralized vs the federated variants, from their published metrics datasets.
+
+    ``published_metrics`` maps the node's keyword (``metrics_<variant>``) to the dataset.
+    """
+    template = Pipeline(
         [
             node(
                 nodes.compare_runs,
                 {
                     "report": "params:report",
                     "metrics_centralized": "metrics_centralized",
-                    **published_metrics,
+                    **{keyword: keyword for keyword in published_metrics},
                 },
                 ["comparison_table", "comparison_plot"],
                 name="compare_runs",
             )
         ]
+    )
+    # Mapped here rather than named in node(): Kedro reserves dotted names for namespaces.
+    return pipeline(
+        template,
+        namespace="comparison",
+        inputs={"metrics_centralized": "metrics_centralized", **published_metrics},
+        outputs={"comparison_table": "comparison_table", "comparison_plot": "comparison_plot"},
+        parameters={"params:report"},
     )
