@@ -1,0 +1,115 @@
+"""Server nodes of the federated pipeline on small hand-made uploads (no Kedro session)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fedpatchcore.core.aggregation import AggregationError
+from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.pipelines.federated import nodes
+
+AGGREGATION = {"strategy": "federated_coreset", "global_bank_size": None, "min_clients": 1}
+CORESET = {"projection_dim": 8}
+
+
+def _coreset(offset: float, rows: int = 6, dim: int = 4, n_images: int = 3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(int(offset * 10))
+    bank = (offset + rng.normal(size=(rows, dim))).astype(np.float32)
+    return CategoryBanks({"plate": bank}, {"plate": n_images}).to_arrays()
+
+
+def test_poisoned_upload_is_rejected_and_the_round_goes_on():
+    good_a, good_b = _coreset(0.0), _coreset(5.0)
+    poisoned = _coreset(9.0)
+    poisoned["bank/plate"][2, 1] = np.nan
+    bank_arrays, report = nodes.aggregate_first_round(
+        AGGREGATION, CORESET, 0, good_a, poisoned, good_b, client_ids=["a", "evil", "b"]
+    )
+    bank = CategoryBanks.from_arrays(bank_arrays)
+    assert "evil" in report["rejected"] and any(
+        "NaN" in p or "nan" in p.lower() for p in report["rejected"]["evil"]
+    )
+    assert set(bank.origin["plate"]) == {"a", "b"}
+    assert len(bank.banks["plate"]) == 12  # null global size keeps every valid row
+    assert bank.n_images["plate"] == 6  # the rejected client's images do not count
+    # What was sent is still accounted for, rejected or not.
+    assert set(report["uploaded"]) == {"a", "evil", "b"}
+    assert report["uploaded_bytes"] == 3 * 6 * 4 * 4
+
+
+def test_too_few_valid_clients_fails_the_round():
+    wrong_dimension = _coreset(1.0)
+    wrong_dimension["bank/plate"] = wrong_dimension["bank/plate"][:, :3]
+    with pytest.raises(AggregationError, match="min_clients"):
+        nodes.aggregate_first_round(
+            {**AGGREGATION, "min_clients": 3},
+            CORESET,
+            0,
+            _coreset(0.0),
+            wrong_dimension,
+            _coreset(4.0),
+            client_ids=["a", "bad", "c"],
+        )
+
+
+def _rows(*xs: float) -> np.ndarray:
+    return np.array([[x, 0.0, 0.0, 0.0] for x in xs], dtype=np.float32)
+
+
+def test_second_round_uploads_only_uncovered_rows_and_keeps_origins():
+    # Broadcast bank of round 1: two rows 0.5 apart, so the covering radius is 0.5 at any quantile.
+    previous = CategoryBanks({"plate": _rows(0.0, 0.5)}, {"plate": 6}, {"plate": np.array(["a", "b"])})
+    local_a = CategoryBanks({"plate": _rows(0.1, 0.45, 2.0, 5.0)}, {"plate": 3}).to_arrays()
+    local_b = CategoryBanks({"plate": _rows(0.4, 9.0)}, {"plate": 3}).to_arrays()
+    federation = {"coverage_quantile": 0.5}
+
+    upload_a = nodes.select_uncovered_upload(local_a, previous.to_arrays(), federation)
+    upload_b = nodes.select_uncovered_upload(local_b, previous.to_arrays(), federation)
+    # Within 0.5 of a global row: covered, not sent again.
+    np.testing.assert_array_equal(CategoryBanks.from_arrays(upload_a).banks["plate"], _rows(2.0, 5.0))
+    np.testing.assert_array_equal(CategoryBanks.from_arrays(upload_b).banks["plate"], _rows(9.0))
+
+    final, report = nodes.aggregate_later_round(
+        previous.to_arrays(),
+        {**AGGREGATION, "strategy": "concatenate"},
+        CORESET,
+        0,
+        upload_a,
+        upload_b,
+        client_ids=["a", "b"],
+        round_number=2,
+    )
+    bank = CategoryBanks.from_arrays(final)
+    by_row = {
+        float(row[0]): str(origin)
+        for row, origin in zip(bank.banks["plate"], bank.origin["plate"], strict=True)
+    }
+    # Rows inherited from round 1 keep their original client, never the "previous_round" placeholder.
+    assert by_row == {0.0: "a", 0.5: "b", 2.0: "a", 5.0: "a", 9.0: "b"}
+    assert report["round"] == 2
+    assert report["broadcast_bytes"] == previous.nbytes * 2  # the round-1 bank went to both clients
+    assert report["uploaded"]["a"]["rows"] == {"plate": 2} and report["uploaded"]["b"]["rows"] == {"plate": 1}
+
+
+def test_summary_counts_raw_image_bytes_per_client(tmp_path):
+    files = {}
+    for key, size in (("plate/train/good/0", 100), ("plate/train/good/1", 250)):
+        path = tmp_path / f"{key.replace('/', '_')}.png"
+        path.write_bytes(b"x" * size)
+        files[key] = str(path)
+    index = pd.DataFrame({"key": list(files), "image_path": list(files.values())})
+    partition = {"a": ["plate/train/good/0"], "b": ["plate/train/good/1"]}
+    stats = {"partition": "iid", "clients": {"a": {"n_images": 1}, "b": {"n_images": 1}}}
+    bank, report = nodes.aggregate_first_round(
+        AGGREGATION, CORESET, 0, _coreset(0.0), _coreset(3.0), client_ids=["a", "b"]
+    )
+    summary = nodes.summarise_federated_run(
+        {"categories": {}, "mean": {}}, bank, partition, stats, index, AGGREGATION, report
+    )
+    assert summary["clients"]["a"]["raw_image_bytes"] == 100
+    assert summary["clients"]["b"]["raw_image_bytes"] == 250
+    assert summary["communication"]["raw_image_bytes"] == 350
+    assert summary["communication"]["uploaded_bytes"] == report["uploaded_bytes"] == 2 * 6 * 4 * 4
+    assert summary["communication"]["model_broadcast_bytes"] == 12 * 4 * 4 * 2
