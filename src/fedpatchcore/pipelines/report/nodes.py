@@ -101,10 +101,12 @@ def compare_runs(
             )
     table = pd.DataFrame(rows)
     wide = table.pivot(index="category", columns="run", values="image_auroc")
+    wide = wide.loc[[c for c in wide.index if c != "mean"] + ["mean"]]  # the mean as the last group
     logger.info("Comparison (image AUC-ROC):\n%s", wide.to_string(float_format=lambda x: f"{x:.3f}"))
     figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(wide)), 4))
     wide.plot.bar(ax=axis, rot=30)
     axis.set_ylim(0, 1.05)
     axis.set_ylabel("image AUC-ROC")
+    axis.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
     return table, figure
