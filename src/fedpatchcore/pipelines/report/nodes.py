@@ -66,16 +66,20 @@ def draw_overlays(
     return figures
 
 
-def plot_metrics(metrics: dict[str, Any], report: dict[str, Any]) -> plt.Figure:
-    """Bar chart of the main metrics per category."""
-    table = metrics_table(metrics, report["spro_limit"])
-    figure, axis = plt.subplots(figsize=(max(6, 1.5 * len(table)), 4))
+def _bar_chart(table: pd.DataFrame, ylabel: str) -> plt.Figure:
+    """One group of bars per row (category), one bar per column; scores live in [0, 1]."""
+    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(table)), 4))
     table.plot.bar(ax=axis, rot=30)
     axis.set_ylim(0, 1.05)
-    axis.set_ylabel("score")
-    axis.legend(fontsize=8, loc="lower right")
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=8, loc="lower left")
     figure.tight_layout()
     return figure
+
+
+def plot_metrics(metrics: dict[str, Any], report: dict[str, Any]) -> plt.Figure:
+    """Bar chart of the main metrics per category."""
+    return _bar_chart(metrics_table(metrics, report["spro_limit"]), "score")
 
 
 def compare_runs(
@@ -103,10 +107,4 @@ def compare_runs(
     wide = table.pivot(index="category", columns="run", values="image_auroc")
     wide = wide.loc[[c for c in wide.index if c != "mean"] + ["mean"]]  # the mean as the last group
     logger.info("Comparison (image AUC-ROC):\n%s", wide.to_string(float_format=lambda x: f"{x:.3f}"))
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(wide)), 4))
-    wide.plot.bar(ax=axis, rot=30)
-    axis.set_ylim(0, 1.05)
-    axis.set_ylabel("image AUC-ROC")
-    axis.legend(fontsize=8, loc="lower left")
-    figure.tight_layout()
-    return table, figure
+    return table, _bar_chart(wide, "image AUC-ROC")
