@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.data.loading import load_defect_channels, load_mask, original_size
+from fedpatchcore.core.data.loading import load_defect_channels, original_size
 from fedpatchcore.core.data.types import TEST, CategoryInfo, Sample, category_info_from_dict, frame_to_samples
 from fedpatchcore.core.extraction import group_by_category
 from fedpatchcore.core.metrics import DefectRegion, evaluate_category, mean_over_categories, saturation_area
@@ -77,29 +77,32 @@ def score_test_images(
     return maps, pd.DataFrame(rows, columns=["key", "category", "defect_type", "label", "image_score"])
 
 
-def _defect_regions(sample: Sample, info: CategoryInfo) -> list[DefectRegion]:
-    """Ground-truth channels of one image at model resolution, with their sPRO saturation areas."""
-    if sample.label == 0:
-        return []
+def _ground_truth(sample: Sample, info: CategoryInfo) -> tuple[np.ndarray, list[DefectRegion]]:
+    """One image's OR-merged mask and its channels as sPRO regions, from one read of its masks."""
     width, height = info.image_size
+    mask = np.zeros((height, width), dtype=bool)
+    channels = load_defect_channels(sample, info)  # empty for a good image
+    if not channels:
+        return mask, []
     original_width, original_height = original_size(sample.image_path)
     # Absolute saturation thresholds are pixel counts at the original resolution.
     area_scale = (width * height) / (original_width * original_height)
     regions = []
-    for mask, config in load_defect_channels(sample, info):
+    for channel, config in channels:
+        mask |= channel
         if config is None:
             # LOCO semantics for a channel without a config entry: saturate at its full area.
-            regions.append(DefectRegion(mask, float(mask.sum()), "unknown"))
+            regions.append(DefectRegion(channel, float(channel.sum()), "unknown"))
             continue
         threshold = config.saturation_threshold
         if not config.relative_saturation:
             threshold *= area_scale
         regions.append(
             DefectRegion(
-                mask, saturation_area(mask, threshold, config.relative_saturation), config.defect_name
+                channel, saturation_area(channel, threshold, config.relative_saturation), config.defect_name
             )
         )
-    return regions
+    return mask, regions
 
 
 def compute_metrics(
@@ -110,15 +113,17 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, and their mean."""
     samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    scores_by_key = image_scores.set_index("key")
     per_category = {}
     for category, entry in anomaly_maps.items():
         info = category_info_from_dict(category_info[category])
-        scored = image_scores.set_index("key").loc[entry["keys"]]
+        scored = scores_by_key.loc[entry["keys"]]
         category_samples = [samples[key] for key in entry["keys"]]
         masks = regions = None
         if info.has_pixel_ground_truth:
-            masks = [load_mask(s, info) for s in category_samples]
-            regions = [_defect_regions(s, info) for s in category_samples]
+            truths = [_ground_truth(s, info) for s in category_samples]
+            masks = [mask for mask, _ in truths]
+            regions = [image_regions for _, image_regions in truths]
         per_category[category] = evaluate_category(
             scored["image_score"].to_numpy(),
             scored["label"].to_numpy(),
