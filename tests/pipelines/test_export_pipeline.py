@@ -17,7 +17,7 @@ from fedpatchcore import structure
 from fedpatchcore.core.data.types import Sample, samples_to_frame
 from fedpatchcore.core.export import PNG_MAX, SCALE_FILE, encode_uint16, read_autovi_maps, resize_map
 from fedpatchcore.core.partition import AUTOVI_DEFAULT_CLIENTS
-from fedpatchcore.pipelines.export.datasets import SUMMARY_FILE, ExportedMapsDataset, MapsExport
+from fedpatchcore.datasets.exported_maps import SUMMARY_FILE, ExportedMapsDataset, MapsExport
 from fedpatchcore.pipelines.export.nodes import export_anomaly_maps
 from fedpatchcore.pipelines.export.pipeline import export_maps
 

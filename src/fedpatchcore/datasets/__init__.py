@@ -1,6 +1,13 @@
-"""Custom Kedro datasets: memory banks, FAISS indexes, anomaly maps, patch features."""
+"""Custom Kedro datasets: memory banks, FAISS indexes, anomaly maps, patch features, exported maps."""
 
 from fedpatchcore.datasets.arrays import AnomalyMapsDataset, FaissIndexDataset, NpzDataset
+from fedpatchcore.datasets.exported_maps import ExportedMapsDataset
 from fedpatchcore.datasets.features import PatchFeaturesDataset
 
-__all__ = ["AnomalyMapsDataset", "FaissIndexDataset", "NpzDataset", "PatchFeaturesDataset"]
+__all__ = [
+    "AnomalyMapsDataset",
+    "ExportedMapsDataset",
+    "FaissIndexDataset",
+    "NpzDataset",
+    "PatchFeaturesDataset",
+]

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from fedpatchcore.core.data.types import frame_to_samples
-from fedpatchcore.pipelines.export.datasets import MapsExport, check_format
+from fedpatchcore.datasets.exported_maps import MapsExport, check_format
 
 logger = logging.getLogger(__name__)
 

@@ -59,7 +59,7 @@ class ExportedMapsDataset(LocalVersionedDataset):
     Example catalog entry::
 
         "{variant}.exported_maps":
-          type: fedpatchcore.pipelines.export.datasets.ExportedMapsDataset
+          type: fedpatchcore.datasets.ExportedMapsDataset
           filepath: data/07_model_output/{variant}/exported_maps
           versioned: true
     """
