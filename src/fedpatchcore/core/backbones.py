@@ -32,6 +32,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from fedpatchcore.core.runtime import resolve_device, set_torch_threads  # noqa: F401 - re-exported
+
 logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -276,30 +278,6 @@ _REGISTRY: dict[str, Callable[[str | None, bool], FeatureBackbone]] = {
 def available_backbones() -> list[str]:
     """Names accepted by :func:`load_backbone` (parameter ``backbone.name``)."""
     return list(_REGISTRY)
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; ``"cpu"``/``"cuda[:N]"`` checked."""
-    device = (device or "auto").strip().lower()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        return "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(
-                f"backbone.device is {device!r} but CUDA is not available here; use 'cpu' or 'auto'."
-            )
-        return device
-    raise ValueError(f"Unknown device {device!r} (parameter backbone.device): use 'auto', 'cpu' or 'cuda'.")
-
-
-def set_torch_threads(n: int | None) -> int:
-    """Set torch's intra-op CPU threads to ``n`` (``None``/``0``: leave as is); returns the previous."""
-    previous = torch.get_num_threads()
-    if n is not None and int(n) > 0:
-        torch.set_num_threads(int(n))
-    return previous
 
 
 def load_backbone(

@@ -38,7 +38,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from fedpatchcore.core.data.types import Sample
+from fedpatchcore.core.data.types import Sample, group_by_category
 
 PNG_MAX = 65535
 SCALE_FILE = "map_scale.json"
@@ -107,13 +107,6 @@ def _sizes(samples: Sequence[Sample], original_sizes: dict | None) -> list[tuple
     return [(int(original_sizes[s.key][0]), int(original_sizes[s.key][1])) for s in samples]
 
 
-def _by_category(samples: Sequence[Sample]) -> dict[str, list[int]]:
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(samples):
-        groups.setdefault(s.category, []).append(i)
-    return groups
-
-
 # ---------------------------------------------------------------------------------------------
 # AutoVI: 16-bit PNG, one scale per category
 # ---------------------------------------------------------------------------------------------
@@ -151,7 +144,7 @@ def export_autovi_maps(
     maps = _check_inputs(maps, samples)
     maps_dir = Path(maps_dir)
     sizes = _sizes(samples, original_sizes)
-    groups = _by_category(samples)
+    groups = group_by_category(range(len(samples)), category=lambda i: samples[i].category)
     _prepare_dir(maps_dir, list(groups), overwrite)
     summary: dict = {"maps_dir": str(maps_dir), "n_maps": len(samples), "categories": {}}
     for cat, idx in groups.items():
@@ -219,7 +212,7 @@ def export_mvtec_maps(
     maps = _check_inputs(maps, samples)
     maps_dir = Path(maps_dir)
     sizes = _sizes(samples, original_sizes)
-    groups = _by_category(samples)
+    groups = group_by_category(range(len(samples)), category=lambda i: samples[i].category)
     _prepare_dir(maps_dir, list(groups), overwrite)
     for i, s in enumerate(samples):
         path = _map_path(maps_dir, s, ".tiff")

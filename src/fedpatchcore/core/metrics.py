@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 from scipy import ndimage
 from scipy.stats import rankdata
 
@@ -599,3 +600,21 @@ def mean_over_categories(per_category: Mapping[str, Mapping]) -> dict:
     out["n_anomalous"] = int(sum(int(r.get("n_anomalous") or 0) for r in results))
     out["n_categories"] = len(results)
     return out
+
+
+def metrics_table(metrics: Mapping, spro_limit: str = "0.05") -> pd.DataFrame:
+    """Per-category image AUC-ROC, AUC-sPRO@limit, pixel AUROC, PRO and F1, plus the mean row."""
+    rows = {**metrics["categories"], "mean": metrics["mean"]}
+    table = pd.DataFrame(
+        {
+            name: {
+                "image_auroc": values.get("image_auroc"),
+                f"aucspro@{spro_limit}": (values.get("aucspro") or {}).get(spro_limit),
+                "pixel_auroc": values.get("pixel_auroc"),
+                "pro": values.get("pro"),
+                "f1": values.get("f1"),
+            }
+            for name, values in rows.items()
+        }
+    ).T
+    return table.astype(float)

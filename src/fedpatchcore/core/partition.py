@@ -18,13 +18,14 @@ Schemes (``federation.partition``):
 from __future__ import annotations
 
 import math
-import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from fedpatchcore.core.data.types import TRAIN, Sample
+from fedpatchcore.core.data.types import TRAIN, Sample, group_by_category
+from fedpatchcore.core.quotas import largest_remainder
+from fedpatchcore.core.seeding import derive_rng
 
 ALL_CATEGORIES = "all"
 SCHEMES = ("iid", "category", "dirichlet")
@@ -61,38 +62,10 @@ def _train_samples(samples: Sequence[Sample]) -> list[Sample]:
     return train
 
 
-def _by_category(train: Sequence[Sample]) -> dict[str, list[str]]:
-    groups: dict[str, list[str]] = {}
-    for s in train:
-        groups.setdefault(s.category, []).append(s.key)
-    return {c: sorted(groups[c]) for c in sorted(groups)}
-
-
-def _category_rng(seed: int, category: str) -> np.random.Generator:
-    """A generator per (seed, category): adding a category does not change the others."""
-    return np.random.default_rng([int(seed), zlib.crc32(category.encode("utf-8"))])
-
-
 def _check_num_clients(num_clients: int) -> int:
     if isinstance(num_clients, bool) or int(num_clients) != num_clients or num_clients < 1:
         raise ValueError(f"federation.num_clients must be a positive integer, got {num_clients!r}")
     return int(num_clients)
-
-
-def _largest_remainder(proportions: np.ndarray, total: int) -> np.ndarray:
-    """Integer counts summing exactly to ``total``, proportional to ``proportions``.
-
-    Ties in the remainders go to the lower index, so the result is deterministic.
-    """
-    p = np.asarray(proportions, dtype=np.float64)
-    ideal = p / p.sum() * total
-    counts = np.floor(ideal).astype(np.int64)
-    short = total - int(counts.sum())
-    if short > 0:
-        order = sorted(range(len(p)), key=lambda i: (-(ideal[i] - counts[i]), i))
-        for i in order[:short]:
-            counts[i] += 1
-    return counts
 
 
 def _finish(assignment: Mapping[str, Sequence[str]]) -> Assignment:
@@ -165,7 +138,7 @@ def partition_by_category(
     """
     spec = _normalise_clients(clients)
     train = _train_samples(samples)
-    groups = _by_category(train)
+    groups = {c: sorted(s.key for s in group) for c, group in group_by_category(train).items()}
 
     qc_ids = [cid for cid, cats in spec.items() if cats == ALL_CATEGORIES]
     if len(qc_ids) > 1:
@@ -203,7 +176,7 @@ def partition_by_category(
         if cat not in owner:
             assignment[qc].extend(keys)
             continue
-        shuffled = [keys[i] for i in _category_rng(seed, cat).permutation(len(keys))]
+        shuffled = [keys[i] for i in derive_rng(seed, cat).permutation(len(keys))]
         n_qc = _qc_count(len(keys), float(qc_sample_ratio))
         assignment[qc].extend(shuffled[:n_qc])
         assignment[owner[cat]].extend(shuffled[n_qc:])
@@ -241,7 +214,7 @@ def partition_dirichlet(
             f"cannot give each of federation.num_clients={num_clients} clients at least "
             f"{min_images} images: only {len(train)} training images"
         )
-    groups = _by_category(train)
+    groups = {c: sorted(s.key for s in group) for c, group in group_by_category(train).items()}
     key_category = {s.key: s.category for s in train}
     ids = _numbered_ids(num_clients)
     rng = np.random.default_rng(int(seed))
@@ -250,7 +223,7 @@ def partition_dirichlet(
         held: list[list[str]] = [[] for _ in ids]
         for keys in groups.values():
             proportions = rng.dirichlet(np.full(num_clients, float(alpha)))
-            counts = _largest_remainder(proportions, len(keys))
+            counts = largest_remainder(proportions, len(keys))
             order = rng.permutation(len(keys))
             start = 0
             for i, c in enumerate(counts):

@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
-from fedpatchcore.core.backbones import FeatureBackbone, resolve_device, set_torch_threads
+from fedpatchcore.core.backbones import FeatureBackbone
+from fedpatchcore.core.runtime import resolve_device, set_torch_threads
 
 __all__ = [
     "PatchEmbedder",

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import shutil
-import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from fedpatchcore.core.data.types import GOOD, TEST, TRAIN
+from fedpatchcore.core.seeding import derive_rng
 
 logger = logging.getLogger(__name__)
 
@@ -406,14 +406,6 @@ def render_image(category: str, defect: str | None, rng, image_size: tuple[int, 
 # dataset on disk
 
 
-def _stable(text: str) -> int:
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def _rng(seed: int, category: str, group: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), _stable(category), _stable(group), int(index)])
-
-
 def _nominal_part_area(category: str, image_size: tuple[int, int]) -> float:
     """Mean footprint (pixels) of the category's parts: the absolute saturation of logical defects."""
     width, height = image_size
@@ -540,17 +532,17 @@ def generate_synthetic_dataset(
         cat_dir.mkdir(parents=True)
         _write_json(cat_dir / "defects_config.json", defects_config(category, (width, height)))
         for i in range(counts["n_train"]):
-            image, _ = render_image(category, None, _rng(seed, category, TRAIN, i), (width, height))
+            image, _ = render_image(category, None, derive_rng(seed, category, TRAIN, i), (width, height))
             _save_png(image, cat_dir / TRAIN / GOOD / f"{i:04d}.png", files, root)
         for i in range(counts["n_test_good"]):
             image, _ = render_image(
-                category, None, _rng(seed, category, f"{TEST}/{GOOD}", i), (width, height)
+                category, None, derive_rng(seed, category, f"{TEST}/{GOOD}", i), (width, height)
             )
             _save_png(image, cat_dir / TEST / GOOD / f"{i:04d}.png", files, root)
         per_defect = {}
         for defect in CATEGORY_DEFECTS[category]:
             for i in range(counts["n_test_per_defect"]):
-                rng = _rng(seed, category, f"{TEST}/{defect}", i)
+                rng = derive_rng(seed, category, f"{TEST}/{defect}", i)
                 image, channels = render_image(category, defect, rng, (width, height))
                 _save_png(image, cat_dir / TEST / defect / f"{i:04d}.png", files, root)
                 for c, channel in enumerate(channels):

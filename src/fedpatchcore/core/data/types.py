@@ -6,7 +6,9 @@ A dataset is indexed once into a flat list of :class:`Sample` (one per image) pl
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import pandas as pd
 
@@ -132,3 +134,19 @@ def category_info_from_dict(data: dict) -> CategoryInfo:
         has_pixel_ground_truth=bool(data["has_pixel_ground_truth"]),
         defects=tuple(DefectConfig(**d) for d in data.get("defects", [])),
     )
+
+
+T = TypeVar("T")
+
+
+def group_by_category(items: Iterable[T], category: Callable[[T], str] | None = None) -> dict[str, list[T]]:
+    """``items`` grouped by category (sorted by category name), each group in input order.
+
+    ``items`` are :class:`Sample` s unless ``category`` says how to read an item's category
+    (e.g. positions into a sample list: ``category=lambda i: samples[i].category``).
+    """
+    read = category or (lambda item: item.category)
+    groups: dict[str, list[T]] = {}
+    for item in items:
+        groups.setdefault(read(item), []).append(item)
+    return dict(sorted(groups.items()))

@@ -14,7 +14,7 @@ import pandas as pd
 
 from fedpatchcore.core.data.loading import load_image, load_mask
 from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
-from fedpatchcore.pipelines.evaluation.nodes import metrics_table
+from fedpatchcore.core.metrics import metrics_table
 
 logger = logging.getLogger(__name__)
 
