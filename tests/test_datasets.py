@@ -216,7 +216,10 @@ def _extracted(scratch, seed: int = 0, rows: int = 12) -> tuple[ExtractedFeature
         files[category] = writer.close()
         written[category] = vectors
     skipped = [{"path": "metal/train/good/bad.png", "reason": "truncated"}]
-    return ExtractedFeatures(files, {"metal": 2, "fabric": 3}, skipped), written
+    # 12 rows = 2 images of a 2x3 grid (metal) or 3 images of a 2x2 grid (fabric).
+    keys = {"metal": ["metal/a", "metal/b"], "fabric": ["fabric/a", "fabric/b", "fabric/c"]}
+    grid = {"metal": (2, rows // 4), "fabric": (2, rows // 6)}
+    return ExtractedFeatures(files, keys, grid, skipped), written
 
 
 def test_patch_features_round_trip_moves_the_scratch_files(tmp_path):
@@ -231,6 +234,7 @@ def test_patch_features_round_trip_moves_the_scratch_files(tmp_path):
 
     loaded = dataset.load()
     assert loaded.n_images == {"metal": 2, "fabric": 3}
+    assert loaded.image_keys == features.image_keys and loaded.grid == features.grid
     assert loaded.skipped == features.skipped
     assert set(loaded.files) == {"metal", "fabric"}
     for category, vectors in written.items():

@@ -1,4 +1,4 @@
-"""The pipeline shape taken from parameters: federated variants, their clients and rounds."""
+"""The pipeline shape taken from parameters: variants, their resolved parameters, clients, rounds, sharing."""
 
 from __future__ import annotations
 
@@ -11,62 +11,94 @@ from fedpatchcore import structure
 
 def _parameters(**comparison) -> dict:
     return {
+        "seed": 0,
+        "backbone": {"name": "efficientnet_lite0"},
+        "extraction": {"batch_size": 8},
+        "coreset": {"ratio": 0.1, "projection_dim": 128},
+        "dataset": {"format": "synthetic"},
         "federation": {
             "partition": "category",
             "num_clients": 3,
             "clients": {"metal": ["metal_plate"], "textile": "woven_fabric", "qc": "all"},
             "rounds": 1,
+            "client_coreset_ratios": {"qc": 0.2},
         },
+        "aggregation": {"strategy": "federated_coreset", "global_bank_size": None},
         "comparison": comparison or {"enabled": False},
     }
 
 
+def test_merge_is_deep_except_for_name_keyed_dicts():
+    base = _parameters()
+    merged = structure.merge_parameters(
+        base,
+        {
+            "federation": {"rounds": 2, "clients": {"solo": "all"}, "client_coreset_ratios": {"solo": 0.5}},
+            "coreset": {"ratio": 0.2},
+        },
+    )
+    assert merged["federation"]["rounds"] == 2
+    assert merged["federation"]["partition"] == "category"  # untouched keys stay
+    assert merged["federation"]["clients"] == {"solo": "all"}  # replaced whole, not added to
+    assert merged["federation"]["client_coreset_ratios"] == {"solo": 0.5}
+    assert merged["coreset"] == {"ratio": 0.2, "projection_dim": 128}
+    assert base == _parameters()  # inputs are not modified
+
+
 def test_main_variant_only_when_comparison_disabled():
-    parameters = _parameters(enabled=False, variants={"federated_iid": {"partition": "iid"}})
-    variants = structure.federated_variants(parameters)
-    assert [v.name for v in variants] == [structure.MAIN_VARIANT]
-    main = variants[0]
-    assert main.override_parameter is None
+    parameters = _parameters(enabled=False, variants={"federated_iid": {"federation": {"partition": "iid"}}})
+    assert set(structure.resolve_variants(parameters)) == {"centralized", "federated"}
+    (main,) = structure.federated_variants(parameters)
+    assert main.name == structure.MAIN_VARIANT
     assert main.federation == parameters["federation"]
     assert main.client_ids == ["metal", "textile", "qc"]
     assert main.rounds == 1
+    assert main.owns_partition and all(main.owns_features(c) for c in main.client_ids)
     assert not structure.comparison_enabled(parameters)
 
 
-def test_missing_comparison_section_means_main_variant_only():
-    parameters = _parameters()
-    del parameters["comparison"]
-    assert [v.name for v in structure.federated_variants(parameters)] == ["federated"]
-    assert not structure.comparison_enabled(parameters)
-
-
-def test_comparison_variants_merge_their_overrides():
+def test_comparison_variants_override_any_block():
     parameters = _parameters(
         enabled=True,
         variants={
-            "federated_iid": {"partition": "iid", "num_clients": 2},
-            "federated_rounds": {"rounds": 3},
+            "federated_iid": {"federation": {"partition": "iid", "num_clients": 2}},
+            "diverse": {"aggregation": {"strategy": "diversity", "global_bank_size": 50}, "coreset": {"ratio": 0.3}},
             "federated_same": None,  # no overrides: the main settings under another name
         },
     )
     original = copy.deepcopy(parameters)
-    variants = {v.name: v for v in structure.federated_variants(parameters)}
-    assert list(variants) == ["federated", "federated_iid", "federated_rounds", "federated_same"]
-    assert structure.comparison_enabled(parameters)
-
-    iid = variants["federated_iid"]
-    assert iid.override_parameter == "comparison.variants.federated_iid"
-    assert iid.federation["partition"] == "iid" and iid.federation["num_clients"] == 2
-    assert iid.federation["clients"] == parameters["federation"]["clients"]  # other keys kept
-    assert iid.client_ids == ["1", "2"]
-
-    assert variants["federated_rounds"].rounds == 3
-    assert variants["federated_rounds"].client_ids == ["metal", "textile", "qc"]
-    assert variants["federated_same"].federation == parameters["federation"]
-    # The main variant is untouched by the overrides, and so are the parameters passed in.
-    assert variants["federated"].federation == parameters["federation"]
-    assert variants["federated"].rounds == 1
+    resolved = structure.resolve_variants(parameters)
+    assert list(resolved) == ["centralized", "federated", "federated_iid", "diverse", "federated_same"]
+    assert "comparison" not in resolved["federated"] and "variants" not in resolved["federated"]
+    assert resolved["federated_iid"]["federation"]["partition"] == "iid"
+    assert resolved["federated_iid"]["federation"]["clients"] == parameters["federation"]["clients"]  # kept
+    assert resolved["diverse"]["aggregation"] == {"strategy": "diversity", "global_bank_size": 50}
+    assert resolved["diverse"]["coreset"] == {"ratio": 0.3, "projection_dim": 128}
+    assert resolved["federated_same"] == resolved["federated"]
     assert parameters == original
+
+    variants = {v.name: v for v in structure.federated_variants(parameters)}
+    assert list(variants) == ["federated", "federated_iid", "diverse", "federated_same"]
+    assert variants["federated_iid"].client_ids == ["1", "2"]
+
+
+def test_variants_with_the_same_images_share_partition_and_extraction():
+    parameters = _parameters(
+        enabled=True,
+        variants={
+            "concat": {"aggregation": {"strategy": "concatenate"}},  # same clients, same images
+            "bigger_coreset": {"coreset": {"ratio": 0.5}},  # same features, another coreset
+            "other_backbone": {"backbone": {"name": "wide_resnet50_2"}},  # same images, new features
+            "iid": {"federation": {"partition": "iid", "num_clients": 2}},  # other images
+        },
+    )
+    variants = {v.name: v for v in structure.federated_variants(parameters)}
+    for name in ("concat", "bigger_coreset", "other_backbone"):
+        assert variants[name].partition_owner == "federated", name
+    assert variants["concat"].feature_owner == {c: "federated" for c in ("metal", "textile", "qc")}
+    assert variants["bigger_coreset"].feature_owner == {c: "federated" for c in ("metal", "textile", "qc")}
+    assert set(variants["other_backbone"].feature_owner.values()) == {"other_backbone"}
+    assert variants["iid"].owns_partition and set(variants["iid"].feature_owner.values()) == {"iid"}
 
 
 @pytest.mark.parametrize(
@@ -87,41 +119,49 @@ def test_client_ids_errors():
     parameters = _parameters()
     parameters["federation"] = {"partition": "iid", "num_clients": 0}
     with pytest.raises(ValueError, match="num_clients"):
-        structure.federated_variants(parameters)[0].client_ids  # noqa: B018
+        structure.federated_variants(parameters)
     parameters["federation"] = {"partition": "category"}
     with pytest.raises(ValueError, match="clients"):
-        structure.federated_variants(parameters)[0].client_ids  # noqa: B018
+        structure.federated_variants(parameters)
     parameters["federation"] = {"partition": "by_colour", "num_clients": 2}
     with pytest.raises(ValueError):
-        structure.federated_variants(parameters)[0].client_ids  # noqa: B018
+        structure.federated_variants(parameters)
 
 
 def test_rounds_default_and_validation():
     parameters = _parameters()
     del parameters["federation"]["rounds"]
     assert structure.federated_variants(parameters)[0].rounds == 1
-    parameters["federation"]["rounds"] = "2"  # e.g. from `--params federation.rounds=2`
-    assert structure.federated_variants(parameters)[0].rounds == 2
     parameters["federation"]["rounds"] = 0
     with pytest.raises(ValueError, match="at least 1"):
         structure.federated_variants(parameters)[0].rounds  # noqa: B018
 
-    bad_variant = _parameters(enabled=True, variants={"federated_bad": {"rounds": -1}})
+    bad_variant = _parameters(enabled=True, variants={"federated_bad": {"federation": {"rounds": -1}}})
     variants = structure.federated_variants(bad_variant)
     assert variants[0].rounds == 1
     with pytest.raises(ValueError, match="federated_bad"):
         variants[1].rounds  # noqa: B018
 
 
-@pytest.mark.parametrize("reserved", ["federated", "centralized"])
-def test_reserved_variant_names_are_rejected(reserved):
-    parameters = _parameters(enabled=True, variants={reserved: {"partition": "iid"}})
-    with pytest.raises(ValueError, match="reserved"):
-        structure.federated_variants(parameters)
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ({"federated": {}}, "reserved"),
+        ({"centralized": {}}, "reserved"),
+        ({"a.b": {}}, "letters, digits"),
+        ({"v": {"dataset": {"format": "mvtec"}}}, "shared by every variant"),
+        ({"v": {"partition": "iid"}}, "unknown parameter block"),  # a federation key, not a block
+        ({"v": {"federation": "iid"}}, "must be a mapping"),
+        ({"v": ["federation"]}, "must map parameter blocks"),
+    ],
+)
+def test_bad_variants_are_clear_errors(variants, message):
+    with pytest.raises(ValueError, match=message):
+        structure.resolve_variants(_parameters(enabled=True, variants=variants))
 
 
 def test_reserved_names_are_fine_while_comparison_is_disabled():
-    parameters = _parameters(enabled=False, variants={"federated": {"partition": "iid"}})
+    parameters = _parameters(enabled=False, variants={"federated": {"federation": {"partition": "iid"}}})
     assert [v.name for v in structure.federated_variants(parameters)] == ["federated"]
 
 
@@ -132,7 +172,7 @@ def test_run_parameters_shape_the_next_build(monkeypatch):
     from kedro.framework import project
 
     monkeypatch.setattr(project.pipelines, "configure", lambda module: configured.append(module))
-    parameters = _parameters(enabled=True, variants={"federated_iid": {"partition": "iid", "num_clients": 2}})
+    parameters = _parameters(enabled=True, variants={"federated_iid": {"federation": {"partition": "iid", "num_clients": 2}}})
     structure.use_parameters(parameters)
     assert configured == ["fedpatchcore.pipeline_registry"]
     assert structure.current_parameters() == parameters

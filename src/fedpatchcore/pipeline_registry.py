@@ -13,9 +13,10 @@
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Pipeline, node
 
 from fedpatchcore import structure
+from fedpatchcore.pipelines import in_variant
 from fedpatchcore.pipelines.evaluation import nodes as evaluation_nodes
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.export.pipeline import export_enabled, export_maps
@@ -34,14 +35,14 @@ def centralized_evaluation() -> Pipeline:
         [
             node(
                 evaluation_nodes.summarise_centralized_run,
-                ["metrics", "partition"],
+                ["metrics", "memory_bank"],
                 "published_metrics",
                 name="summarise_run",
             )
         ]
     )
-    return evaluation("centralized") + pipeline(
-        summary, namespace="centralized", outputs={"published_metrics": "metrics_centralized"}
+    return evaluation(structure.CENTRALIZED) + in_variant(
+        summary, structure.CENTRALIZED, outputs={"published_metrics": "metrics_centralized"}
     )
 
 
@@ -50,7 +51,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     compare = structure.comparison_enabled()
 
     centralized_eval = centralized_evaluation()
-    centralized_report = report("centralized")
+    centralized_report = report(structure.CENTRALIZED)
     centralized_all = centralized_training() + centralized_eval + centralized_report
 
     federated_train = sum((federated_training(v) for v in variants), Pipeline([]))
@@ -66,10 +67,10 @@ def register_pipelines() -> dict[str, Pipeline]:
         federated += centralized_all + comparison_report
         evaluate += centralized_eval
         reporting += centralized_report + comparison_report
-        exporting += export_maps(["centralized"])
+        exporting += export_maps([structure.CENTRALIZED])
     centralized = ingest() + centralized_all
     if export_enabled(structure.current_parameters()):
-        centralized += export_maps(["centralized"])
+        centralized += export_maps([structure.CENTRALIZED])
         federated += exporting
 
     return {

@@ -1,7 +1,6 @@
 """Kedro project settings."""
 
-from kedro.config import OmegaConfigLoader
-
+from fedpatchcore.config_loader import ProjectConfigLoader
 from fedpatchcore.hooks import NodeTimingHook, PipelineStructureHook
 
 # PipelineStructureHook: the per-client lanes depend on parameters (how many clients, which
@@ -9,7 +8,9 @@ from fedpatchcore.hooks import NodeTimingHook, PipelineStructureHook
 # NodeTimingHook: logs each node's wall time (and feeds benchmarks/end_to_end.py).
 HOOKS = (PipelineStructureHook(), NodeTimingHook())
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
+# Parameters merge key by key (environment over base, --params over both) and carry every
+# variant's resolved parameters under `variants` (see config_loader.py).
+CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",

@@ -1,17 +1,34 @@
-"""The parts of the pipelines' shape that come from parameters: federated variants, clients, rounds.
+"""The parts of the pipelines' shape that come from parameters: variants, clients, rounds.
+
+An experiment runs **variants** side by side: the main federated run (``federated``), the
+centralized baseline (``centralized``) and, with ``comparison.enabled``, every
+``comparison.variants.<name>``: overrides of any parameter block (``federation``,
+``aggregation``, ``coreset``, ``scoring`` ...) deep-merged into the run's parameters.
+:func:`resolve_variants` does that merge once; the config loader publishes the result as
+the parameter ``variants.<name>.<block>``, and every node of variant ``<name>`` reads its
+settings from there (the pipeline builders map ``params:<block>`` onto it), so an override
+reaches every node of its variant and no node merges anything itself.
+
+Variants whose clients see the same images share work: a variant uses the partition of the
+first variant with the same partition settings, and each of its clients uses the feature
+extraction of the first variant in which that client sees the same images with the same
+extraction settings (:attr:`Variant.partition_owner`, :attr:`Variant.feature_owner`).
 
 ``register_pipelines()`` gets no arguments, yet a 5-client layout needs 5 lanes. The
 ``PipelineStructureHook`` stores the run's merged parameters here (conf environment and
 ``--params``); before any run in this process (kedro viz, a notebook, tests that build
 pipelines directly) the project's ``conf/base`` + ``conf/$KEDRO_ENV`` (default ``conf/local``)
-parameters are read instead. After a run, its shape stays until the next run's parameters.
+parameters are read instead.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +37,109 @@ from fedpatchcore.core.partition import client_ids_for
 logger = logging.getLogger(__name__)
 
 MAIN_VARIANT = "federated"
+CENTRALIZED = "centralized"
+# The parameter key under which the config loader publishes every variant's resolved parameters.
+VARIANTS_KEY = "variants"
+# Blocks a variant cannot override: ingest is shared by all variants, and the experiment's own
+# description cannot vary inside it.
+NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY}
+# Dict-valued parameters keyed by names the user chose (client ids, variant names,
+# categories): an override replaces them whole rather than adding its keys to the base ones.
+REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
+    {
+        ("federation", "clients"),
+        ("federation", "client_coreset_ratios"),
+        ("comparison", "variants"),
+        ("dataset", "image_sizes"),
+        ("heterogeneity",),
+    }
+)
+# Parameters that decide which images each client holds.
+PARTITION_PARAMETERS: tuple[tuple[str, ...], ...] = (
+    ("seed",),
+    ("federation", "partition"),
+    ("federation", "num_clients"),
+    ("federation", "clients"),
+    ("federation", "qc_sample_ratio"),
+    ("federation", "alpha"),
+)
+# ... plus those that decide what a client's feature extraction writes.
+EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
+    *PARTITION_PARAMETERS,
+    ("backbone",),
+    ("extraction",),
+    ("coreset", "projection_dim"),
+)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _run_parameters: dict[str, Any] | None = None
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge_parameters(
+    base: Mapping[str, Any],
+    override: Mapping[str, Any],
+    replaced_whole: Iterable[tuple[str, ...]] = REPLACED_WHOLE,
+    _path: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """``override`` deep-merged into ``base`` (neither is modified).
+
+    Mappings merge key by key; anything else (and every path in ``replaced_whole``) is
+    replaced by the override's value.
+    """
+    replaced_whole = frozenset(replaced_whole)
+    out = dict(base)
+    for key, value in override.items():
+        path = (*_path, str(key))
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) and path not in replaced_whole:
+            out[key] = merge_parameters(out[key], value, replaced_whole, path)
+        else:
+            out[key] = value
+    return out
+
+
+def _lookup(parameters: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = parameters
+    for key in path:
+        if not isinstance(value, Mapping) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def resolve_variants(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every variant's complete parameters: ``centralized``, ``federated`` and the comparison variants."""
+    shared = {k: v for k, v in parameters.items() if k not in ("comparison", VARIANTS_KEY)}
+    resolved = {CENTRALIZED: shared, MAIN_VARIANT: shared}
+    comparison = parameters.get("comparison") or {}
+    if not comparison.get("enabled", False):
+        return resolved
+    for name, override in (comparison.get("variants") or {}).items():
+        where = f"comparison.variants.{name}"
+        if name in (MAIN_VARIANT, CENTRALIZED):
+            raise ValueError(f"{where}: '{name}' is reserved, choose another variant name")
+        if not _NAME.match(str(name)):
+            raise ValueError(f"{where}: a variant name must be letters, digits and '_' (it names a namespace)")
+        override = override or {}
+        if not isinstance(override, Mapping):
+            raise ValueError(f"{where} must map parameter blocks to their overrides, got {override!r}")
+        for block, value in override.items():
+            if block in NOT_OVERRIDABLE:
+                raise ValueError(f"{where}.{block}: '{block}' is shared by every variant and cannot be overridden")
+            if block not in shared:
+                raise ValueError(
+                    f"{where}.{block}: unknown parameter block; a variant overrides blocks such as "
+                    f"{sorted(k for k in shared if isinstance(shared[k], Mapping))}"
+                )
+            if isinstance(shared[block], Mapping) and not isinstance(value, Mapping):
+                raise ValueError(f"{where}.{block} must be a mapping of '{block}' keys, got {value!r}")
+        resolved[str(name)] = merge_parameters(shared, override)
+    return resolved
+
+
+# --------------------------------------------------------------------------- the run's parameters
 
 
 def use_parameters(parameters: dict[str, Any]) -> None:
@@ -39,12 +157,11 @@ def use_parameters(parameters: dict[str, Any]) -> None:
 def current_parameters() -> dict[str, Any]:
     if _run_parameters is not None:
         return _run_parameters
-    from kedro.config import OmegaConfigLoader
+    from fedpatchcore.config_loader import ProjectConfigLoader
 
-    conf_source = Path.cwd() / "conf"
     # Same environment resolution as `kedro run`: KEDRO_ENV if set, else conf/local.
-    loader = OmegaConfigLoader(
-        conf_source=str(conf_source),
+    loader = ProjectConfigLoader(
+        conf_source=str(Path.cwd() / "conf"),
         base_env="base",
         default_run_env="local",
         env=os.environ.get("KEDRO_ENV"),
@@ -52,19 +169,26 @@ def current_parameters() -> dict[str, Any]:
     return loader["parameters"]
 
 
-@dataclass(frozen=True)
-class FederatedVariant:
-    """One federated experiment run inside the pipeline: a partition of clients and its rounds."""
+# --------------------------------------------------------------------------- variants
 
-    name: str  # namespace of its datasets, e.g. "federated" or "federated_iid"
-    federation: dict[str, Any]  # the `federation` parameters with this variant's overrides applied
-    override_parameter: str | None  # "comparison.variants.<name>" for baselines, None for the main run
+
+@dataclass(frozen=True)
+class Variant:
+    """One federated run inside the experiment: its parameters, clients, rounds and shared work."""
+
+    name: str  # namespace of its datasets and nodes, e.g. "federated" or "federated_iid"
+    parameters: dict[str, Any] = field(repr=False)  # complete, with this variant's overrides
+    partition_owner: str  # the variant whose partition this one uses (itself if first)
+    feature_owner: dict[str, str]  # client id -> variant whose feature extraction it uses
+
+    @property
+    def federation(self) -> dict[str, Any]:
+        return self.parameters["federation"]
 
     @property
     def client_ids(self) -> list[str]:
-        return client_ids_for(
-            self.federation["partition"], self.federation.get("num_clients"), self.federation.get("clients")
-        )
+        federation = self.federation
+        return client_ids_for(federation["partition"], federation.get("num_clients"), federation.get("clients"))
 
     @property
     def rounds(self) -> int:
@@ -73,22 +197,42 @@ class FederatedVariant:
             raise ValueError(f"federation.rounds must be at least 1 (variant {self.name}), got {rounds}")
         return rounds
 
+    @property
+    def owns_partition(self) -> bool:
+        return self.partition_owner == self.name
 
-def federated_variants(parameters: dict[str, Any] | None = None) -> list[FederatedVariant]:
-    """The main federated run plus, when comparison is enabled, its baseline variants."""
+    def owns_features(self, client_id: str) -> bool:
+        return self.feature_owner[client_id] == self.name
+
+
+def fingerprint(parameters: Mapping[str, Any], paths: Iterable[tuple[str, ...]], *extra: str) -> str:
+    """A stable text of the values at ``paths`` (two variants with equal fingerprints do the same work)."""
+    values = {".".join(path): _lookup(parameters, path) for path in paths}
+    return json.dumps([values, extra], sort_keys=True, default=str)
+
+
+def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Variant]:
+    """The main federated run plus, when comparison is enabled, its comparison variants."""
     parameters = current_parameters() if parameters is None else parameters
-    federation = dict(parameters["federation"])
-    variants = [FederatedVariant(MAIN_VARIANT, federation, None)]
-    comparison = parameters.get("comparison") or {}
-    if comparison.get("enabled", False):
-        for name, override in (comparison.get("variants") or {}).items():
-            if name in (MAIN_VARIANT, "centralized"):
-                raise ValueError(f"comparison.variants: '{name}' is reserved, choose another variant name")
-            merged = {**federation, **(override or {})}
-            variants.append(FederatedVariant(name, merged, f"comparison.variants.{name}"))
+    resolved = resolve_variants(parameters)
+    partition_owners: dict[str, str] = {}
+    feature_owners: dict[str, str] = {}
+    variants = []
+    for name, values in resolved.items():
+        if name == CENTRALIZED:
+            continue
+        partition_key = fingerprint(values, PARTITION_PARAMETERS)
+        partition_owner = partition_owners.setdefault(partition_key, name)
+        federation = values["federation"]
+        clients = client_ids_for(federation["partition"], federation.get("num_clients"), federation.get("clients"))
+        owners = {
+            client_id: feature_owners.setdefault(fingerprint(values, EXTRACTION_PARAMETERS, client_id), name)
+            for client_id in clients
+        }
+        variants.append(Variant(name, values, partition_owner, owners))
     return variants
 
 
-def comparison_enabled(parameters: dict[str, Any] | None = None) -> bool:
+def comparison_enabled(parameters: Mapping[str, Any] | None = None) -> bool:
     parameters = current_parameters() if parameters is None else parameters
     return bool((parameters.get("comparison") or {}).get("enabled", False))

@@ -88,3 +88,67 @@ def kedro_project(tmp_path_factory) -> Iterator[KedroProject]:
     # tests build pipelines from the repo's own parameters again.
     structure._run_parameters = None
     pipelines.configure("fedpatchcore.pipeline_registry")
+
+
+# --------------------------------------------------------------------------- in-memory slices
+
+
+def project_parameters(runtime_params: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The repo's conf/base parameters with ``runtime_params`` applied, as `kedro run --params` would.
+
+    Read with the project's own config loader (so ``variants`` is filled in); conf/local is
+    ignored, so a developer's local overrides never change a test.
+    """
+    from fedpatchcore.config_loader import ProjectConfigLoader
+
+    loader = ProjectConfigLoader(
+        str(REPO_ROOT / "conf"), base_env="base", default_run_env="base", runtime_params=runtime_params or {}
+    )
+    return loader["parameters"]
+
+
+def memory_catalog(parameters: dict[str, Any], **datasets: Any):
+    """A DataCatalog holding ``datasets`` and every ``params:<path>`` as Kedro would add them."""
+    from kedro.io import DataCatalog
+
+    catalog = DataCatalog()
+
+    def add(prefix: str, values: dict[str, Any]) -> None:
+        for key, value in values.items():
+            catalog[f"{prefix}{key}"] = value
+            if isinstance(value, dict):
+                add(f"{prefix}{key}.", value)
+
+    add("params:", parameters)
+    for name, value in datasets.items():
+        catalog[name] = value
+    return catalog
+
+
+def run_slice(pipeline, catalog) -> dict[str, Any]:
+    """Run ``pipeline`` on ``catalog`` with the SequentialRunner; its free outputs, loaded."""
+    from kedro.runner import SequentialRunner
+
+    outputs = SequentialRunner().run(pipeline, catalog)
+    return {name: dataset.load() for name, dataset in outputs.items()}
+
+
+def _indexed_dataset(root: Path, runtime_params: dict[str, Any]) -> dict[str, Any]:
+    from fedpatchcore.pipelines.ingest import nodes as ingest
+
+    dataset = {**project_parameters(runtime_params)["dataset"], "root": str(root)}
+    raw = ingest.prepare_raw_dataset(dataset, seed=0)
+    index, infos, _ = ingest.index_raw_dataset(raw, dataset)
+    return {"dataset_index": index, "category_info": infos}
+
+
+@pytest.fixture(scope="session")
+def default_dataset(tmp_path_factory) -> dict[str, Any]:
+    """The embedded default dataset (as `kedro run` generates it), indexed: dataset_index + category_info."""
+    return _indexed_dataset(tmp_path_factory.mktemp("default_dataset") / "synthetic", {})
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> dict[str, Any]:
+    """The tiny dataset of TINY_PARAMS (64 px, 4 training images per category), indexed."""
+    return _indexed_dataset(tmp_path_factory.mktemp("tiny_dataset") / "synthetic", TINY_PARAMS)

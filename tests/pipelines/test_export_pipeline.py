@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from kedro.config import OmegaConfigLoader
 from kedro.io import DatasetError
 from kedro.io.core import Version
 from PIL import Image
 
 from fedpatchcore import structure
+from fedpatchcore.config_loader import ProjectConfigLoader
 from fedpatchcore.core.data.types import Sample, samples_to_frame
 from fedpatchcore.core.export import PNG_MAX, SCALE_FILE, encode_uint16, read_autovi_maps, resize_map
 from fedpatchcore.core.partition import AUTOVI_DEFAULT_CLIENTS
@@ -171,7 +171,8 @@ def test_export_pipeline_is_one_namespaced_node_per_variant():
         "centralized.anomaly_maps",
         "federated.anomaly_maps",
         "dataset_index",
-        "params:export",
+        "params:variants.centralized.export",
+        "params:variants.federated.export",
     }
     assert pipe.outputs() == {"centralized.exported_maps", "federated.exported_maps"}
 
@@ -180,7 +181,7 @@ def test_export_pipeline_is_one_namespaced_node_per_variant():
 def test_registry_adds_export_only_when_enabled(monkeypatch, enabled):
     from fedpatchcore.pipeline_registry import register_pipelines
 
-    params = OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local")["parameters"]
+    params = ProjectConfigLoader(str(CONF), base_env="base", default_run_env="local")["parameters"]
     params = {**params, "export": {**params["export"], "enabled": enabled}}
     monkeypatch.setattr(structure, "_run_parameters", params)
     pipes = register_pipelines()
@@ -196,7 +197,7 @@ def test_registry_adds_export_only_when_enabled(monkeypatch, enabled):
 
 
 def env_parameters(env: str) -> dict:
-    return OmegaConfigLoader(str(CONF), base_env="base", default_run_env="local", env=env)["parameters"]
+    return ProjectConfigLoader(str(CONF), base_env="base", default_run_env="local", env=env)["parameters"]
 
 
 def test_autovi_environment_loads_with_five_clients():

@@ -1,4 +1,7 @@
-"""Server nodes of the federated pipeline on small hand-made uploads (no Kedro session)."""
+"""Server nodes of the federated pipeline on small hand-made uploads (no Kedro session).
+
+The round logic itself is tested in tests/core/test_federation.py; these check the thin node layer.
+"""
 
 from __future__ import annotations
 
@@ -52,45 +55,6 @@ def test_too_few_valid_clients_fails_the_round():
             _coreset(4.0),
             client_ids=["a", "bad", "c"],
         )
-
-
-def _rows(*xs: float) -> np.ndarray:
-    return np.array([[x, 0.0, 0.0, 0.0] for x in xs], dtype=np.float32)
-
-
-def test_second_round_uploads_only_uncovered_rows_and_keeps_origins():
-    # Broadcast bank of round 1: two rows 0.5 apart, so the covering radius is 0.5 at any quantile.
-    previous = CategoryBanks({"plate": _rows(0.0, 0.5)}, {"plate": 6}, {"plate": np.array(["a", "b"])})
-    local_a = CategoryBanks({"plate": _rows(0.1, 0.45, 2.0, 5.0)}, {"plate": 3}).to_arrays()
-    local_b = CategoryBanks({"plate": _rows(0.4, 9.0)}, {"plate": 3}).to_arrays()
-    federation = {"coverage_quantile": 0.5}
-
-    upload_a = nodes.select_uncovered_upload(local_a, previous.to_arrays(), federation)
-    upload_b = nodes.select_uncovered_upload(local_b, previous.to_arrays(), federation)
-    # Within 0.5 of a global row: covered, not sent again.
-    np.testing.assert_array_equal(CategoryBanks.from_arrays(upload_a).banks["plate"], _rows(2.0, 5.0))
-    np.testing.assert_array_equal(CategoryBanks.from_arrays(upload_b).banks["plate"], _rows(9.0))
-
-    final, report = nodes.aggregate_later_round(
-        previous.to_arrays(),
-        {**AGGREGATION, "strategy": "concatenate"},
-        CORESET,
-        0,
-        upload_a,
-        upload_b,
-        client_ids=["a", "b"],
-        round_number=2,
-    )
-    bank = CategoryBanks.from_arrays(final)
-    by_row = {
-        float(row[0]): str(origin)
-        for row, origin in zip(bank.banks["plate"], bank.origin["plate"], strict=True)
-    }
-    # Rows inherited from round 1 keep their original client, never the "previous_round" placeholder.
-    assert by_row == {0.0: "a", 0.5: "b", 2.0: "a", 5.0: "a", 9.0: "b"}
-    assert report["round"] == 2
-    assert report["broadcast_bytes"] == previous.nbytes * 2  # the round-1 bank went to both clients
-    assert report["uploaded"]["a"]["rows"] == {"plate": 2} and report["uploaded"]["b"]["rows"] == {"plate": 1}
 
 
 def test_summary_counts_raw_image_bytes_per_client(tmp_path):

@@ -120,39 +120,6 @@ def test_scoring_reruns_alone_from_the_persisted_bank(kedro_project, centralized
 
 
 @pytest.mark.slow
-def test_federated_iid_run_uploads_less_than_the_raw_images(kedro_project):
-    params = {
-        **FEDERATED_ONLY,
-        **SMALL_CORESET,
-        "federation": {"partition": "iid", "num_clients": 2},
-    }
-    outputs, catalog = kedro_project.run(params, pipeline_names=["federated"])
-    metrics = outputs["metrics_federated"].load()
-    assert metrics == _latest_json(kedro_project.path / "data/08_reporting/metrics_federated.json")
-    assert not (kedro_project.path / "data/08_reporting/metrics_federated_iid.json").exists()
-
-    assert metrics["partition"] == "iid"
-    assert set(metrics["categories"]) == set(SYNTHETIC_CATEGORIES)
-    communication = metrics["communication"]
-    assert 0 < communication["uploaded_bytes"] < communication["raw_image_bytes"]
-    assert len(communication["rounds"]) == 1
-
-    index = catalog.load("dataset_index")
-    n_train = int((index["split"] == "train").sum())
-    assert set(metrics["clients"]) == {"1", "2"}
-    assert sum(c["n_images"] for c in metrics["clients"].values()) == n_train
-    assert sum(c["uploaded_bytes"] for c in metrics["clients"].values()) == communication["uploaded_bytes"]
-
-    bank = CategoryBanks.from_arrays(catalog.load("federated.memory_bank"))
-    assert set(bank.banks) == set(SYNTHETIC_CATEGORIES)
-    for category, rows in bank.banks.items():
-        labels = bank.origin[category]
-        assert len(labels) == len(rows) > 0
-        assert set(labels.tolist()) <= {"1", "2"}, category
-    assert set(np.concatenate(list(bank.origin.values())).tolist()) == {"1", "2"}
-
-
-@pytest.mark.slow
 def test_category_layout_with_two_rounds(kedro_project):
     # A global bank smaller than the uploads leaves rows uncovered, so round 2 has uploads to merge.
     params = {
@@ -203,9 +170,12 @@ def test_default_client_lanes_are_namespaced(monkeypatch):
     qc = federated.only_nodes_with_namespaces(["federated.client_qc"])
     assert sorted(n.name for n in qc.nodes) == [
         "federated.client_qc.extract_features",
+        "federated.client_qc.prepare_upload_round_1",
         "federated.client_qc.select_coreset",
     ]
-    # Shared inputs stay global; the lane's own datasets carry its namespace.
-    assert {"dataset_index", "category_info", "federated.partition"} <= qc.inputs()
-    assert qc.outputs() == {"federated.client_qc.local_coreset"}
-    assert "params:backbone" in qc.inputs() and "params:coreset" in qc.inputs()
+    # The lane reads its own images and shared facts only; its datasets carry its namespace.
+    data_inputs = {name for name in qc.inputs() if not name.startswith("params:")}
+    assert data_inputs == {"category_info", "federated.client_qc.training_images"}
+    assert qc.outputs() == {"federated.client_qc.upload_round_1"}
+    assert "params:variants.federated.backbone" in qc.inputs()
+    assert "params:variants.federated.coreset" in qc.inputs()

@@ -15,8 +15,10 @@ from :data:`STRATEGIES` (``aggregation.strategy``):
 * ``diversity``: global k-center over the unweighted union to ``global_bank_size``, which is
   required (unlike ``concatenate``, ``None`` is an error rather than "keep everything").
 
-Every row of a result bank is a real row of some upload, and ``origin`` says whose. Inputs
-are never mutated; result banks are fresh float32 arrays.
+Every row of a result bank is a real row of some upload: ``origin`` says whose and
+``source_row`` which row of that upload it is. Inputs are never mutated; result banks are
+fresh float32 arrays. A strategy may take options (``aggregation.options``), which it reads
+from :attr:`CategoryParts.options`.
 
 Multi-round federation: :func:`uncovered_rows` tells a client which of its rows the previous
 global bank does not already cover, so round ``r > 1`` uploads only those.
@@ -25,14 +27,16 @@ global bank does not already cover, so round ``r > 1`` uploads only those.
 from __future__ import annotations
 
 import logging
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-import faiss
 import numpy as np
 
+from fedpatchcore.core.banks import ClientUpload
 from fedpatchcore.core.coreset import greedy_kcenter
+from fedpatchcore.core.patchcore import build_index, nearest_distances
+from fedpatchcore.core.quotas import capped_quotas
+from fedpatchcore.core.seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +46,12 @@ class AggregationError(RuntimeError):
 
 
 @dataclass
-class ClientUpload:
-    """What one client sends: a coreset per category and the images behind each."""
-
-    client_id: str
-    banks: dict[str, np.ndarray]  # category -> (m, d) float32 coreset
-    n_images: dict[str, int]  # category -> training images behind that bank
-
-
-@dataclass
 class AggregationResult:
     """Global banks per category, with the provenance of every row."""
 
     banks: dict[str, np.ndarray]  # category -> (n, d) float32
     origin: dict[str, np.ndarray]  # category -> (n,) client id of each row
+    source_row: dict[str, np.ndarray]  # category -> (n,) row of that client's upload
     rejected: dict[str, list[str]]  # client id -> problems that got it rejected
     contributions: dict[str, dict[str, int]]  # category -> client id -> rows kept
 
@@ -80,7 +76,7 @@ class CategoryParts:
     weights: list[float]  # client_weights entries (all > 0 here)
     seed: int  # already specific to this category
     projection_dim: int
-    extra: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)  # aggregation.options, for strategies that take any
 
 
 # A strategy returns, for the rows it keeps, (client index into parts.client_ids, row index
@@ -104,11 +100,6 @@ def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
 
 
 # --------------------------------------------------------------------------- uploads
-
-
-def upload_bytes(upload: ClientUpload) -> int:
-    """Bytes of the arrays as sent (their own dtype: 4 per value for float32)."""
-    return int(sum(np.asarray(b).nbytes for b in upload.banks.values()))
 
 
 def validate_upload(upload: ClientUpload, expected_dim: int | None) -> list[str]:
@@ -140,6 +131,11 @@ def validate_upload(upload: ClientUpload, expected_dim: int | None) -> list[str]
             n_nan = int(np.isnan(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
             n_inf = int(np.isinf(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
             problems.append(f"category '{category}': non-finite values ({n_nan} NaN, {n_inf} inf)")
+        row_ids = np.asarray(upload.row_ids.get(category, ()))
+        if row_ids.shape != (arr.shape[0],) or (row_ids.size and not np.issubdtype(row_ids.dtype, np.integer)):
+            problems.append(f"category '{category}': row ids must be one integer per row, got shape {row_ids.shape}")
+        elif row_ids.size and (row_ids.min() < 0 or len(np.unique(row_ids)) != len(row_ids)):
+            problems.append(f"category '{category}': row ids must be distinct and >= 0")
         n = upload.n_images.get(category) if upload.n_images is not None else None
         if n is None:
             problems.append(f"category '{category}': n_images missing")
@@ -176,47 +172,6 @@ def _infer_dim(uploads: Sequence[ClientUpload]) -> int | None:
 # --------------------------------------------------------------------------- quotas
 
 
-def compute_quotas(weights: Sequence[float], capacities: Sequence[int], total: int) -> np.ndarray:
-    """Integer quotas summing exactly to ``min(total, sum(capacities))``, proportional to weights.
-
-    A client whose proportional share reaches its capacity gets its capacity and the rest is
-    shared among the others (repeated until no share exceeds a capacity); the final shares
-    are rounded by largest remainder, ties to the lower index. Weight-0 clients get 0.
-    """
-    w = np.asarray(weights, dtype=np.float64)
-    cap = np.asarray(capacities, dtype=np.int64)
-    if w.shape != cap.shape:
-        raise ValueError("weights and capacities must have the same length")
-    if (w < 0).any() or not np.isfinite(w).all():
-        raise ValueError(f"quota weights must be finite and >= 0, got {w.tolist()}")
-    quotas = np.zeros(len(w), dtype=np.int64)
-    active = (w > 0) & (cap > 0)
-    budget = int(min(int(total), int(cap[active].sum()) if active.any() else 0))
-    if budget <= 0:
-        return quotas
-    while True:
-        idx = np.flatnonzero(active)
-        share = budget * w[idx] / w[idx].sum()
-        full = share >= cap[idx]
-        if not full.any():
-            break
-        for i in idx[full]:
-            quotas[i] = cap[i]
-            budget -= int(cap[i])
-            active[i] = False
-        if budget == 0 or not active.any():
-            return quotas
-    idx = np.flatnonzero(active)
-    share = budget * w[idx] / w[idx].sum()
-    base = np.floor(share).astype(np.int64)
-    short = budget - int(base.sum())
-    order = sorted(range(len(idx)), key=lambda j: (-(share[j] - base[j]), j))
-    for j in order[:short]:
-        base[j] += 1
-    quotas[idx] = base
-    return quotas
-
-
 # --------------------------------------------------------------------------- strategies
 
 
@@ -225,8 +180,7 @@ def _kcenter(vectors: np.ndarray, k: int, parts: CategoryParts, salt: int = 0) -
         return np.arange(vectors.shape[0], dtype=np.int64)
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    seed = int(np.random.SeedSequence([parts.seed, salt]).generate_state(1)[0])
-    idx = greedy_kcenter(vectors, k, projection_dim=parts.projection_dim, seed=seed)
+    idx = greedy_kcenter(vectors, k, projection_dim=parts.projection_dim, seed=derive_seed(parts.seed, salt))
     return np.asarray(idx, dtype=np.int64)
 
 
@@ -264,7 +218,7 @@ def federated_coreset_strategy(parts: CategoryParts, size: int | None) -> Select
     capacities = [len(b) for b in parts.banks]
     total = sum(capacities) if size is None else size
     weights = [n * w for n, w in zip(parts.n_images, parts.weights, strict=True)]
-    quotas = compute_quotas(weights, capacities, total)
+    quotas = capped_quotas(weights, capacities, total)
     clients, rows = [], []
     for i, (bank, q) in enumerate(zip(parts.banks, quotas, strict=True)):
         chosen = _kcenter(bank, int(q), parts, salt=i + 1)
@@ -274,10 +228,6 @@ def federated_coreset_strategy(parts: CategoryParts, size: int | None) -> Select
 
 
 # --------------------------------------------------------------------------- aggregate
-
-
-def _category_seed(seed: int, category: str) -> int:
-    return int(np.random.SeedSequence([int(seed), zlib.crc32(category.encode("utf-8"))]).generate_state(1)[0])
 
 
 def aggregate(
@@ -290,14 +240,16 @@ def aggregate(
     projection_dim: int = 128,
     client_weights: Mapping[str, float] | None = None,
     expected_dim: int | None = None,
+    options: Mapping | None = None,
 ) -> AggregationResult:
     """Merge client uploads into one global bank per category.
 
     ``global_bank_size`` is rows per category. ``client_weights`` (client id -> weight >= 0,
     missing ids weigh 1) scales quotas in ``federated_coreset``; a weight of 0 drops that
     client from every strategy. ``expected_dim`` (the backbone's feature dimension) is
-    inferred by majority over clients when not given. Malformed uploads are rejected whole;
-    fewer than ``min_clients`` usable clients raises :class:`AggregationError`.
+    inferred by majority over clients when not given. ``options`` reach the strategy as
+    :attr:`CategoryParts.options`. Malformed uploads are rejected whole; fewer than
+    ``min_clients`` usable clients raises :class:`AggregationError`.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"aggregation.strategy must be one of {sorted(STRATEGIES)}, got {strategy!r}")
@@ -342,6 +294,7 @@ def aggregate(
     categories = sorted({c for up in usable for c in up.banks})
     banks: dict[str, np.ndarray] = {}
     origin: dict[str, np.ndarray] = {}
+    source_row: dict[str, np.ndarray] = {}
     contributions: dict[str, dict[str, int]] = {}
     fn = STRATEGIES[strategy]
     for category in categories:
@@ -352,8 +305,9 @@ def aggregate(
             banks=[np.ascontiguousarray(up.banks[category], dtype=np.float32) for up in holders],
             n_images=[int(up.n_images[category]) for up in holders],
             weights=[weights.get(str(up.client_id), 1.0) for up in holders],
-            seed=_category_seed(seed, category),
+            seed=derive_seed(seed, category),
             projection_dim=int(projection_dim),
+            options=dict(options or {}),
         )
         client_idx, row_idx = fn(parts, global_bank_size)
         client_idx = np.asarray(client_idx, dtype=np.int64)
@@ -373,13 +327,16 @@ def aggregate(
             raise AggregationError(f"strategy '{strategy}' chose an unknown client for '{category}'")
         banks[category] = bank
         origin[category] = np.array([parts.client_ids[c] for c in client_idx], dtype=object).astype(str)
+        source_row[category] = row_idx
         kept = (
             np.bincount(client_idx, minlength=len(holders))
             if len(client_idx)
             else np.zeros(len(holders), int)
         )
         contributions[category] = {cid: int(k) for cid, k in zip(parts.client_ids, kept, strict=True)}
-    return AggregationResult(banks=banks, origin=origin, rejected=rejected, contributions=contributions)
+    return AggregationResult(
+        banks=banks, origin=origin, source_row=source_row, rejected=rejected, contributions=contributions
+    )
 
 
 # --------------------------------------------------------------------------- multi-round
@@ -395,7 +352,7 @@ def _as_f32(a: np.ndarray, name: str) -> np.ndarray:
 def uncovered_rows(local_coreset: np.ndarray, global_bank: np.ndarray, radius: float) -> np.ndarray:
     """Bool mask over ``local_coreset``: rows farther than ``radius`` (L2) from every global row.
 
-    Exact search (faiss ``IndexFlatL2``). An empty global bank covers nothing.
+    Exact search. An empty global bank covers nothing.
     """
     local = _as_f32(local_coreset, "local_coreset")
     bank = _as_f32(global_bank, "global_bank")
@@ -407,10 +364,7 @@ def uncovered_rows(local_coreset: np.ndarray, global_bank: np.ndarray, radius: f
         return np.ones(len(local), dtype=bool)
     if local.shape[1] != bank.shape[1]:
         raise ValueError(f"dimension mismatch: local {local.shape[1]} vs global {bank.shape[1]}")
-    index = faiss.IndexFlatL2(bank.shape[1])
-    index.add(bank)
-    sq_dist, _ = index.search(local, 1)
-    return sq_dist[:, 0] > float(radius) ** 2
+    return nearest_distances(build_index(bank), local)[:, 0] > float(radius)
 
 
 def covering_radius_estimate(bank: np.ndarray, quantile: float) -> float:
@@ -420,9 +374,6 @@ def covering_radius_estimate(bank: np.ndarray, quantile: float) -> float:
         raise ValueError(f"quantile must be in [0, 1], got {quantile}")
     if len(arr) < 2:
         raise ValueError("covering_radius_estimate needs a bank of at least 2 rows")
-    index = faiss.IndexFlatL2(arr.shape[1])
-    index.add(arr)
-    sq_dist, _ = index.search(arr, 2)
     # Column 0 is the row itself (or an exact duplicate, at distance 0 too); column 1 the nearest other.
-    nn = np.sqrt(np.maximum(sq_dist[:, 1], 0.0))
+    nn = nearest_distances(build_index(arr), arr, k=2)[:, 1]
     return float(np.quantile(nn, quantile))

@@ -8,36 +8,57 @@ needs a few hundred MB, not the ~6 GB the vectors would take in float32.
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
+from fedpatchcore.core.backbones import load_backbone
 from fedpatchcore.core.batches import iter_image_batches
-from fedpatchcore.core.data.types import CategoryInfo, Sample
+from fedpatchcore.core.data.types import CategoryInfo, Sample, group_by_category
 from fedpatchcore.core.feature_store import PatchFeatureFile, PatchFeatureWriter
 from fedpatchcore.core.patchcore import PatchEmbedder
+from fedpatchcore.core.runtime import resolve_device, set_torch_threads
 
 logger = logging.getLogger(__name__)
 
 
+def make_embedder(backbone: Mapping[str, Any], extraction: Mapping[str, Any]) -> PatchEmbedder:
+    """The frozen pretrained feature extractor every client and the evaluator share.
+
+    ``backbone`` and ``extraction`` are the parameter blocks of the same names.
+    """
+    set_torch_threads(extraction["num_threads"])
+    device = resolve_device(backbone["device"], parameter="backbone.device")
+    network = load_backbone(
+        backbone["name"],
+        weights_path=backbone.get("weights_path"),
+        device=device,
+        allow_download=bool(backbone.get("allow_download", False)),
+    )
+    return PatchEmbedder(network, neighbourhood=extraction["neighbourhood"], device=device)
+
+
 @dataclass
 class ExtractedFeatures:
-    """Patch features of one client's training images, one file per category."""
+    """Patch features of one client's training images, one file per category.
+
+    Rows of a category's file come image by image (in ``image_keys`` order), each image's
+    ``grid`` = (h, w) patches in row-major order, so row ``r`` is patch
+    ``(r // w % h, r % w)`` of image ``image_keys[r // (h * w)]``.
+    """
 
     files: dict[str, PatchFeatureFile]
-    n_images: dict[str, int]
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    image_keys: dict[str, list[str]]  # category -> the images whose patches are in its file
+    grid: dict[str, tuple[int, int]]  # category -> (h, w) patches per image
+    skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable images, not in the files
 
-
-def group_by_category(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
-    groups: dict[str, list[Sample]] = defaultdict(list)
-    for sample in samples:
-        groups[sample.category].append(sample)
-    return dict(sorted(groups.items()))
+    @property
+    def n_images(self) -> dict[str, int]:
+        return {category: len(keys) for category, keys in self.image_keys.items()}
 
 
 def extract_patch_features(
@@ -55,7 +76,7 @@ def extract_patch_features(
     """Embed every image and append its patch vectors to ``<output_dir>/<category>.npy``."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    files, n_images, skipped = {}, {}, []
+    files, skipped, image_keys, grid = {}, [], {}, {}
     for category, category_samples in group_by_category(samples).items():
         info = infos[category]
         writer = PatchFeatureWriter(
@@ -64,7 +85,7 @@ def extract_patch_features(
             projection_dim=projection_dim,
             seed=seed,
         )
-        count = 0
+        keys: list[str] = []
         progress = tqdm(
             total=len(category_samples), desc=f"{description} {category}", unit="img", leave=False
         )
@@ -76,20 +97,21 @@ def extract_patch_features(
             ):
                 patches = embedder.embed(batch.images)
                 writer.append(patches.reshape(-1, patches.shape[-1]))
-                count += len(batch.samples)
+                keys.extend(sample.key for sample in batch.samples)
+                grid[category] = (int(patches.shape[1]), int(patches.shape[2]))
                 progress.update(len(batch.samples))
         progress.close()
-        if count == 0:
+        if not keys:
             writer.close()
             raise ValueError(f"no readable training image for category {category} (all skipped: see log)")
         files[category] = writer.close()
-        n_images[category] = count
+        image_keys[category] = keys
         logger.info(
             "%s: %s -> %d images, %d patch vectors of dim %d",
             description,
             category,
-            count,
+            len(keys),
             files[category].n_rows,
             files[category].dim,
         )
-    return ExtractedFeatures(files, n_images, skipped)
+    return ExtractedFeatures(files, image_keys, grid, skipped)

@@ -25,7 +25,11 @@ class PatchFeaturesDataset(LocalVersionedDataset):
         if not isinstance(data, ExtractedFeatures):
             raise TypeError(f"PatchFeaturesDataset saves ExtractedFeatures, got {type(data).__name__}")
         path.mkdir(parents=True)
-        meta = {"n_images": data.n_images, "skipped": data.skipped}
+        meta = {
+            "image_keys": data.image_keys,
+            "grid": {category: list(grid) for category, grid in data.grid.items()},
+            "skipped": data.skipped,
+        }
         (path / "features.json").write_text(json.dumps(meta, indent=2))
         for category, feature_file in data.files.items():
             if feature_file.projected is not None:
@@ -42,6 +46,7 @@ class PatchFeaturesDataset(LocalVersionedDataset):
     def _read(self, path: Path) -> ExtractedFeatures:
         meta = json.loads((path / "features.json").read_text())
         files = {
-            category: PatchFeatureFile.open(path / f"{category}.npy") for category in sorted(meta["n_images"])
+            category: PatchFeatureFile.open(path / f"{category}.npy") for category in sorted(meta["image_keys"])
         }
-        return ExtractedFeatures(files, {c: int(n) for c, n in meta["n_images"].items()}, meta["skipped"])
+        grid = {category: (int(h), int(w)) for category, (h, w) in meta["grid"].items()}
+        return ExtractedFeatures(files, meta["image_keys"], grid, meta["skipped"])

@@ -10,12 +10,24 @@ import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.loading import load_defect_channels, original_size
-from fedpatchcore.core.data.types import TEST, CategoryInfo, Sample, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.extraction import group_by_category
-from fedpatchcore.core.metrics import DefectRegion, evaluate_category, mean_over_categories, saturation_area
+from fedpatchcore.core.data.types import (
+    TEST,
+    CategoryInfo,
+    Sample,
+    category_info_from_dict,
+    frame_to_samples,
+    group_by_category,
+)
+from fedpatchcore.core.extraction import make_embedder
+from fedpatchcore.core.metrics import (
+    DefectRegion,
+    evaluate_category,
+    mean_over_categories,
+    metrics_table,
+    saturation_area,
+)
 from fedpatchcore.core.patchcore import build_index
 from fedpatchcore.core.scoring import score_category
-from fedpatchcore.pipelines.training.nodes import make_embedder
 
 logger = logging.getLogger(__name__)
 
@@ -137,28 +149,11 @@ def compute_metrics(
     return metrics
 
 
-def metrics_table(metrics: dict[str, Any], spro_limit: str = "0.05") -> pd.DataFrame:
-    """Per-category image AUC-ROC, AUC-sPRO@limit, pixel AUROC, PRO and F1, plus the mean row."""
-    rows = {**metrics["categories"], "mean": metrics["mean"]}
-    table = pd.DataFrame(
-        {
-            name: {
-                "image_auroc": values.get("image_auroc"),
-                f"aucspro@{spro_limit}": (values.get("aucspro") or {}).get(spro_limit),
-                "pixel_auroc": values.get("pixel_auroc"),
-                "pro": values.get("pro"),
-                "f1": values.get("f1"),
-            }
-            for name, values in rows.items()
-        }
-    ).T
-    return table.astype(float)
-
-
-def summarise_centralized_run(metrics: dict[str, Any], partition: dict[str, list[str]]) -> dict[str, Any]:
+def summarise_centralized_run(metrics: dict[str, Any], memory_bank: dict[str, np.ndarray]) -> dict[str, Any]:
     """The published metrics of the centralized baseline (one client holding every image)."""
+    n_images = CategoryBanks.from_arrays(memory_bank).n_images
     return {
         **metrics,
         "partition": "centralized",
-        "clients": {client: {"n_images": len(keys)} for client, keys in partition.items()},
+        "clients": {"all": {"n_images": int(sum(n_images.values()))}},
     }

@@ -1,7 +1,8 @@
 """Scoring and metrics of one variant's memory bank (centralized or a federated variant)."""
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Pipeline, node
 
+from fedpatchcore.pipelines import in_variant
 from fedpatchcore.pipelines.evaluation import nodes
 
 
@@ -40,9 +41,4 @@ def evaluation_template() -> Pipeline:
 
 def evaluation(variant: str) -> Pipeline:
     """``<variant>.memory_bank`` -> ``<variant>.anomaly_maps``, ``.image_scores``, ``.metrics``."""
-    return pipeline(
-        evaluation_template(),
-        namespace=variant,
-        inputs={"dataset_index", "category_info"},
-        parameters={"params:scoring", "params:backbone", "params:extraction", "params:seed"},
-    )
+    return in_variant(evaluation_template(), variant, inputs={"dataset_index", "category_info"})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Pipeline, node
 
+from fedpatchcore.pipelines import in_variant
 from fedpatchcore.pipelines.export import nodes
 
 
@@ -25,15 +26,7 @@ def export_template() -> Pipeline:
 def export_maps(variants: Iterable[str]) -> Pipeline:
     """Node ``<variant>.export_maps`` for every variant name (``centralized``, ``federated``, ...)."""
     return sum(
-        (
-            pipeline(
-                export_template(),
-                namespace=variant,
-                inputs={"dataset_index"},
-                parameters={"params:export"},
-            )
-            for variant in variants
-        ),
+        (in_variant(export_template(), variant, inputs={"dataset_index"}) for variant in variants),
         Pipeline([]),
     )
 

@@ -1,148 +1,134 @@
 """A federated variant: partition -> one lane per client -> server rounds -> published metrics.
 
 Everything of variant ``v`` lives in namespace ``v`` (datasets ``v.partition``,
-``v.client_<id>.local_coreset``, ``v.memory_bank`` ...), so ``kedro run --namespaces v``
-re-runs just that variant and ``kedro viz`` folds it into one box with one lane per client.
+``v.client_<id>.local_coreset``, ``v.memory_bank`` ...) and reads the parameters
+``variants.v.*``, so ``kedro run --namespaces v`` re-runs just that variant and
+``kedro viz`` folds it into one box with one lane per client. A variant that shares its
+partition or a client's features with an earlier variant reads that variant's datasets.
 """
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Pipeline, node
 
-from fedpatchcore.pipelines import bind
+from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.federated import nodes
-from fedpatchcore.pipelines.training.pipeline import client_lanes
-from fedpatchcore.structure import FederatedVariant
+from fedpatchcore.pipelines.training import nodes as client_nodes
+from fedpatchcore.pipelines.training.pipeline import CLIENT_SETTINGS, client_lanes
+from fedpatchcore.structure import Variant
 
-SHARED_INPUTS = {"dataset_index"}
-SHARED_PARAMETERS = {"params:federation", "params:aggregation", "params:coreset", "params:seed"}
+SERVER_SETTINGS = ["params:aggregation", "params:coreset", "params:seed"]
 
 
-def _in_variant(
-    nodes_: list, variant: FederatedVariant, inputs: dict | None = None, outputs: dict | None = None
-) -> Pipeline:
-    """Namespace ``nodes_`` into the variant, keeping shared datasets and settings global.
-
-    ``inputs``/``outputs`` map template names to datasets outside the variant's own level,
-    such as a client's ``<variant>.client_<id>.local_coreset``.
-    """
-    template = Pipeline(nodes_)
-    used = template.inputs()
-    parameters = set(SHARED_PARAMETERS)
-    if variant.override_parameter:
-        parameters.add(f"params:{variant.override_parameter}")
-    return pipeline(
-        template,
-        namespace=variant.name,
-        inputs={**{name: name for name in SHARED_INPUTS & used}, **(inputs or {})},
-        outputs=outputs,
-        parameters=parameters & used,
+def partition_pipeline(variant: Variant) -> Pipeline:
+    """``<variant>.partition``, its statistics and one training-image table per client."""
+    tables = {f"client_{cid}_training_images": f"{variant.name}.client_{cid}.training_images" for cid in variant.client_ids}
+    template = Pipeline(
+        [
+            node(
+                bind(nodes.partition_clients, client_ids=variant.client_ids),
+                ["dataset_index", "params:federation", "params:seed"],
+                ["partition", "partition_stats", *tables],
+                name="partition_clients",
+            )
+        ]
     )
+    return in_variant(template, variant.name, inputs={"dataset_index"}, outputs=tables)
 
 
-def partition_node(variant: FederatedVariant):
-    inputs = ["dataset_index", "params:federation", "params:seed"]
-    if variant.override_parameter:
-        inputs.append(f"params:{variant.override_parameter}")
-    return node(nodes.partition_clients, inputs, ["partition", "partition_stats"], name="partition_clients")
-
-
-def _global_bank(variant: FederatedVariant, round_number: int) -> str:
+def _global_bank(variant: Variant, round_number: int) -> str:
     """The bank a round produces: the last round's is the variant's memory bank."""
     return "memory_bank" if round_number == variant.rounds else f"global_bank_round_{round_number}"
 
 
-def _client_upload_node(variant: FederatedVariant, client_id: str, round_number: int):
-    """Round r > 1 on one client: keep what the broadcast bank misses.
+def server_rounds(variant: Variant) -> Pipeline:
+    """Round 1 merges the clients' uploads; each later round merges what clients found uncovered.
 
-    It sits in the variant's namespace, not the client's: a client namespace spanning rounds
-    would be cut in two by the server node between them, which Kedro rejects as a namespace.
+    A later round's client step sits in the variant's namespace, not the client's: a client
+    namespace spanning rounds would be cut in two by the server node between them.
     """
-    return node(
-        nodes.select_uncovered_upload,
-        [f"client_{client_id}_local_coreset", _global_bank(variant, round_number - 1), "params:federation"],
-        f"client_{client_id}_upload_round_{round_number}",
-        name=f"client_{client_id}_select_upload_round_{round_number}",
-    )
-
-
-def server_rounds(variant: FederatedVariant) -> Pipeline:
-    """Round 1 merges the local coresets; each later round merges what clients found uncovered."""
     client_ids = variant.client_ids
-    shared = ["params:aggregation", "params:coreset", "params:seed"]
 
-    def client_inputs(dataset: str) -> dict[str, str]:
-        # Template names without dots; mapped onto the clients' namespaced datasets.
+    def per_client(dataset: str) -> dict[str, str]:
+        # Template names without dots, mapped onto the clients' namespaced datasets.
         return {f"client_{cid}_{dataset}": f"{variant.name}.client_{cid}.{dataset}" for cid in client_ids}
 
-    rounds = _in_variant(
-        [
-            node(
-                bind(nodes.aggregate_first_round, client_ids=client_ids),
-                [*shared, *client_inputs("local_coreset")],
-                [_global_bank(variant, 1), "round_1_report"],
-                name="aggregate_round_1",
-            )
-        ],
-        variant,
-        inputs=client_inputs("local_coreset"),
-    )
-    for round_number in range(2, variant.rounds + 1):
-        uploads = client_inputs(f"upload_round_{round_number}")
-        rounds += _in_variant(
-            [_client_upload_node(variant, cid, round_number) for cid in client_ids],
-            variant,
-            inputs=client_inputs("local_coreset"),
-            outputs=uploads,
-        )
-        rounds += _in_variant(
+    uploads = per_client("upload_round_1")
+    rounds = in_variant(
+        Pipeline(
             [
                 node(
-                    bind(nodes.aggregate_later_round, client_ids=client_ids, round_number=round_number),
-                    [_global_bank(variant, round_number - 1), *shared, *uploads],
-                    [_global_bank(variant, round_number), f"round_{round_number}_report"],
-                    name=f"aggregate_round_{round_number}",
+                    bind(nodes.aggregate_first_round, client_ids=client_ids),
+                    [*SERVER_SETTINGS, *uploads],
+                    [_global_bank(variant, 1), "round_1_report"],
+                    name="aggregate_round_1",
                 )
-            ],
-            variant,
-            inputs=uploads,
+            ]
+        ),
+        variant.name,
+        inputs=uploads,
+    )
+    for round_number in range(2, variant.rounds + 1):
+        previous = _global_bank(variant, round_number - 1)
+        uploads = per_client(f"upload_round_{round_number}")
+        local_coresets = per_client("local_coreset")
+        client_steps = [
+            node(
+                bind(client_nodes.prepare_later_upload, client_id=cid),
+                [f"client_{cid}_local_coreset", previous, *CLIENT_SETTINGS],
+                f"client_{cid}_upload_round_{round_number}",
+                name=f"client_{cid}_prepare_upload_round_{round_number}",
+            )
+            for cid in client_ids
+        ]
+        rounds += in_variant(Pipeline(client_steps), variant.name, inputs=local_coresets, outputs=uploads)
+        server_step = node(
+            bind(nodes.aggregate_later_round, client_ids=client_ids, round_number=round_number),
+            [previous, *SERVER_SETTINGS, *uploads],
+            [_global_bank(variant, round_number), f"round_{round_number}_report"],
+            name=f"aggregate_round_{round_number}",
         )
+        rounds += in_variant(Pipeline([server_step]), variant.name, inputs=uploads)
     return rounds
 
 
-def published_metrics_name(variant: FederatedVariant) -> str:
+def published_metrics_name(variant: Variant) -> str:
     """``metrics_federated`` for the main run, ``metrics_<variant>`` for each comparison variant."""
     return f"metrics_{variant.name}"
 
 
-def summary_node(variant: FederatedVariant):
-    return node(
-        nodes.summarise_federated_run,
+def summary_pipeline(variant: Variant) -> Pipeline:
+    partition = variant.partition_owner
+    template = Pipeline(
         [
-            "metrics",
-            "memory_bank",
-            "partition",
-            "partition_stats",
-            "dataset_index",
-            "params:aggregation",
-            *[f"round_{r}_report" for r in range(1, variant.rounds + 1)],
-        ],
-        "metrics_federated",
-        name="summarise_run",
+            node(
+                nodes.summarise_federated_run,
+                [
+                    "metrics",
+                    "memory_bank",
+                    "partition",
+                    "partition_stats",
+                    "dataset_index",
+                    "params:aggregation",
+                    *[f"round_{r}_report" for r in range(1, variant.rounds + 1)],
+                ],
+                "published_metrics",
+                name="summarise_run",
+            )
+        ]
+    )
+    inputs = {"dataset_index"}
+    if not variant.owns_partition:
+        inputs = {"dataset_index": "dataset_index", "partition": f"{partition}.partition",
+                  "partition_stats": f"{partition}.partition_stats"}
+    return in_variant(
+        template, variant.name, inputs=inputs, outputs={"published_metrics": published_metrics_name(variant)}
     )
 
 
-def federated_training(variant: FederatedVariant) -> Pipeline:
-    return (
-        _in_variant([partition_node(variant)], variant)
-        + client_lanes(variant.name, variant.client_ids)
-        + server_rounds(variant)
-    )
+def federated_training(variant: Variant) -> Pipeline:
+    partition = partition_pipeline(variant) if variant.owns_partition else Pipeline([])
+    return partition + client_lanes(variant) + server_rounds(variant)
 
 
-def federated_evaluation(variant: FederatedVariant) -> Pipeline:
-    outputs = {"metrics_federated": published_metrics_name(variant)}
-    return evaluation(variant.name) + _in_variant([summary_node(variant)], variant, outputs=outputs)
-
-
-def create_pipeline(variant: FederatedVariant) -> Pipeline:
-    return federated_training(variant) + federated_evaluation(variant)
+def federated_evaluation(variant: Variant) -> Pipeline:
+    return evaluation(variant.name) + summary_pipeline(variant)

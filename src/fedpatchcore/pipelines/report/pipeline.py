@@ -2,6 +2,7 @@
 
 from kedro.pipeline import Pipeline, node, pipeline
 
+from fedpatchcore.pipelines import in_variant
 from fedpatchcore.pipelines.report import nodes
 
 
@@ -21,12 +22,7 @@ def report_template() -> Pipeline:
 
 def report(variant: str) -> Pipeline:
     """``data/08_reporting/<variant>/``: overlays and a metrics chart of that variant."""
-    return pipeline(
-        report_template(),
-        namespace=variant,
-        inputs={"dataset_index", "category_info"},
-        parameters={"params:report"},
-    )
+    return in_variant(report_template(), variant, inputs={"dataset_index", "category_info"})
 
 
 def comparison(published_metrics: dict[str, str]) -> Pipeline:

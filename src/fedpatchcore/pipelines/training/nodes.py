@@ -1,103 +1,101 @@
-"""One client's lane: its training images -> patch features -> local coreset.
+"""One client's lane: its own training images -> patch features -> local coreset -> upload.
 
-The centralized baseline is the same lane with a single client that holds every image.
+Thin calls of :mod:`fedpatchcore.core.federation.client`; the centralized baseline is the same
+lane with a single client that holds every training image.
 """
 
 from __future__ import annotations
 
-import logging
-import tempfile
-from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from fedpatchcore.core.backbones import load_backbone, resolve_device, set_torch_threads
 from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.coreset import coreset_size
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.extraction import ExtractedFeatures, extract_patch_features
-from fedpatchcore.core.feature_store import select_coreset_streaming
-from fedpatchcore.core.patchcore import PatchEmbedder
-
-logger = logging.getLogger(__name__)
+from fedpatchcore.core.extraction import ExtractedFeatures, make_embedder
+from fedpatchcore.core.federation import client
 
 CENTRALIZED_CLIENT = "all"
 
 
-def make_embedder(backbone: dict[str, Any], extraction: dict[str, Any]) -> PatchEmbedder:
-    """The frozen pretrained feature extractor every client and the evaluator share."""
-    set_torch_threads(extraction["num_threads"])
-    device = resolve_device(backbone["device"])
-    network = load_backbone(
-        backbone["name"],
-        weights_path=backbone.get("weights_path"),
-        device=device,
-        allow_download=bool(backbone.get("allow_download", False)),
+def _settings(client_id, coreset, federation, extraction, seed) -> client.ClientSettings:
+    return client.ClientSettings.from_parameters(
+        client_id, coreset=coreset, federation=federation, extraction=extraction, seed=seed
     )
-    return PatchEmbedder(network, neighbourhood=extraction["neighbourhood"], device=device)
 
 
-def hold_all_training_images(dataset_index: pd.DataFrame) -> dict[str, list[str]]:
-    """The centralized baseline's partition: one client holding every training image."""
-    return {CENTRALIZED_CLIENT: sorted(dataset_index.loc[dataset_index["split"] == TRAIN, "key"])}
+def hold_all_training_images(dataset_index: pd.DataFrame) -> pd.DataFrame:
+    """The centralized baseline's single client holds every training image."""
+    return dataset_index.loc[dataset_index["split"] == TRAIN].sort_values("key").reset_index(drop=True)
 
 
 def extract_client_features(
-    partition: dict[str, list[str]],
-    dataset_index: pd.DataFrame,
+    training_images: pd.DataFrame,
     category_info: dict[str, Any],
     backbone: dict[str, Any],
-    extraction: dict[str, Any],
     coreset: dict[str, Any],
+    federation: dict[str, Any],
+    extraction: dict[str, Any],
     seed: int,
     *,
     client_id: str,
 ) -> ExtractedFeatures:
-    """Stream this client's training images through the backbone into feature files."""
-    held = set(partition[client_id])
-    samples = [s for s in frame_to_samples(dataset_index) if s.key in held]
+    """Stream this client's training images (and no one else's) through the backbone."""
     infos = {name: category_info_from_dict(info) for name, info in category_info.items()}
-    scratch = Path(extraction["scratch_dir"])
-    scratch.mkdir(parents=True, exist_ok=True)
-    return extract_patch_features(
-        samples,
+    return client.extract_features(
+        frame_to_samples(training_images),
         infos,
         make_embedder(backbone, extraction),
-        tempfile.mkdtemp(prefix=f"client_{client_id}_", dir=scratch),
-        batch_size=extraction["batch_size"],
-        projection_dim=coreset["projection_dim"],
-        seed=seed,
-        num_workers=extraction["num_workers"],
-        description=f"client {client_id}",
+        extraction["scratch_dir"],
+        _settings(client_id, coreset, federation, extraction, seed),
     )
 
 
 def select_local_coreset(
-    features: ExtractedFeatures,
+    patch_features: ExtractedFeatures,
     coreset: dict[str, Any],
-    client_coreset_ratios: dict[str, float] | None,
+    federation: dict[str, Any],
+    extraction: dict[str, Any],
     seed: int,
     *,
     client_id: str,
-) -> dict[str, Any]:
-    """Greedy k-center coreset of each category's patch vectors, gathered at full dimension."""
-    ratio = (client_coreset_ratios or {}).get(client_id, coreset["ratio"])
-    device = resolve_device(coreset["device"])
-    banks, n_images = {}, {}
-    for category, feature_file in features.files.items():
-        k = coreset_size(feature_file.n_rows, ratio, coreset["max_size"])
-        chosen = select_coreset_streaming(
-            feature_file, k, seed=seed, num_starts=coreset["num_starts"], device=device
-        )
-        banks[category] = feature_file.gather(chosen)
-        n_images[category] = features.n_images[category]
-        logger.info(
-            "client %s: %s coreset %d of %d patch vectors (ratio %.3g)",
-            client_id,
-            category,
-            k,
-            feature_file.n_rows,
-            ratio,
-        )
-    return CategoryBanks(banks, n_images).to_arrays()
+) -> dict[str, np.ndarray]:
+    """Greedy k-center coreset per category; the rows' image and position stay on the client."""
+    settings = _settings(client_id, coreset, federation, extraction, seed)
+    return client.select_local_coreset(patch_features, settings).to_arrays()
+
+
+def prepare_upload(
+    local_coreset: dict[str, np.ndarray],
+    coreset: dict[str, Any],
+    federation: dict[str, Any],
+    extraction: dict[str, Any],
+    seed: int,
+    *,
+    client_id: str,
+) -> dict[str, np.ndarray]:
+    """Round 1: what the client sends to the server (its whole local coreset, no provenance)."""
+    settings = _settings(client_id, coreset, federation, extraction, seed)
+    return client.build_upload(client.LocalCoreset.from_arrays(local_coreset), settings).to_arrays()
+
+
+def prepare_later_upload(
+    local_coreset: dict[str, np.ndarray],
+    previous_bank: dict[str, np.ndarray],
+    coreset: dict[str, Any],
+    federation: dict[str, Any],
+    extraction: dict[str, Any],
+    seed: int,
+    *,
+    client_id: str,
+) -> dict[str, np.ndarray]:
+    """Round r > 1: only the local rows the broadcast global bank does not cover."""
+    settings = _settings(client_id, coreset, federation, extraction, seed)
+    local = client.LocalCoreset.from_arrays(local_coreset)
+    return client.build_upload(local, settings, CategoryBanks.from_arrays(previous_bank)).to_arrays()
+
+
+def coreset_as_memory_bank(local_coreset: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The centralized baseline's coreset is its memory bank (no server in between)."""
+    return client.as_bank(client.LocalCoreset.from_arrays(local_coreset), CENTRALIZED_CLIENT).to_arrays()

@@ -1,77 +1,76 @@
-"""The client lane, instantiated once per client with its own namespace."""
+"""The client lane, instantiated once per client of a variant with its own namespace."""
 
-from kedro.pipeline import Pipeline, node, pipeline
+from kedro.pipeline import Pipeline, node
 
-from fedpatchcore.pipelines import bind
+from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.training import nodes
+from fedpatchcore.structure import CENTRALIZED, Variant
 
-# Settings every client shares; inside a client namespace they stay global.
-SHARED_PARAMETERS = {
-    "params:backbone",
-    "params:extraction",
-    "params:coreset",
-    "params:seed",
-    "params:federation.client_coreset_ratios",
-}
-SHARED_INPUTS = {"dataset_index", "category_info"}
+# What a client needs to know besides its images (ClientSettings.from_parameters).
+CLIENT_SETTINGS = ["params:coreset", "params:federation", "params:extraction", "params:seed"]
 
 
-def client_lane(client_id: str) -> Pipeline:
-    """What one factory does with its own images; nothing here knows about the others."""
-    return Pipeline(
-        [
-            node(
-                bind(nodes.extract_client_features, client_id=client_id),
-                [
-                    "partition",
-                    "dataset_index",
-                    "category_info",
-                    "params:backbone",
-                    "params:extraction",
-                    "params:coreset",
-                    "params:seed",
-                ],
-                "patch_features",
-                name="extract_features",
-            ),
-            node(
-                bind(nodes.select_local_coreset, client_id=client_id),
-                [
-                    "patch_features",
-                    "params:coreset",
-                    "params:federation.client_coreset_ratios",
-                    "params:seed",
-                ],
-                "local_coreset",
-                name="select_coreset",
-            ),
-        ]
+def extraction_node(client_id: str):
+    return node(
+        bind(nodes.extract_client_features, client_id=client_id),
+        ["training_images", "category_info", "params:backbone", *CLIENT_SETTINGS],
+        "patch_features",
+        name="extract_features",
     )
 
 
-def client_lanes(variant: str, client_ids: list[str]) -> Pipeline:
+def coreset_node(client_id: str):
+    return node(
+        bind(nodes.select_local_coreset, client_id=client_id),
+        ["patch_features", *CLIENT_SETTINGS],
+        "local_coreset",
+        name="select_coreset",
+    )
+
+
+def upload_node(client_id: str):
+    return node(
+        bind(nodes.prepare_upload, client_id=client_id),
+        ["local_coreset", *CLIENT_SETTINGS],
+        "upload_round_1",
+        name="prepare_upload_round_1",
+    )
+
+
+def client_lane(variant: Variant, client_id: str) -> Pipeline:
+    """What one factory does with its own images; nothing here sees another client's data.
+
+    The lane reads only ``<partition owner>.client_<id>.training_images``. If an earlier variant
+    already extracts the same images with the same settings, the lane reuses its features.
+    """
+    namespace = f"{variant.name}.client_{client_id}"
+    owner = variant.feature_owner[client_id]
+    if owner == variant.name:
+        template = Pipeline([extraction_node(client_id), coreset_node(client_id), upload_node(client_id)])
+        inputs = {
+            "category_info": "category_info",
+            "training_images": f"{variant.partition_owner}.client_{client_id}.training_images",
+        }
+    else:
+        template = Pipeline([coreset_node(client_id), upload_node(client_id)])
+        inputs = {"patch_features": f"{owner}.client_{client_id}.patch_features"}
+    return in_variant(template, variant.name, namespace=namespace, inputs=inputs)
+
+
+def client_lanes(variant: Variant) -> Pipeline:
     """One namespaced lane per client of a federated variant: ``<variant>.client_<id>.*``."""
-    lanes = [
-        pipeline(
-            client_lane(client_id),
-            namespace=f"{variant}.client_{client_id}",
-            inputs={**{name: name for name in SHARED_INPUTS}, "partition": f"{variant}.partition"},
-            parameters=SHARED_PARAMETERS,
-        )
-        for client_id in client_ids
-    ]
-    return sum(lanes, Pipeline([]))
+    return sum((client_lane(variant, cid) for cid in variant.client_ids), Pipeline([]))
 
 
 def centralized_training() -> Pipeline:
     """The baseline: one client holding every training image; its coreset is the memory bank."""
-    lane = Pipeline(
-        [node(nodes.hold_all_training_images, "dataset_index", "partition", name="hold_all_training_images")]
-    ) + client_lane(nodes.CENTRALIZED_CLIENT)
-    return pipeline(
-        lane,
-        namespace="centralized",
-        inputs=SHARED_INPUTS,
-        outputs={"local_coreset": "centralized.memory_bank"},
-        parameters=SHARED_PARAMETERS,
+    client_id = nodes.CENTRALIZED_CLIENT
+    template = Pipeline(
+        [
+            node(nodes.hold_all_training_images, "dataset_index", "training_images", name="hold_all_training_images"),
+            extraction_node(client_id),
+            coreset_node(client_id),
+            node(nodes.coreset_as_memory_bank, "local_coreset", "memory_bank", name="publish_memory_bank"),
+        ]
     )
+    return in_variant(template, CENTRALIZED, inputs={"dataset_index", "category_info"})

@@ -1,0 +1,193 @@
+"""What one client (a factory site) does with its own images, whatever carries the result.
+
+    training images ──extract_features──► patch features (streamed to files on the site)
+                    ──select_local_coreset──► local coreset (rows + where each came from)
+                    ──build_upload(round, broadcast)──► ClientUpload (what leaves the site)
+
+The local coreset keeps, for every row, the image and patch position it came from; that
+provenance never leaves the site. An upload carries only rows, the index of each row in the
+local coreset (so the server can say which client row a bank row is), image counts, and
+numbers the client reports about itself.
+
+The Kedro client lane and the Flower ClientApp both call these functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedpatchcore.core.aggregation import covering_radius_estimate, uncovered_rows
+from fedpatchcore.core.banks import CategoryBanks, ClientUpload, pack, unpack
+from fedpatchcore.core.coreset import coreset_size
+from fedpatchcore.core.data.types import CategoryInfo, Sample
+from fedpatchcore.core.extraction import ExtractedFeatures, extract_patch_features
+from fedpatchcore.core.feature_store import select_coreset_streaming
+from fedpatchcore.core.patchcore import PatchEmbedder
+from fedpatchcore.core.runtime import resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """Everything a client needs to know besides its images (the server's run configuration)."""
+
+    client_id: str
+    seed: int
+    coreset_ratio: float  # fraction of the client's patch vectors kept (per-client override applied)
+    coreset_max_size: int | None
+    coreset_num_starts: int
+    projection_dim: int | None
+    coreset_device: str
+    coverage_quantile: float  # round r > 1: a row is covered within this quantile of NN distances
+    batch_size: int
+    num_workers: int
+
+    @classmethod
+    def from_parameters(
+        cls,
+        client_id: str,
+        *,
+        coreset: Mapping[str, Any],
+        federation: Mapping[str, Any],
+        extraction: Mapping[str, Any],
+        seed: int,
+    ) -> ClientSettings:
+        """From the parameter blocks of the same names; ``federation.client_coreset_ratios``
+        overrides ``coreset.ratio`` for this client."""
+        ratios = federation.get("client_coreset_ratios") or {}
+        return cls(
+            client_id=str(client_id),
+            seed=int(seed),
+            coreset_ratio=float(ratios.get(str(client_id), coreset["ratio"])),
+            coreset_max_size=coreset.get("max_size"),
+            coreset_num_starts=int(coreset.get("num_starts", 1)),
+            projection_dim=coreset.get("projection_dim"),
+            coreset_device=str(coreset.get("device", "auto")),
+            coverage_quantile=float(federation.get("coverage_quantile", 0.5)),
+            batch_size=int(extraction["batch_size"]),
+            num_workers=int(extraction.get("num_workers", 0)),
+        )
+
+
+@dataclass
+class LocalCoreset:
+    """A client's coreset per category and, kept on the site, where each row came from."""
+
+    banks: dict[str, np.ndarray]  # category -> (m, d) float32
+    image_keys: dict[str, list[str]]  # category -> the client's images the rows were chosen from
+    patch_source: dict[str, np.ndarray]  # category -> (m, 3) int64: (image index into image_keys, y, x)
+    numbers: dict[str, float] = field(default_factory=dict)  # what the client reports about itself
+
+    @property
+    def n_images(self) -> dict[str, int]:
+        return {category: len(keys) for category, keys in self.image_keys.items()}
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return pack(
+            bank=self.banks,
+            image_keys={c: np.asarray(keys, dtype=str) for c, keys in self.image_keys.items()},
+            patch_source=self.patch_source,
+            number={name: float(value) for name, value in self.numbers.items()},
+        )
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> LocalCoreset:
+        parts = unpack(arrays, ("bank", "image_keys", "patch_source", "number"), "a local coreset file")
+        return cls(
+            banks={c: np.asarray(b, dtype=np.float32) for c, b in parts["bank"].items()},
+            image_keys={c: [str(k) for k in keys] for c, keys in parts["image_keys"].items()},
+            patch_source={c: np.asarray(s, dtype=np.int64) for c, s in parts["patch_source"].items()},
+            numbers={name: float(v) for name, v in parts["number"].items()},
+        )
+
+
+def extract_features(
+    samples: Sequence[Sample],
+    infos: Mapping[str, CategoryInfo],
+    embedder: PatchEmbedder,
+    scratch_dir: str | Path,
+    settings: ClientSettings,
+) -> ExtractedFeatures:
+    """Stream the client's own training images through the backbone into feature files."""
+    scratch = Path(scratch_dir)
+    scratch.mkdir(parents=True, exist_ok=True)
+    return extract_patch_features(
+        samples,
+        dict(infos),
+        embedder,
+        tempfile.mkdtemp(prefix=f"client_{settings.client_id}_", dir=scratch),
+        batch_size=settings.batch_size,
+        projection_dim=settings.projection_dim,
+        seed=settings.seed,
+        num_workers=settings.num_workers,
+        description=f"client {settings.client_id}",
+    )
+
+
+def patch_positions(rows: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(image index, y, x) of feature-file rows, images stored one after another in row-major grids."""
+    height, width = grid
+    rows = np.asarray(rows, dtype=np.int64)
+    return np.stack([rows // (height * width), (rows // width) % height, rows % width], axis=1)
+
+
+def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) -> LocalCoreset:
+    """Greedy k-center coreset of each category's patch vectors, gathered at full dimension."""
+    device = resolve_device(settings.coreset_device, parameter="coreset.device")
+    banks, sources = {}, {}
+    for category, feature_file in features.files.items():
+        k = coreset_size(feature_file.n_rows, settings.coreset_ratio, settings.coreset_max_size)
+        chosen = select_coreset_streaming(
+            feature_file, k, seed=settings.seed, num_starts=settings.coreset_num_starts, device=device
+        )
+        banks[category] = feature_file.gather(chosen)
+        sources[category] = patch_positions(chosen, features.grid[category])
+        logger.info(
+            "client %s: %s coreset %d of %d patch vectors (ratio %.3g)",
+            settings.client_id,
+            category,
+            k,
+            feature_file.n_rows,
+            settings.coreset_ratio,
+        )
+    numbers = {"images.skipped": float(len(features.skipped))}
+    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers)
+
+
+def build_upload(
+    local: LocalCoreset, settings: ClientSettings, broadcast: CategoryBanks | None = None
+) -> ClientUpload:
+    """The client's upload for a round.
+
+    Round 1 (no ``broadcast``): the whole local coreset. Round r > 1: only rows the broadcast
+    global bank does not cover (farther than its ``coverage_quantile`` nearest-neighbour
+    distance from every global row), so rows the server already has are not sent again.
+    """
+    banks, row_ids = {}, {}
+    for category, bank in local.banks.items():
+        keep = np.arange(len(bank), dtype=np.int64)
+        global_rows = None if broadcast is None else broadcast.banks.get(category)
+        if global_rows is not None and len(global_rows) >= 2:
+            radius = covering_radius_estimate(global_rows, settings.coverage_quantile)
+            keep = np.flatnonzero(uncovered_rows(bank, global_rows, radius))
+        banks[category] = bank[keep]
+        row_ids[category] = keep
+    return ClientUpload(settings.client_id, banks, local.n_images, row_ids, dict(local.numbers))
+
+
+def as_bank(local: LocalCoreset, client_id: str) -> CategoryBanks:
+    """A client's coreset used directly as a memory bank (the centralized baseline's single client)."""
+    return CategoryBanks(
+        banks=dict(local.banks),
+        n_images=local.n_images,
+        origin={c: np.full(len(b), client_id, dtype=str) for c, b in local.banks.items()},
+        origin_row={c: np.arange(len(b), dtype=np.int64) for c, b in local.banks.items()},
+    )
