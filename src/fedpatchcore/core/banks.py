@@ -8,6 +8,7 @@ plus how many training images stand behind each. On disk they are one ``.npz`` w
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,3 +51,18 @@ class CategoryBanks:
     @property
     def nbytes(self) -> int:
         return int(sum(np.asarray(bank).nbytes for bank in self.banks.values()))
+
+
+def bank_fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of the rows a search index is built from: every ``bank/<category>`` entry.
+
+    Covers category names, shapes and the float32 bytes (what the index holds), in sorted
+    category order; ``n_images`` and ``origin`` do not change an index and are left out. Two
+    banks with equal fingerprints give identical indexes.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(k for k in arrays if k.startswith("bank/")):
+        rows = np.ascontiguousarray(arrays[key], dtype=np.float32)
+        digest.update(f"{key}|{rows.shape}|".encode())
+        digest.update(rows.data)
+    return digest.hexdigest()
