@@ -54,8 +54,11 @@ def test_rescoring_after_a_new_coreset_uses_the_new_bank(kedro_project, first_ru
     # Case 2: a new bank without a new index (--to-nodes select_coreset, or a failure between
     # the two) used to be scored against the old index, silently.
     project = kedro_project.path
+    # Only the coreset, from the cached features (the issue ran --to-nodes, which also re-extracts).
     kedro_project.run(
-        {"coreset": {"ratio": 0.01}}, pipeline_names=["centralized"], to_nodes=["centralized.select_coreset"]
+        {"coreset": {"ratio": 0.01}},
+        pipeline_names=["centralized"],
+        node_names=["centralized.select_coreset"],
     )
     _, catalog = first_run
     new_bank = catalog.load("centralized.memory_bank")  # the newest version: this run's
