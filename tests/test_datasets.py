@@ -10,10 +10,17 @@ import pytest
 from kedro.io import DatasetError
 from kedro.io.core import Version
 
-from fedpatchcore.core.extraction import ExtractedFeatures
+from fedpatchcore.core.banks import bank_fingerprint
+from fedpatchcore.core.extraction import SCRATCH_MARKER, ExtractedFeatures
 from fedpatchcore.core.feature_store import PatchFeatureWriter
 from fedpatchcore.core.patchcore import build_index, nearest_neighbours
-from fedpatchcore.datasets import AnomalyMapsDataset, FaissIndexDataset, NpzDataset, PatchFeaturesDataset
+from fedpatchcore.datasets import (
+    AnomalyMapsDataset,
+    FaissIndexDataset,
+    FaissIndexes,
+    NpzDataset,
+    PatchFeaturesDataset,
+)
 
 
 def _bank(seed: int = 0, rows: int = 20, dim: int = 8) -> dict[str, np.ndarray]:
@@ -117,6 +124,21 @@ def test_anomaly_maps_round_trip_keeps_raw_values(tmp_path):
     assert json.loads((path / "metal.keys.json").read_text()) == data["metal"]["keys"]
 
 
+def test_anomaly_maps_keep_the_skipped_test_images_and_bank_fingerprint(tmp_path):
+    # Case 6 of issue 9: unreadable test images were skipped at scoring but not recorded in any
+    # saved file. They now travel with the maps of their category (and into the metrics).
+    data = _maps()
+    data["metal"]["skipped"] = [{"path": "metal/test/dent/7.png", "reason": "image file is truncated"}]
+    data["metal"]["bank_fingerprint"] = "abc123"
+    path = tmp_path / "anomaly_maps"
+    AnomalyMapsDataset(filepath=str(path)).save(data)
+    loaded = AnomalyMapsDataset(filepath=str(path)).load()
+    assert loaded["metal"]["skipped"] == data["metal"]["skipped"]
+    assert loaded["metal"]["bank_fingerprint"] == "abc123"
+    assert set(loaded["fabric"]) == {"keys", "maps"}  # nothing extra given, nothing extra saved
+    assert not (path / "fabric.meta.json").exists()
+
+
 def test_anomaly_maps_versioned_save_twice_loads_latest(tmp_path):
     path = tmp_path / "anomaly_maps"
     dataset = _versioned(AnomalyMapsDataset, path)
@@ -189,6 +211,47 @@ def test_faiss_index_round_trip(tmp_path):
         np.testing.assert_array_equal(got[1], expected[1])
 
 
+def test_faiss_index_records_the_bank_it_was_built_from(tmp_path):
+    bank = _bank()
+    indexes = FaissIndexes(
+        {"metal": build_index(bank["bank/metal"], seed=0)},
+        bank_fingerprint=bank_fingerprint(bank),
+        build={"approximate_index_above": 100, "seed": 3},
+    )
+    path = tmp_path / "faiss_index"
+    FaissIndexDataset(filepath=str(path)).save(indexes)
+    loaded = FaissIndexDataset(filepath=str(path)).load()
+    assert isinstance(loaded, FaissIndexes) and set(loaded) == {"metal"}
+    assert loaded.bank_fingerprint == bank_fingerprint(bank)
+    assert loaded.build == {"approximate_index_above": 100, "seed": 3}
+    assert json.loads((path / "index_info.json").read_text())["categories"] == ["metal"]
+
+    # A plain dict (or an index saved before fingerprints existed) loads with fingerprint None.
+    FaissIndexDataset(filepath=str(path)).save({"metal": build_index(bank["bank/metal"], seed=0)})
+    (path / "index_info.json").unlink()
+    assert FaissIndexDataset(filepath=str(path)).load().bank_fingerprint is None
+
+
+def test_bank_fingerprint_covers_the_indexed_rows_only():
+    bank = _bank()
+    fingerprint = bank_fingerprint(bank)
+    assert len(fingerprint) == 64 and fingerprint == bank_fingerprint(dict(reversed(bank.items())))
+    # n_images and origin do not change an index; the rows (as float32) do.
+    assert (
+        bank_fingerprint(
+            {**bank, "n_images/metal": np.asarray(9), "origin/metal": bank["origin/metal"][::-1]}
+        )
+        == fingerprint
+    )
+    assert bank_fingerprint({**bank, "bank/metal": bank["bank/metal"].astype(np.float64)}) == fingerprint
+    changed = bank["bank/metal"].copy()
+    changed[3, 2] += 1e-3
+    assert bank_fingerprint({**bank, "bank/metal": changed}) != fingerprint
+    assert bank_fingerprint({**bank, "bank/metal": bank["bank/metal"][:-1]}) != fingerprint
+    renamed = {"bank/fabric": bank["bank/metal"]}
+    assert bank_fingerprint(renamed) != fingerprint
+
+
 def test_faiss_index_versioned_save_twice_loads_latest(tmp_path):
     rng = np.random.default_rng(1)
     path = tmp_path / "faiss_index"
@@ -243,6 +306,14 @@ def test_patch_features_round_trip_moves_the_scratch_files(tmp_path):
         np.testing.assert_allclose(feature_file.gather(np.arange(12)), vectors, atol=1e-2)  # stored fp16
         # The projection chosen at extraction comes back as it was: no recomputation.
         np.testing.assert_array_equal(feature_file.projected, projected[category])
+
+
+def test_patch_features_save_removes_the_extraction_scratch_folder(tmp_path):
+    scratch = tmp_path / "scratch" / "client_qc_abc"
+    features, _ = _extracted(scratch)
+    (scratch / SCRATCH_MARKER).touch()  # as extract_patch_features leaves it
+    PatchFeaturesDataset(filepath=str(tmp_path / "features")).save(features)
+    assert not scratch.exists()
 
 
 def test_patch_features_versioned_save_twice_loads_latest(tmp_path):

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
 from fedpatchcore import structure
+from fedpatchcore.core.data.layout_check import check_dataset_layout
+from fedpatchcore.core.extraction import remove_stale_scratch
+from fedpatchcore.params_schema import ParameterError, parameter_problems
+from fedpatchcore.run_lock import RunLock, lock_path_for
 
 logger = logging.getLogger(__name__)
 
@@ -59,3 +64,129 @@ class NodeTimingHook:
             sum(self.timings.values()),
             ", ".join(f"{name} {seconds:.1f} s" for name, seconds in slowest),
         )
+
+
+def _run_parameters(catalog) -> dict:
+    """The run's merged parameters (conf environment + ``--params``) as the nodes will see them."""
+    return catalog.load("parameters")
+
+
+class ParameterValidationHook:
+    """Checks the run's parameters, and the dataset folder they point at, before any node runs.
+
+    A bad value used to surface only when its node ran (a ``coreset.ratio`` after the whole
+    feature extraction, ``seed: "7"`` as a ``TypeError`` in round 2) and a broken dataset layout
+    as an unrelated error at scoring or reporting. Here every problem is listed at once, named
+    by its parameter path (``fedpatchcore.params_schema``) or file
+    (``fedpatchcore.core.data.layout_check``), and the run stops before writing anything.
+
+    The dataset layout is checked only when this run indexes the dataset (its pipeline makes
+    ``dataset_index``); a run that starts from saved artifacts does not read ``dataset.root``.
+    ``tryfirst``: it runs before the run lock is taken, so a rejected run never touches data/.
+
+    The blocks that shape the pipelines (:data:`STRUCTURE_BLOCKS`: clients, rounds, variants,
+    export) are checked already when the context is created: Kedro builds the pipelines from
+    them before ``before_pipeline_run``, and a bad value would otherwise stop the build with an
+    error that does not name the parameter.
+    """
+
+    STRUCTURE_BLOCKS = ("federation", "comparison", "export")
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        problems = parameter_problems(context.config_loader["parameters"], blocks=self.STRUCTURE_BLOCKS)
+        if problems:
+            raise ParameterError(problems)
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        params = _run_parameters(catalog)
+        problems = parameter_problems(params)
+        if not any(p.startswith("dataset") for p in problems) and "dataset_index" in pipeline.all_outputs():
+            dataset = params["dataset"]
+            problems += [
+                f"dataset.root: {problem}"
+                for problem in check_dataset_layout(dataset["format"], dataset["root"], dataset["categories"])
+            ]
+        if problems:
+            raise ParameterError(problems)
+
+
+def log_input_versions(pipeline, catalog) -> dict[str, str]:
+    """Log which saved version of each versioned input this run will load (and return them).
+
+    A run that starts part-way (``--from-nodes``, ``--pipeline evaluate``) loads the newest
+    version of every versioned artifact it did not make itself; the log names them, so a result
+    can be traced to its inputs, and ``--load-versions <name>:<version>`` picks another one.
+    """
+    versions = {}
+    for name in sorted(pipeline.inputs()):
+        if name == "parameters" or name.startswith("params:"):
+            continue
+        try:
+            dataset = catalog.get(name)
+            resolve = getattr(dataset, "resolve_load_version", None)
+            version = resolve() if resolve is not None else None
+        except Exception:  # noqa: BLE001 - nothing saved yet: the node's load reports it
+            continue
+        if version:
+            versions[name] = version
+            logger.info("Input %s: loading saved version %s", name, version)
+    if versions:
+        logger.info("(the newest of each; `kedro run --load-versions <name>:<version>` loads another)")
+    return versions
+
+
+class RunLockHook:
+    """One run at a time per project ``data/`` folder (see ``fedpatchcore.run_lock``).
+
+    The lock is taken before the first node (so before ingest writes anything) and released
+    when the run ends, successfully or not; on Ctrl-C the interpreter's exit releases it, and
+    if the process dies the operating system does. Holding the lock, the run then deletes
+    scratch folders that interrupted extractions left in ``extraction.scratch_dir``: no other
+    run can be writing there.
+    """
+
+    def __init__(self) -> None:
+        self._project_path: Path | None = None
+        self._lock: RunLock | None = None
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        self._project_path = Path(context.project_path)
+
+    @hook_impl
+    def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        project_path = self._project_path or Path(run_params.get("project_path") or Path.cwd())
+        if self._lock is not None:  # an earlier run in this process ended without its hooks
+            self._lock.release()
+        lock = RunLock(lock_path_for(project_path), run_id=run_params.get("run_id"))
+        lock.acquire()
+        self._lock = lock
+        try:
+            scratch_dir = (_run_parameters(catalog).get("extraction") or {}).get("scratch_dir")
+            if scratch_dir:
+                remove_stale_scratch(scratch_dir)
+            log_input_versions(pipeline, catalog)
+        except BaseException:
+            self._release()
+            raise
+
+    def _release(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
+
+    @hook_impl
+    def after_pipeline_run(self) -> None:
+        self._release()
+
+    @hook_impl
+    def on_pipeline_error(self, catalog) -> None:
+        # Scratch of this run's extractions is useless now, and nobody else can be writing there.
+        try:
+            scratch_dir = (_run_parameters(catalog).get("extraction") or {}).get("scratch_dir")
+            if scratch_dir:
+                remove_stale_scratch(scratch_dir)
+        finally:
+            self._release()

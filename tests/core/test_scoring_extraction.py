@@ -12,7 +12,7 @@ from PIL import Image
 from fedpatchcore.core.backbones import load_backbone
 from fedpatchcore.core.batches import iter_image_batches
 from fedpatchcore.core.data.types import TEST, TRAIN, CategoryInfo, Sample
-from fedpatchcore.core.extraction import extract_patch_features
+from fedpatchcore.core.extraction import SCRATCH_MARKER, extract_patch_features, remove_stale_scratch
 from fedpatchcore.core.patchcore import PatchEmbedder, build_index
 from fedpatchcore.core.scoring import score_category
 
@@ -127,6 +127,84 @@ def test_extraction_of_a_category_without_readable_images_fails(embedder, images
         extract_patch_features(
             [train[1]], {"widget": INFO}, embedder, tmp_path / "f", batch_size=2, projection_dim=None, seed=0
         )
+
+
+class _Interrupting:
+    """The real embedder, raising ``error`` on call number ``after + 1`` (Ctrl-C mid-extraction)."""
+
+    def __init__(self, embedder, after: int, error: BaseException):
+        self.embedder, self.after, self.error, self.calls = embedder, after, error, 0
+        self.feature_dim = embedder.feature_dim
+
+    def embed(self, images):
+        self.calls += 1
+        if self.calls > self.after:
+            raise self.error
+        return self.embedder.embed(images)
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt(), RuntimeError("CUDA out of memory")])
+def test_interrupted_extraction_removes_its_scratch(embedder, images, tmp_path, error):
+    # Case 5 of issue 9: an interrupted extraction left its partial feature files in the
+    # scratch folder, never cleaned nor reused (gigabytes per run at AutoVI size).
+    train, _ = images
+    other = INFO.__class__(name="gadget", image_size=INFO.image_size, has_pixel_ground_truth=False)
+    gadgets = [Sample("gadget", TRAIN, "good", s.image_id, s.image_path) for s in train]
+    scratch = tmp_path / "scratch" / "client_a_x1y2"  # made fresh by extraction, as in the node
+    interrupting = _Interrupting(embedder, after=3, error=error)  # gadget done, widget half-way
+    with pytest.raises(type(error)):
+        extract_patch_features(
+            gadgets + train,
+            {"widget": INFO, "gadget": other},
+            interrupting,
+            scratch,
+            batch_size=1,
+            projection_dim=8,
+            seed=0,
+            num_workers=1,
+        )
+    assert interrupting.calls == 4
+    assert not scratch.exists()
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+def test_failed_extraction_keeps_files_it_did_not_write(embedder, images, tmp_path):
+    train, _ = images
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("someone else's")
+    with pytest.raises(KeyboardInterrupt):
+        extract_patch_features(
+            train,
+            {"widget": INFO},
+            _Interrupting(embedder, after=1, error=KeyboardInterrupt()),
+            folder,
+            batch_size=1,
+            projection_dim=None,
+            seed=0,
+            num_workers=1,
+        )
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_remove_stale_scratch_deletes_only_extraction_folders(tmp_path):
+    scratch = tmp_path / ".scratch"
+    marked = scratch / "client_qc_abc"
+    marked.mkdir(parents=True)
+    (marked / SCRATCH_MARKER).touch()
+    (marked / "metal.npy").write_bytes(b"partial")
+    legacy = scratch / "client_1_def"  # left before the marker existed: only .npy files
+    legacy.mkdir()
+    (legacy / "metal.npy").write_bytes(b"partial")
+    foreign = scratch / "client_notes"  # not only .npy files: not ours
+    foreign.mkdir()
+    (foreign / "readme.md").write_text("keep me")
+    (scratch / "other.bin").write_bytes(b"keep me too")
+
+    removed = remove_stale_scratch(scratch)
+    assert removed == [legacy, marked]
+    assert sorted(p.name for p in scratch.iterdir()) == ["client_notes", "other.bin"]
+    assert remove_stale_scratch(tmp_path / "missing") == []
 
 
 def test_training_images_score_near_zero_against_their_own_bank(embedder, images, tmp_path):

@@ -16,6 +16,7 @@ dicts of arrays keyed ``<kind>/<category>``, readable by plain ``np.load``:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -112,3 +113,17 @@ class ClientUpload:
             numbers={name: float(v) for name, v in parts["number"].items()},
         )
 
+
+def bank_fingerprint(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of the rows a search index is built from: every ``bank/<category>`` entry.
+
+    Covers category names, shapes and the float32 bytes (what the index holds), in sorted
+    category order; ``n_images`` and ``origin`` do not change an index and are left out. Two
+    banks with equal fingerprints give identical indexes.
+    """
+    digest = hashlib.sha256()
+    for key in sorted(k for k in arrays if k.startswith("bank/")):
+        rows = np.ascontiguousarray(arrays[key], dtype=np.float32)
+        digest.update(f"{key}|{rows.shape}|".encode())
+        digest.update(rows.data)
+    return digest.hexdigest()

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fedpatchcore.core.extraction import ExtractedFeatures
+from fedpatchcore.core.extraction import SCRATCH_MARKER, ExtractedFeatures
 from fedpatchcore.core.feature_store import PatchFeatureFile, projected_path
 from fedpatchcore.datasets._local import LocalVersionedDataset
 
@@ -41,6 +41,7 @@ class PatchFeaturesDataset(LocalVersionedDataset):
             sources.add(feature_file.path.parent)
             shutil.move(str(feature_file.path), path / f"{category}.npy")
         for source in sources:  # the emptied scratch folder of the extraction
+            (source / SCRATCH_MARKER).unlink(missing_ok=True)
             if source.is_dir() and not any(source.iterdir()):
                 os.rmdir(source)
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.banks import CategoryBanks, bank_fingerprint
 from fedpatchcore.core.data.loading import load_defect_channels, original_size
 from fedpatchcore.core.data.types import (
     TEST,
@@ -28,14 +28,17 @@ from fedpatchcore.core.metrics import (
 )
 from fedpatchcore.core.patchcore import build_index
 from fedpatchcore.core.scoring import score_category
+from fedpatchcore.datasets.arrays import FaissIndexes
 
 logger = logging.getLogger(__name__)
 
 
-def build_faiss_index(
-    memory_bank: dict[str, np.ndarray], scoring: dict[str, Any], seed: int
-) -> dict[str, Any]:
-    """One nearest-neighbour index per category; approximate (IVF) only for very large banks."""
+def build_faiss_index(memory_bank: dict[str, np.ndarray], scoring: dict[str, Any], seed: int) -> FaissIndexes:
+    """One nearest-neighbour index per category; approximate (IVF) only for very large banks.
+
+    The result records the fingerprint of ``memory_bank`` (saved beside the index), so
+    scoring can tell whether an index belongs to the bank it scores against.
+    """
     banks = CategoryBanks.from_arrays(memory_bank)
     threshold = scoring["approximate_index_above"]
     indexes = {}
@@ -43,7 +46,50 @@ def build_faiss_index(
         approximate = threshold is not None and len(bank) > threshold
         indexes[category] = build_index(bank, approximate=approximate, seed=seed)
         logger.info("%s: %s index over %d rows", category, "IVF" if approximate else "exact", len(bank))
-    return indexes
+    return FaissIndexes(
+        indexes,
+        bank_fingerprint=bank_fingerprint(memory_bank),
+        build={"approximate_index_above": threshold, "seed": seed},
+    )
+
+
+def index_for_bank(
+    faiss_index: dict[str, Any],
+    memory_bank: dict[str, np.ndarray],
+    scoring: dict[str, Any],
+    fingerprint: str | None = None,
+) -> dict[str, Any]:
+    """``faiss_index`` if it was built from ``memory_bank`` with these settings, else a rebuilt one.
+
+    The saved index is unversioned while the bank is versioned: a run that stopped between
+    the coreset and the index (or ``--to-nodes ...select_coreset``) leaves an index of an
+    older bank behind. An index is a pure function of its bank and build settings, so
+    rebuilding it here gives exactly what ``build_faiss_index`` would, and scores stay right;
+    a warning says the saved one is stale.
+    """
+    expected = fingerprint or bank_fingerprint(memory_bank)
+    built_from = getattr(faiss_index, "bank_fingerprint", None)
+    build = getattr(faiss_index, "build", {}) or {}
+    threshold = scoring["approximate_index_above"]
+    if built_from == expected and build.get("approximate_index_above", threshold) == threshold:
+        return faiss_index
+    if built_from is None:
+        reason = "records no fingerprint of the bank it was built from"
+    elif built_from != expected:
+        reason = (
+            f"was built from another memory bank (fingerprint {built_from[:12]}, this bank {expected[:12]})"
+        )
+    else:
+        reason = (
+            f"was built with scoring.approximate_index_above={build.get('approximate_index_above')}, "
+            f"this run uses {threshold}"
+        )
+    logger.warning(
+        "The saved FAISS index %s; rebuilding it in memory from the memory bank being scored. "
+        "Re-run the build_faiss_index node to refresh the saved index.",
+        reason,
+    )
+    return build_faiss_index(memory_bank, scoring, int(build.get("seed") or 0))
 
 
 def score_test_images(
@@ -55,7 +101,13 @@ def score_test_images(
     extraction: dict[str, Any],
     scoring: dict[str, Any],
 ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
-    """Raw anomaly maps (one scale per category, never per image) and image scores."""
+    """Raw anomaly maps (one scale per category, never per image) and image scores.
+
+    Each category's maps entry also records ``skipped`` (test images that could not be read,
+    ``{"path", "reason"}``) and the ``bank_fingerprint`` it was scored against.
+    """
+    fingerprint = bank_fingerprint(memory_bank)
+    faiss_index = index_for_bank(faiss_index, memory_bank, scoring, fingerprint)
     banks = CategoryBanks.from_arrays(memory_bank)
     embedder = make_embedder(backbone, extraction)
     test_samples = [s for s in frame_to_samples(evaluation_index) if s.split == TEST]
@@ -75,7 +127,19 @@ def score_test_images(
             reweight_neighbours=scoring["reweight_neighbours"],
             num_workers=extraction["num_workers"],
         )
-        maps[category] = {"keys": [s.key for s in scores.samples], "maps": scores.maps}
+        if scores.skipped:
+            logger.warning(
+                "%s: %d unreadable test image(s) left out of scoring and metrics (listed in the metrics "
+                "under skipped_test_images)",
+                category,
+                len(scores.skipped),
+            )
+        maps[category] = {
+            "keys": [s.key for s in scores.samples],
+            "maps": scores.maps,
+            "skipped": list(scores.skipped),
+            "bank_fingerprint": fingerprint,
+        }
         rows.extend(
             {
                 "key": s.key,
@@ -123,7 +187,7 @@ def compute_metrics(
     evaluation_index: pd.DataFrame,
     category_info: dict[str, Any],
 ) -> dict[str, Any]:
-    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, and their mean."""
+    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, their mean, and the skips."""
     samples = {s.key: s for s in frame_to_samples(evaluation_index)}
     scores_by_key = image_scores.set_index("key")
     per_category = {}
@@ -144,7 +208,16 @@ def compute_metrics(
             masks=masks,
             regions_per_image=regions,
         )
-    metrics = {"categories": per_category, "mean": mean_over_categories(per_category)}
+    metrics = {
+        "categories": per_category,
+        "mean": mean_over_categories(per_category),
+        # Test images that could not be read: not scored, not counted in n_good / n_anomalous.
+        "skipped_test_images": [
+            {"category": category, **entry}
+            for category, maps_entry in sorted(anomaly_maps.items())
+            for entry in maps_entry.get("skipped", [])
+        ],
+    }
     logger.info("Metrics:\n%s", metrics_table(metrics).to_string(float_format=lambda x: f"{x:.3f}"))
     return metrics
 

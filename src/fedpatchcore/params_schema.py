@@ -1,0 +1,515 @@
+"""The schema of the run parameters, checked once before any node runs.
+
+Every parameter block of ``conf/base/parameters*.yml`` has a pydantic model here (``seed``, a
+plain value, has an annotated type). :func:`validate_parameters` checks a run's merged
+parameters (conf environment + ``--params``) against them and raises one
+:class:`ParameterError` listing every problem as ``<parameter path>: <message>``, e.g.::
+
+    seed: Input should be a valid integer (got '7'; a quoted number is a string in YAML)
+    coreset.ratio: Input should be less than or equal to 1 (got 1.5)
+    aggregation.strategy: unknown strategy 'fedavg'; choose one of ['concatenate', ...]
+    federation.partiton: unknown key (a typo?); known keys: alpha, client_coreset_ratios, ...
+
+Types are strict (``"7"`` is not an integer, ``1`` is not a boolean); names that come from a
+registry (``aggregation.strategy``, ``backbone.name``) are looked up when validating, so
+strategies and backbones registered later are accepted without touching this file.
+
+Extending it (a new block, e.g. ``trust``)::
+
+    @block("trust")
+    class TrustParams(Block):
+        enabled: bool = False
+        min_score: float = Field(ge=0, le=1)
+
+A block listed in :data:`KNOWN_BLOCKS` must be present in the parameters; a top-level key that
+is not known is allowed (logged at debug level) so blocks can be added in conf before their
+model. ``variants`` (reserved) maps each variant name to that variant's full resolved
+parameters; each is validated with the same models and reported as
+``variants.<name>.<block>.<key>``. Nothing here imports Kedro.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BLOCKS",
+    "KNOWN_BLOCKS",
+    "RESERVED_KEYS",
+    "Block",
+    "ParameterError",
+    "block",
+    "parameter_problems",
+    "validate_parameters",
+]
+
+#: Block name -> pydantic type (a :class:`Block` model, or an annotated type for plain values).
+BLOCKS: dict[str, Any] = {}
+#: Every top-level parameter key this schema knows: the blocks plus the reserved keys.
+KNOWN_BLOCKS: list[str] = []
+#: Top-level keys that are not blocks. ``variants``: variant name -> that variant's resolved parameters.
+RESERVED_KEYS = ("variants",)
+KNOWN_BLOCKS.extend(RESERVED_KEYS)
+
+# Names usable as a Kedro namespace and a folder name.
+_VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_RESERVED_VARIANT_NAMES = ("federated", "centralized")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+class ParameterError(ValueError):
+    """The run's parameters (or the dataset they point at) have problems; ``problems`` lists them."""
+
+    def __init__(self, problems: list[str], heading: str | None = None):
+        self.problems = list(problems)
+        heading = heading or (
+            "Invalid parameters (fix them in conf/<env>/parameters*.yml or the --params of this run)"
+        )
+        super().__init__(heading + ":\n  - " + "\n  - ".join(self.problems))
+
+
+def block(name: str) -> Callable[[type], type]:
+    """Class decorator registering a model as the schema of the parameter block ``name``."""
+
+    def register(model: type) -> type:
+        register_block(name, model)
+        return model
+
+    return register
+
+
+def register_block(name: str, schema: Any) -> None:
+    """Register ``schema`` (a model or an annotated type) for the top-level key ``name``."""
+    BLOCKS[name] = schema
+    _ADAPTERS.pop(name, None)
+    if name not in KNOWN_BLOCKS:
+        KNOWN_BLOCKS.append(name)
+
+
+_ADAPTERS: dict[str, TypeAdapter] = {}
+
+
+def _adapter(name: str) -> TypeAdapter:
+    if name not in _ADAPTERS:
+        _ADAPTERS[name] = TypeAdapter(BLOCKS[name])
+    return _ADAPTERS[name]
+
+
+class Block(BaseModel):
+    """Base of a block with fixed keys: strict types, and an unknown key is an error."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+# --------------------------------------------------------------------------- helpers
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+UnitFloat = Annotated[float, Field(ge=0, le=1)]
+Ratio = Annotated[float, Field(gt=0, le=1)]
+Size = Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=2)]
+
+
+def _one_of(kind: str, value: Any, known: list[str] | tuple[str, ...]) -> Any:
+    if value not in known:
+        raise ValueError(f"unknown {kind} {value!r}; choose one of {sorted(known)}")
+    return value
+
+
+def _device(value: str) -> str:
+    if not _DEVICE.match(value.strip().lower()):
+        raise ValueError(f"unknown device {value!r}; use 'auto', 'cpu', 'cuda' or 'cuda:<n>'")
+    return value
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+register_block("seed", Annotated[int, Field(ge=0, strict=True)])
+
+
+class SyntheticParams(Block):
+    image_size: Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=2)]
+    n_train: PositiveInt
+    n_test_good: NonNegativeInt
+    n_test_per_defect: NonNegativeInt
+
+
+@block("dataset")
+class DatasetParams(Block):
+    format: str
+    root: Annotated[str, Field(min_length=1)]
+    categories: Any = "all"
+    image_sizes: dict[str, Size | None] | None = None
+    synthetic: SyntheticParams | None = None
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from fedpatchcore.core.data.index import DATASET_FORMATS
+
+        return _one_of("dataset format", value, DATASET_FORMATS)
+
+    @field_validator("categories")
+    @classmethod
+    def _categories(cls, value: Any) -> Any:
+        if isinstance(value, str) and value:
+            return value  # "all" or one category name
+        if isinstance(value, list) and value and all(isinstance(c, str) and c for c in value):
+            return value
+        raise ValueError(f"must be 'all' or a non-empty list of category names, got {value!r}")
+
+    @model_validator(mode="after")
+    def _synthetic_settings(self) -> DatasetParams:
+        if self.format == "synthetic" and self.synthetic is None:
+            raise ValueError("dataset.format 'synthetic' needs the dataset.synthetic settings block")
+        return self
+
+
+@block("backbone")
+class BackboneParams(Block):
+    name: str
+    weights_path: str | None = None
+    allow_download: bool = False
+    device: str = "auto"
+
+    @field_validator("name")
+    @classmethod
+    def _known_backbone(cls, value: str) -> str:
+        from fedpatchcore.core.backbones import available_backbones
+
+        return _one_of("backbone", value, available_backbones())
+
+    _device = field_validator("device")(classmethod(lambda cls, value: _device(value)))
+
+
+@block("extraction")
+class ExtractionParams(Block):
+    batch_size: PositiveInt
+    num_threads: NonNegativeInt | None = None  # 0 / null: leave torch's thread count as it is
+    num_workers: NonNegativeInt
+    scratch_dir: Annotated[str, Field(min_length=1)]
+    neighbourhood: PositiveInt
+
+    @field_validator("neighbourhood")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"must be a positive odd number (1, 3, 5, ...), got {value}")
+        return value
+
+
+@block("coreset")
+class CoresetParams(Block):
+    ratio: Ratio
+    max_size: PositiveInt | None = None
+    projection_dim: PositiveInt | None = None
+    num_starts: PositiveInt = 1
+    device: str = "auto"
+
+    _device = field_validator("device")(classmethod(lambda cls, value: _device(value)))
+
+
+@block("scoring")
+class ScoringParams(Block):
+    sigma: Annotated[float, Field(ge=0)]
+    reweight: bool
+    reweight_neighbours: PositiveInt
+    batch_size: PositiveInt
+    approximate_index_above: PositiveInt | None = None
+
+
+@block("export")
+class ExportParams(Block):
+    enabled: bool = False
+    format: str = "autovi"
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: str) -> str:
+        from fedpatchcore.datasets.exported_maps import EXPORTERS
+
+        return _one_of("export format", value, list(EXPORTERS))
+
+
+@block("federation")
+class FederationParams(Block):
+    partition: str
+    num_clients: PositiveInt | None = None
+    clients: dict[str, Any] | None = None
+    qc_sample_ratio: UnitFloat = 0.1
+    alpha: Annotated[float, Field(gt=0)] | None = None
+    rounds: PositiveInt = 1
+    coverage_quantile: UnitFloat
+    client_coreset_ratios: dict[str, Ratio] | None = None
+
+    @field_validator("partition")
+    @classmethod
+    def _known_partition(cls, value: str) -> str:
+        from fedpatchcore.core.partition import SCHEMES
+
+        return _one_of("partition", value, SCHEMES)
+
+    @field_validator("clients")
+    @classmethod
+    def _clients(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for client, categories in (value or {}).items():
+            if categories == "all":
+                continue
+            if not (
+                isinstance(categories, list) and categories and all(isinstance(c, str) for c in categories)
+            ):
+                raise ValueError(
+                    f"client {client!r} must hold a non-empty list of categories or 'all', got {categories!r}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _partition_needs(self) -> FederationParams:
+        if self.partition == "category" and not self.clients:
+            raise ValueError(
+                "partition 'category' needs federation.clients (client id -> categories or 'all')"
+            )
+        if self.partition in ("iid", "dirichlet") and self.num_clients is None:
+            raise ValueError(f"partition {self.partition!r} needs federation.num_clients")
+        if self.partition == "dirichlet" and self.alpha is None:
+            raise ValueError("partition 'dirichlet' needs federation.alpha")
+        return self
+
+
+@block("aggregation")
+class AggregationParams(Block):
+    strategy: str
+    global_bank_size: PositiveInt | None = None
+    min_clients: PositiveInt = 1
+    options: dict[str, Any] = {}
+    client_weights: dict[str, Annotated[float, Field(ge=0)]] = {}
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        from fedpatchcore.core.aggregation import STRATEGIES
+
+        return _one_of("strategy", value, list(STRATEGIES))
+
+
+class LeaveOneOutParams(Block):
+    base: str
+    dropped: dict[str, str]
+
+
+@block("comparison")
+class ComparisonParams(Block):
+    enabled: bool = False
+    name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "comparison"
+    centralized: bool = True
+    groups: str = "categories"
+    labels: dict[str, dict[str, Any]] = {}
+    leave_one_out: LeaveOneOutParams | None = None
+    # variant name -> overrides: {block: {key: value}}, plus optional `labels` for the table
+    variants: dict[str, dict[str, Any] | None] | None = None
+
+    @field_validator("groups")
+    @classmethod
+    def _known_grouping(cls, value: str) -> str:
+        from fedpatchcore.core.experiments import GROUPINGS
+
+        return _one_of("grouping", value, GROUPINGS)
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problems = []
+        for name, override in (value or {}).items():
+            if not _VARIANT_NAME.match(name):
+                problems.append(
+                    f"variant name {name!r} must be letters, digits and _ (starting with a letter)"
+                )
+            elif name in _RESERVED_VARIANT_NAMES:
+                problems.append(f"variant name {name!r} is reserved; choose another")
+            problems += [f"{name}.{p}" for p in _override_problems(override or {})]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return value
+
+
+@block("trust")
+class TrustParams(Block):
+    alpha: Annotated[float, Field(ge=0)] = 1.0
+    beta: Annotated[float, Field(ge=0)] = 1.0
+    gamma: Annotated[float, Field(ge=0)] = 1.0
+    min_trust: UnitFloat = 0.5
+    confirm_factor: Annotated[float, Field(gt=0)] = 1.0
+    max_rows: Annotated[int, Field(ge=2)] = 2000
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> TrustParams:
+        if self.alpha + self.beta + self.gamma <= 0:
+            raise ValueError("trust.alpha, trust.beta and trust.gamma cannot all be 0")
+        return self
+
+
+def _heterogeneity(value: Any) -> Any:
+    from fedpatchcore.core.heterogeneity import parse_heterogeneity
+
+    parse_heterogeneity(value)  # raises ValueError naming heterogeneity.<client>.<key>
+    return value
+
+
+register_block("heterogeneity", Annotated[dict[Any, Any], AfterValidator(_heterogeneity)])
+
+
+@block("report")
+class ReportParams(Block):
+    overlays_per_category: NonNegativeInt
+    spro_limit: str
+
+    @field_validator("spro_limit", mode="before")
+    @classmethod
+    def _known_limit(cls, value: Any) -> Any:
+        from fedpatchcore.core.metrics import DEFAULT_INTEGRATION_LIMITS
+
+        known = [str(float(limit)) for limit in DEFAULT_INTEGRATION_LIMITS]
+        if value not in known:
+            raise ValueError(
+                f'must be one of the strings {known} (quote it in YAML: spro_limit: "0.05"), got {value!r}'
+            )
+        return value
+
+
+def _override_problems(override: Mapping[str, Any]) -> list[str]:
+    """Unknown keys in one comparison variant's overrides (values are checked once resolved)."""
+    if not isinstance(override, Mapping):
+        return [f"overrides must be a mapping, got {override!r}"]
+    problems = []
+    pairs = []
+    for name, values in override.items():
+        if name == "labels":  # columns of the experiment table, not parameters
+            continue
+        if name not in BLOCKS:
+            problems.append(f"{name}: not a parameter block (a variant overrides blocks, e.g. federation: {{...}})")
+        elif isinstance(values, Mapping):
+            pairs.append((f"{name}.", BLOCKS[name], dict(values)))
+    for prefix, model, values in pairs:
+        fields = getattr(model, "model_fields", None)
+        if not fields or getattr(model, "model_config", {}).get("extra") != "forbid":
+            continue
+        problems += [f"{prefix}{key}: unknown key" for key in values if key not in fields]
+    return problems
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _location(parts: tuple) -> str:
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
+
+
+def _message(error: dict, model: Any) -> str:
+    kind = error["type"]
+    message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    value = error.get("input")
+    if kind == "missing":
+        return "missing (every key of this block is needed; see conf/base/parameters*.yml)"
+    if kind == "extra_forbidden":
+        fields = sorted(getattr(model, "model_fields", {}))
+        return f"unknown key (a typo?); known keys: {', '.join(fields)}"
+    if kind in ("int_type", "float_type", "bool_type") and isinstance(value, str):
+        return f"{message} (got {value!r}; a quoted value is a string in YAML, write it without quotes)"
+    if kind in ("value_error", "assertion_error"):
+        return message
+    return f"{message} (got {value!r})"
+
+
+def _block_model_for_location(model: Any, location: tuple) -> Any:
+    """The model class that owns the last key of ``location`` (for the list of known keys)."""
+    current = model
+    for part in location[:-1]:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return current
+        annotation = fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), current)
+    return current
+
+
+def _validate_blocks(params: Mapping[str, Any], prefix: str, only: Iterable[str] | None = None) -> list[str]:
+    problems: list[str] = []
+    for name in BLOCKS if only is None else [b for b in BLOCKS if b in set(only)]:
+        path = f"{prefix}{name}"
+        if name not in params:
+            problems.append(f"{path}: missing block (expected in conf/base/parameters*.yml)")
+            continue
+        try:
+            _adapter(name).validate_python(params[name], strict=True)
+        except ValidationError as exc:
+            for error in exc.errors():
+                location = tuple(error["loc"])
+                model = _block_model_for_location(BLOCKS[name], location)
+                where = _location((name, *location)) if location else name
+                problems.append(f"{prefix}{where}: {_message(error, model)}")
+    for key in params if only is None else ():
+        if key not in KNOWN_BLOCKS:
+            logger.debug("Parameter block %s%s has no schema yet; not validated", prefix, key)
+    return problems
+
+
+def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None = None) -> list[str]:
+    """Every problem of ``params`` and of each ``params['variants'][<name>]``, as ``path: message``.
+
+    ``blocks``: check only these blocks (default: all of :data:`BLOCKS`).
+    """
+    if not isinstance(params, Mapping):
+        return [f"parameters must be a mapping of blocks, got {type(params).__name__}"]
+    problems = _validate_blocks(params, "", blocks)
+    shared = set(problems)
+    variants = params.get("variants")
+    if variants is not None:
+        if not isinstance(variants, Mapping):
+            problems.append(f"variants: must map each variant name to its parameters, got {variants!r}")
+        else:
+            for name, resolved in variants.items():
+                if not isinstance(resolved, Mapping):
+                    problems.append(
+                        f"variants.{name}: must be the variant's parameter blocks, got {resolved!r}"
+                    )
+                    continue
+                # A variant's resolved parameters hold every block but the experiment's own description.
+                variant_blocks = [b for b in (blocks or BLOCKS) if b != "comparison"]
+                prefix = f"variants.{name}."
+                found = _validate_blocks(
+                    {k: v for k, v in resolved.items() if k not in RESERVED_KEYS}, prefix, variant_blocks
+                )
+                # A problem every variant inherits from the shared parameters is reported once, there.
+                problems += [p for p in found if p.removeprefix(prefix) not in shared]
+    return problems
+
+
+def validate_parameters(params: Mapping[str, Any]) -> None:
+    """Raise :class:`ParameterError` listing every problem of ``params`` (see the module doc)."""
+    problems = parameter_problems(params)
+    if problems:
+        raise ParameterError(problems)

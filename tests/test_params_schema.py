@@ -1,0 +1,216 @@
+"""The parameter schema: the project's own conf passes, every bad value is named by its path."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedpatchcore.params_schema import (
+    BLOCKS,
+    KNOWN_BLOCKS,
+    Block,
+    ParameterError,
+    block,
+    parameter_problems,
+    validate_parameters,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _base() -> dict:
+    params: dict = {}
+    for path in sorted((REPO_ROOT / "conf" / "base").glob("parameters*.yml")):
+        params.update(yaml.safe_load(path.read_text()))
+    return params
+
+
+def _with(**changes) -> dict:
+    """Base parameters with ``block__key=value`` (or ``seed=value``) changed."""
+    params = _base()
+    for dotted, value in changes.items():
+        *parents, key = dotted.split("__")
+        target = params
+        for part in parents:
+            target = target[part]
+        target[key] = value
+    return params
+
+
+def _problems(**changes) -> list[str]:
+    return parameter_problems(_with(**changes))
+
+
+@pytest.mark.parametrize("env", [None, "autovi", "mvtec", "robustness"])
+def test_the_project_conf_is_valid(env):
+    from fedpatchcore.config_loader import ProjectConfigLoader
+
+    loader = ProjectConfigLoader(str(REPO_ROOT / "conf"), base_env="base", default_run_env="base", env=env)
+    validate_parameters(loader["parameters"])
+
+
+def test_every_conf_block_has_a_schema():
+    assert set(_base()) <= set(KNOWN_BLOCKS)
+    assert {
+        "seed",
+        "dataset",
+        "backbone",
+        "extraction",
+        "coreset",
+        "scoring",
+        "federation",
+        "aggregation",
+        "comparison",
+        "export",
+        "report",
+    } <= set(BLOCKS)
+
+
+# Case 3 of issue 9: these failed only when their node ran, some with messages not naming them.
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"seed": "7"}, "seed: Input should be a valid integer (got '7'; a quoted value is a string"),
+        ({"seed": "abc"}, "seed: Input should be a valid integer (got 'abc'"),
+        ({"seed": -1}, "seed: Input should be greater than or equal to 0 (got -1)"),
+        ({"coreset__ratio": 0}, "coreset.ratio: Input should be greater than 0 (got 0)"),
+        ({"coreset__ratio": 1.5}, "coreset.ratio: Input should be less than or equal to 1 (got 1.5)"),
+        ({"coreset__ratio": "0.1"}, "coreset.ratio: Input should be a valid number"),
+        (
+            {"aggregation__strategy": "fedavg"},
+            "aggregation.strategy: unknown strategy 'fedavg'; choose one of",
+        ),
+        ({"backbone__name": "resnet18"}, "backbone.name: unknown backbone 'resnet18'; choose one of"),
+        ({"backbone__device": "gpu"}, "backbone.device: unknown device 'gpu'"),
+        ({"dataset__format": "coco"}, "dataset.format: unknown dataset format 'coco'"),
+        ({"dataset__categories": []}, "dataset.categories: must be 'all' or a non-empty list"),
+        ({"dataset__image_sizes": {"a": [0, 4]}}, "dataset.image_sizes.a[0]: Input should be greater than"),
+        ({"scoring__reweight": 1}, "scoring.reweight: Input should be a valid boolean (got 1)"),
+        ({"extraction__neighbourhood": 2}, "extraction.neighbourhood: must be a positive odd number"),
+        ({"extraction__batch_size": 0}, "extraction.batch_size: Input should be greater than or equal to 1"),
+        ({"federation__rounds": 0}, "federation.rounds: Input should be greater than or equal to 1"),
+        ({"federation__partition": "random"}, "federation.partition: unknown partition 'random'"),
+        ({"federation__clients": {"a": []}}, "federation.clients: client 'a' must hold a non-empty list"),
+        ({"export__format": "png"}, "export.format: unknown export format 'png'"),
+        ({"report__spro_limit": 0.05}, "report.spro_limit: must be one of the strings"),
+    ],
+)
+def test_bad_values_are_named_by_their_path(changes, expected):
+    problems = _problems(**changes)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_typos_and_missing_keys_are_named():
+    params = _base()
+    params["coreset"]["ratoi"] = 0.1
+    del params["scoring"]["sigma"]
+    del params["report"]
+    problems = parameter_problems(params)
+    assert problems[0].startswith("coreset.ratoi: unknown key (a typo?); known keys: device, max_size,")
+    assert problems[1].startswith("scoring.sigma: missing")
+    assert problems[2].startswith("report: missing block")
+
+
+def test_partition_needs_its_settings():
+    assert _problems(federation__partition="iid", federation__num_clients=None) == [
+        "federation: partition 'iid' needs federation.num_clients"
+    ]
+    assert _problems(federation__partition="dirichlet", federation__alpha=None) == [
+        "federation: partition 'dirichlet' needs federation.alpha"
+    ]
+
+
+def test_one_error_lists_every_problem():
+    with pytest.raises(ParameterError) as caught:
+        validate_parameters(_with(seed="7", coreset__ratio=2.0, aggregation__strategy="x"))
+    assert [p.split(":")[0] for p in caught.value.problems] == [
+        "seed",
+        "coreset.ratio",
+        "aggregation.strategy",
+    ]
+    assert isinstance(caught.value, ValueError)
+    message = str(caught.value)
+    assert "seed:" in message and "coreset.ratio:" in message and "aggregation.strategy:" in message
+
+
+def test_unknown_top_level_blocks_are_allowed_and_logged(caplog):
+    params = _base()
+    params["generative"] = {"anything": 1}
+    with caplog.at_level(logging.DEBUG, logger="fedpatchcore.params_schema"):
+        assert parameter_problems(params) == []
+    assert "generative" in caplog.text
+
+
+def test_trust_and_heterogeneity_are_checked():
+    assert _problems(trust__min_trust=1.5) == ["trust.min_trust: Input should be less than or equal to 1 (got 1.5)"]
+    [problem] = _problems(heterogeneity={"1": {"noise_sigma": "high"}})
+    assert problem.startswith("heterogeneity: heterogeneity.1.noise_sigma must be a number")
+
+
+def test_comparison_variants_accept_block_overrides_and_check_their_keys():
+    block_overrides = {
+        "federated_iid": {"federation": {"partition": "iid"}, "aggregation": {"strategy": "concatenate"}},
+        "plain": None,
+    }
+    assert _problems(comparison__variants=block_overrides) == []
+    [problem] = _problems(comparison__variants={"federated_iid": {"partition": "iid"}})
+    assert problem.startswith("comparison.variants: federated_iid.partition: not a parameter block")
+    labelled = {"noisy": {"labels": {"scenario": "noise"}, "heterogeneity": {"1": {"noise_sigma": 0.1}}}}
+    assert _problems(comparison__variants=labelled) == []
+    [problem] = _problems(comparison__variants={"v1": {"federation": {"partiton": "iid"}}})
+    assert problem == "comparison.variants: v1.federation.partiton: unknown key"
+    [problem] = _problems(comparison__variants={"bad.name": {}})
+    assert problem.startswith("comparison.variants: variant name 'bad.name' must be letters")
+    [problem] = _problems(comparison__variants={"centralized": {}})
+    assert "reserved" in problem
+
+
+def test_resolved_variants_are_validated_with_the_same_models():
+    params = _base()
+    good = copy.deepcopy(params)
+    bad = copy.deepcopy(params)
+    bad["aggregation"]["strategy"] = "nope"
+    bad["coreset"]["ratio"] = 0
+    params["variants"] = {"federated": good, "federated_iid": bad}
+    assert parameter_problems(params) == [
+        "variants.federated_iid.coreset.ratio: Input should be greater than 0 (got 0)",
+        "variants.federated_iid.aggregation.strategy: unknown strategy 'nope'; choose one of "
+        "['concatenate', 'consensus', 'diversity', 'federated_coreset', 'trust']",
+    ]
+    params["variants"] = {"broken": 3}
+    assert parameter_problems(params) == ["variants.broken: must be the variant's parameter blocks, got 3"]
+
+
+def test_registry_names_are_looked_up_when_validating(monkeypatch):
+    from fedpatchcore.core import aggregation
+
+    assert _problems(aggregation__strategy="trust_weighted")
+    monkeypatch.setitem(aggregation.STRATEGIES, "trust_weighted", lambda *a, **k: None)
+    assert _problems(aggregation__strategy="trust_weighted") == []
+
+
+def test_new_blocks_register_with_a_decorator(monkeypatch):
+    monkeypatch.setattr("fedpatchcore.params_schema.BLOCKS", dict(BLOCKS))
+    monkeypatch.setattr("fedpatchcore.params_schema.KNOWN_BLOCKS", list(KNOWN_BLOCKS))
+
+    @block("generative")
+    class GenerativeParams(Block):
+        enabled: bool = False
+
+    params = _base()
+    assert parameter_problems(params) == ["generative: missing block (expected in conf/base/parameters*.yml)"]
+    params["generative"] = {"enabled": "yes"}
+    assert parameter_problems(params)[0].startswith("generative.enabled: Input should be a valid boolean")
+    params["generative"] = {"enabled": True}
+    assert parameter_problems(params) == []
+
+
+def test_only_some_blocks_can_be_checked():
+    params = _with(seed="7", federation__rounds=0)
+    assert parameter_problems(params, blocks=["federation"]) == [
+        "federation.rounds: Input should be greater than or equal to 1 (got 0)"
+    ]
