@@ -117,11 +117,13 @@ def aggregate_first_round(
     coreset: dict[str, Any],
     trust: dict[str, Any],
     seed: int,
+    fairness: dict[str, Any],
     *uploads_arrays,
     client_ids: list[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Round 1: the server scores its trust in each client and merges their uploads per category."""
-    settings = ServerSettings.from_parameters(aggregation, coreset, seed, trust)
+    """Round 1: the server scores its trust in each client and merges their uploads per category
+    (within fair category quotas when ``aggregation.total_bank_size`` is set)."""
+    settings = ServerSettings.from_parameters(aggregation, coreset, seed, trust, fairness)
     result = run_round(_uploads(client_ids, uploads_arrays), settings)
     return result.bank.to_arrays(), result.report
 
@@ -133,6 +135,7 @@ def aggregate_later_round(
     coreset: dict[str, Any],
     trust: dict[str, Any],
     seed: int,
+    fairness: dict[str, Any],
     *uploads_arrays,
     client_ids: list[str],
     round_number: int,
@@ -141,7 +144,7 @@ def aggregate_later_round(
     (with the trust scored in round 1)."""
     result = run_round(
         _uploads(client_ids, uploads_arrays),
-        ServerSettings.from_parameters(aggregation, coreset, seed, trust),
+        ServerSettings.from_parameters(aggregation, coreset, seed, trust, fairness),
         round_number=round_number,
         previous=CategoryBanks.from_arrays(previous_bank),
         trust=previous_report.get("trust"),
