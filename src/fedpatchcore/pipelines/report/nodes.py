@@ -109,9 +109,12 @@ def summarise_experiment(
 
 def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
     """Image AUC-ROC per category and run, or per run: bars, or lines over a numeric first label."""
-    if groups == "categories":
+    if groups in ("categories", "fairness", "clients"):
         wide = table.assign(run=_run_names(table)).pivot(index="group", columns="run", values="image_auroc")
-        wide = wide.loc[[c for c in wide.index if c != "mean"] + ["mean"]]  # the mean as the last group
+        last = [g for g in ("worst", "mean") if g in wide.index and (groups != "categories" or g == "mean")]
+        wide = wide.loc[[c for c in wide.index if c not in last] + last]  # worst and mean as the last groups
+        if groups != "categories":
+            wide = wide[list(dict.fromkeys(_run_names(table)))]  # runs in the experiment's order (modes)
         return _bar_chart(wide, "image AUC-ROC")
     label_columns = list(table.columns[: list(table.columns).index("image_auroc")])
     first, rest = label_columns[0], label_columns[1:]
