@@ -157,6 +157,7 @@ class DatasetParams(Block):
     root: Annotated[str, Field(min_length=1)]
     categories: Any = "all"
     image_sizes: dict[str, Size | None] | None = None
+    train_fraction: dict[str, Ratio] = {}
     synthetic: SyntheticParams | None = None
 
     @field_validator("format")
@@ -219,6 +220,7 @@ class ExtractionParams(Block):
 class CoresetParams(Block):
     ratio: Ratio
     max_size: PositiveInt | None = None
+    total_size: PositiveInt | None = None
     projection_dim: PositiveInt | None = None
     num_starts: PositiveInt = 1
     device: str = "auto"
@@ -297,6 +299,7 @@ class FederationParams(Block):
 class AggregationParams(Block):
     strategy: str
     global_bank_size: PositiveInt | None = None
+    total_bank_size: PositiveInt | None = None
     min_clients: PositiveInt = 1
     options: dict[str, Any] = {}
     client_weights: dict[str, Annotated[float, Field(ge=0)]] = {}
@@ -373,6 +376,27 @@ def _heterogeneity(value: Any) -> Any:
 
 
 register_block("heterogeneity", Annotated[dict[Any, Any], AfterValidator(_heterogeneity)])
+
+
+@block("fairness")
+class FairnessParams(Block):
+    mode: str = "none"
+    group_by: str = "category"
+    min_share: UnitFloat = 0.0
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        from fedpatchcore.core.federation.fairness import MODES
+
+        return _one_of("fairness mode", value, MODES)
+
+    @field_validator("group_by")
+    @classmethod
+    def _known_grouping(cls, value: str) -> str:
+        from fedpatchcore.core.federation.fairness import GROUP_BY
+
+        return _one_of("fairness grouping", value, GROUP_BY)
 
 
 @block("report")

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fedpatchcore.core.federation.fairness import FairnessSettings
 from fedpatchcore.core.partition import client_ids_for
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
         ("comparison", "variants"),
         ("comparison", "labels"),
         ("dataset", "image_sizes"),
+        ("dataset", "train_fraction"),
         ("heterogeneity",),
     }
 )
@@ -75,7 +77,8 @@ EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("extraction",),
     ("coreset", "projection_dim"),
 )
-# ... and what its local coreset and first upload depend on besides the features.
+# ... and what its local coreset and first upload depend on besides the features (and the
+# fairness block, when it shapes a client's coreset: see client_fairness).
 LANE_PARAMETERS: tuple[tuple[str, ...], ...] = (*EXTRACTION_PARAMETERS, ("coreset",))
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -228,6 +231,19 @@ def fingerprint(parameters: Mapping[str, Any], paths: Iterable[tuple[str, ...]],
     return json.dumps([values, extra], sort_keys=True, default=str)
 
 
+def client_fairness(parameters: Mapping[str, Any]) -> str:
+    """The fairness settings a client's coreset depends on ("" when they leave it as ``ratio`` makes it).
+
+    Read as written (not validated here: the client's settings check the values when it runs).
+    """
+    fairness = dict(parameters.get("fairness") or {})
+    defaults = FairnessSettings()
+    mode, group_by = fairness.get("mode", defaults.mode), fairness.get("group_by", defaults.group_by)
+    total_size = (parameters.get("coreset") or {}).get("total_size")
+    shapes = group_by == "category" and (mode != "none" or total_size is not None)
+    return json.dumps(fairness, sort_keys=True, default=str) if shapes else ""
+
+
 def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Variant]:
     """The main federated run plus, when comparison is enabled, its comparison variants."""
     parameters = current_parameters() if parameters is None else parameters
@@ -248,7 +264,11 @@ def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Vari
             c: feature_owners.setdefault(fingerprint(values, (*EXTRACTION_PARAMETERS, own[c][0]), c), name)
             for c in clients
         }
-        lanes = {c: lane_owners.setdefault(fingerprint(values, (*LANE_PARAMETERS, *own[c]), c), name) for c in clients}
+        selection = client_fairness(values)
+        lanes = {
+            c: lane_owners.setdefault(fingerprint(values, (*LANE_PARAMETERS, *own[c]), c, selection), name)
+            for c in clients
+        }
         variants.append(Variant(name, values, partition_owner, features, lanes))
     return variants
 

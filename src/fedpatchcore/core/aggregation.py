@@ -24,6 +24,11 @@ Every row of a result bank is a real row of some upload: ``origin`` says whose a
 fresh float32 arrays. A strategy may take options (``aggregation.options``), which it reads
 from :attr:`CategoryParts.options`.
 
+Fairness (``core/federation/fairness.py``): ``total_bank_size`` is one budget over every
+category, split among categories by the fairness mode (``group_by: category``) before each
+category's selection runs within its quota; with ``group_by: client`` the per-client quotas of
+``federated_coreset`` (and ``trust``, ``consensus``) follow the mode instead of n_images × weight.
+
 Multi-round federation: :func:`uncovered_rows` tells a client which of its rows the previous
 global bank does not already cover, so round ``r > 1`` uploads only those.
 """
@@ -38,6 +43,7 @@ import numpy as np
 
 from fedpatchcore.core.banks import ClientUpload
 from fedpatchcore.core.coreset import greedy_kcenter
+from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas
 from fedpatchcore.core.patchcore import build_index, nearest_distances
 from fedpatchcore.core.quotas import capped_quotas
 from fedpatchcore.core.seeding import derive_seed
@@ -58,15 +64,19 @@ class AggregationResult:
     source_row: dict[str, np.ndarray]  # category -> (n,) row of that client's upload
     rejected: dict[str, list[str]]  # client id -> problems that got it rejected
     contributions: dict[str, dict[str, int]]  # category -> client id -> rows kept
+    category_quotas: dict[str, int] | None = None  # category -> rows of total_bank_size (when set)
 
     def summary(self) -> dict:
         """JSON-ready overview (no arrays)."""
-        return {
+        out = {
             "bank_rows": {c: int(b.shape[0]) for c, b in self.banks.items()},
             "dim": next((int(b.shape[1]) for b in self.banks.values()), None),
             "contributions": {c: dict(v) for c, v in self.contributions.items()},
             "rejected": {c: list(v) for c, v in self.rejected.items()},
         }
+        if self.category_quotas is not None:
+            out["category_quotas"] = dict(self.category_quotas)
+        return out
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,7 @@ class CategoryParts:
     seed: int  # already specific to this category
     projection_dim: int
     options: dict = field(default_factory=dict)  # aggregation.options, for strategies that take any
+    fairness: FairnessSettings | None = None  # group_by client: how quotas are split among clients
 
 
 # A strategy returns, for the rows it keeps, (client index into parts.client_ids, row index
@@ -232,13 +243,29 @@ def diversity_strategy(parts: CategoryParts, size: int | None) -> Selection:
     return concatenate_strategy(parts, size)
 
 
+def client_quotas(parts: CategoryParts, capacities: Sequence[int], total: int) -> np.ndarray:
+    """Rows each client gives: ∝ n_images × weight, or by ``parts.fairness`` with ``group_by: client``."""
+    if parts.fairness is None or not parts.fairness.by("client"):
+        weights = [n * w for n, w in zip(parts.n_images, parts.weights, strict=True)]
+        return capped_quotas(weights, capacities, total)
+    ids = parts.client_ids
+    quotas = group_quotas(
+        dict(zip(ids, parts.n_images, strict=True)),
+        dict(zip(ids, capacities, strict=True)),
+        total,
+        parts.fairness.mode,
+        parts.fairness.min_share,
+        weights=dict(zip(ids, parts.weights, strict=True)),
+    )
+    return np.array([quotas[cid] for cid in ids], dtype=np.int64)
+
+
 @register_strategy("federated_coreset")
 def federated_coreset_strategy(parts: CategoryParts, size: int | None) -> Selection:
-    """Quotas proportional to n_images x weight; k-center inside each client's coreset."""
+    """Quotas proportional to n_images x weight (or by fairness); k-center inside each client's coreset."""
     capacities = [len(b) for b in parts.banks]
     total = sum(capacities) if size is None else size
-    weights = [n * w for n, w in zip(parts.n_images, parts.weights, strict=True)]
-    quotas = capped_quotas(weights, capacities, total)
+    quotas = client_quotas(parts, capacities, total)
     clients, rows = [], []
     for i, (bank, q) in enumerate(zip(parts.banks, quotas, strict=True)):
         chosen = _kcenter(bank, int(q), parts, salt=i + 1)
@@ -282,6 +309,35 @@ def consensus_strategy(parts: CategoryParts, size: int | None) -> Selection:
 
 # --------------------------------------------------------------------------- aggregate
 
+# Strategies that pick from the union of a category's rows (no per-client quotas to make fair).
+UNION_STRATEGIES = ("concatenate", "diversity")
+
+
+def category_quotas(
+    usable: Sequence[ClientUpload],
+    total_bank_size: int,
+    global_bank_size: int | None,
+    fairness: FairnessSettings,
+) -> dict[str, int]:
+    """Rows of ``total_bank_size`` for each category, split by the fairness mode over categories.
+
+    Candidates are the rows uploaded for the category (at most ``global_bank_size``); a
+    category's size is the training images behind them. Every category keeps at least one row.
+    With ``group_by: client`` categories share the budget as mode ``none`` does (∝ rows).
+    """
+    categories = sorted({c for up in usable for c in up.banks})
+    sizes = {c: sum(int(up.n_images[c]) for up in usable if c in up.banks) for c in categories}
+    candidates = {c: sum(len(up.banks[c]) for up in usable if c in up.banks) for c in categories}
+    if global_bank_size is not None:
+        candidates = {c: min(n, int(global_bank_size)) for c, n in candidates.items()}
+    mode = fairness.mode if fairness.group_by == "category" else "none"
+    if int(total_bank_size) < len(categories):
+        raise ValueError(
+            f"aggregation.total_bank_size={total_bank_size} cannot give each of {len(categories)} categories a row"
+        )
+    return group_quotas(sizes, candidates, int(total_bank_size), mode, fairness.min_share, minimum=1)
+
+
 
 def aggregate(
     uploads: Sequence[ClientUpload],
@@ -294,10 +350,15 @@ def aggregate(
     client_weights: Mapping[str, float] | None = None,
     expected_dim: int | None = None,
     options: Mapping | None = None,
+    total_bank_size: int | None = None,
+    fairness: FairnessSettings | None = None,
 ) -> AggregationResult:
     """Merge client uploads into one global bank per category.
 
-    ``global_bank_size`` is rows per category. ``client_weights`` (client id -> weight >= 0,
+    ``global_bank_size`` is rows per category; ``total_bank_size`` (optional) rows over all
+    categories, split among them by :func:`category_quotas` (``fairness``, default mode
+    ``none``: ∝ uploaded rows). ``fairness`` with ``group_by: client`` also sets how a
+    category's rows are split among clients. ``client_weights`` (client id -> weight >= 0,
     missing ids weigh 1) scales quotas in ``federated_coreset``; a weight of 0 drops that
     client from every strategy. ``expected_dim`` (the backbone's feature dimension) is
     inferred by majority over clients when not given. ``options`` reach the strategy as
@@ -314,6 +375,16 @@ def aggregate(
     dup = sorted({c for c in ids if ids.count(c) > 1})
     if dup:
         raise ValueError(f"several uploads claim the same client id: {dup}")
+    if total_bank_size is not None and (int(total_bank_size) != total_bank_size or total_bank_size < 1):
+        raise ValueError(
+            f"aggregation.total_bank_size must be a positive integer or null, got {total_bank_size!r}"
+        )
+    fairness = fairness or FairnessSettings()
+    if fairness.by("client") and strategy in UNION_STRATEGIES:
+        raise ValueError(
+            f"fairness.group_by 'client' needs per-client quotas: aggregation.strategy {strategy!r} selects "
+            "from the union of rows; use federated_coreset, trust or consensus"
+        )
     weights = {str(k): float(v) for k, v in (client_weights or {}).items()}
     bad_w = {k: v for k, v in weights.items() if not np.isfinite(v) or v < 0}
     if bad_w:
@@ -335,6 +406,7 @@ def aggregate(
         raise AggregationError("no usable client uploads to aggregate")
 
     categories = sorted({c for up in usable for c in up.banks})
+    quotas = None if total_bank_size is None else category_quotas(usable, total_bank_size, global_bank_size, fairness)
     banks: dict[str, np.ndarray] = {}
     origin: dict[str, np.ndarray] = {}
     source_row: dict[str, np.ndarray] = {}
@@ -351,8 +423,9 @@ def aggregate(
             seed=derive_seed(seed, category),
             projection_dim=int(projection_dim),
             options=dict(options or {}),
+            fairness=fairness,
         )
-        client_idx, row_idx = fn(parts, global_bank_size)
+        client_idx, row_idx = fn(parts, global_bank_size if quotas is None else quotas[category])
         client_idx = np.asarray(client_idx, dtype=np.int64)
         row_idx = np.asarray(row_idx, dtype=np.int64)
         if client_idx.shape != row_idx.shape:
@@ -378,7 +451,12 @@ def aggregate(
         )
         contributions[category] = {cid: int(k) for cid, k in zip(parts.client_ids, kept, strict=True)}
     return AggregationResult(
-        banks=banks, origin=origin, source_row=source_row, rejected=rejected, contributions=contributions
+        banks=banks,
+        origin=origin,
+        source_row=source_row,
+        rejected=rejected,
+        contributions=contributions,
+        category_quotas=quotas,
     )
 
 

@@ -14,7 +14,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-GROUPINGS = ("mean", "categories")
+from fedpatchcore.core.metrics import fairness_metrics
+
+GROUPINGS = ("mean", "categories", "fairness", "clients")
+# Rows after the groups in the fairness groupings: the worst group per column, then the mean.
+WORST = "worst"
 
 
 def _metric_row(values: Mapping[str, Any], spro_limit: str) -> dict[str, Any]:
@@ -32,9 +36,12 @@ def experiment_table(
 ) -> pd.DataFrame:
     """Rows per run × group: label columns, ``group``, ``image_auroc``, ``aucspro_<limit>``, ``uploaded_bytes``.
 
-    ``groups``: ``categories`` (every category, then ``mean``) or ``mean`` (one row per run, no
-    ``group`` column). Numbers a run publishes under ``experiment`` in its metrics (e.g. the
-    privacy budget) become extra columns.
+    ``groups``: ``categories`` (every category, then ``mean``), ``mean`` (one row per run, no
+    ``group`` column), ``fairness`` (every category, then ``worst``: each column's lowest value
+    over the categories, then ``mean``) or ``clients`` (every client scored on the categories it
+    holds, then ``worst`` and ``mean`` over clients; from the run's ``fairness.client``).
+    Numbers a run publishes under ``experiment`` in its metrics (e.g. the privacy budget) become
+    extra columns.
     """
     if groups not in GROUPINGS:
         raise ValueError(f"comparison.groups must be one of {list(GROUPINGS)}, got {groups!r}")
@@ -49,16 +56,41 @@ def experiment_table(
         run_labels = dict(labels.get(run) or {"run": run})
         extra = dict(metrics.get("experiment") or {})
         uploaded = (metrics.get("communication") or {}).get("uploaded_bytes")
-        per_group = {**metrics["categories"], "mean": metrics["mean"]} if groups == "categories" else {"mean": metrics["mean"]}
+        if groups in ("fairness", "clients"):
+            per_group = _fairness_rows(metrics, "category" if groups == "fairness" else "client", spro_limit)
+        elif groups == "categories":
+            per_group = {
+                group: _metric_row(values, spro_limit)
+                for group, values in {**metrics["categories"], "mean": metrics["mean"]}.items()
+            }
+        else:
+            per_group = {"mean": _metric_row(metrics["mean"], spro_limit)}
         for group, values in per_group.items():
             row = {column: run_labels.get(column) for column in label_columns}
-            if groups == "categories":
+            if groups != "mean":
                 row["group"] = group
-            row.update(_metric_row(values, spro_limit))
+            row.update(values)
             row.update(extra)
             row["uploaded_bytes"] = uploaded
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _fairness_rows(metrics: Mapping[str, Any], grouping: str, spro_limit: str) -> dict[str, dict[str, Any]]:
+    """Each group's row, then ``worst`` and ``mean`` (per column) from the run's ``fairness`` block."""
+    fairness = metrics.get("fairness") or fairness_metrics(metrics["categories"])
+    if grouping not in fairness:
+        raise ValueError(f"comparison.groups: a run publishes no fairness.{grouping} metrics")
+    columns = ("image_auroc", f"aucspro_{spro_limit}")
+    block = fairness[grouping]
+    rows = {group: {c: values.get(c) for c in columns} for group, values in block["groups"].items()}
+    summary = block["summary"]
+    rows[WORST] = {c: (summary.get(c) or {}).get("worst") for c in columns}
+    if grouping == "category":
+        rows["mean"] = _metric_row(metrics["mean"], spro_limit)
+    else:
+        rows["mean"] = {c: (summary.get(c) or {}).get("mean") for c in columns}
+    return rows
 
 
 def leave_one_out_effect(

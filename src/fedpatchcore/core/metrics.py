@@ -618,3 +618,75 @@ def metrics_table(metrics: Mapping, spro_limit: str = "0.05") -> pd.DataFrame:
         }
     ).T
     return table.astype(float)
+
+
+# --------------------------------------------------------------------------------------------
+# Fairness: how evenly categories and clients are served
+# --------------------------------------------------------------------------------------------
+
+FAIRNESS_GROUPINGS = ("category", "client")
+
+
+def _flat_metrics(values: Mapping) -> dict[str, float | None]:
+    """``image_auroc`` and ``aucspro_<limit>`` of one metrics entry (table column names)."""
+    out = {"image_auroc": values.get("image_auroc")}
+    for limit, value in sorted((values.get("aucspro") or {}).items(), key=lambda kv: float(kv[0])):
+        out[f"aucspro_{limit}"] = value
+    return out
+
+
+def group_spread(values: Mapping[str, float | None]) -> dict:
+    """Worst and best group (and which), best−worst gap, population std and mean of one metric.
+
+    None values (a group where the metric is undefined) are left out; all None gives Nones.
+    Ties go to the first group in order.
+    """
+    kept = {group: float(v) for group, v in values.items() if v is not None}
+    if not kept:
+        return dict.fromkeys(("worst", "worst_group", "best", "best_group", "gap", "std", "mean")) | {"n_groups": 0}
+    worst_group = min(kept, key=kept.get)
+    best_group = max(kept, key=kept.get)
+    array = np.fromiter(kept.values(), dtype=np.float64)
+    return {
+        "worst": kept[worst_group],
+        "worst_group": worst_group,
+        "best": kept[best_group],
+        "best_group": best_group,
+        "gap": kept[best_group] - kept[worst_group],
+        "std": float(array.std()),
+        "mean": float(array.mean()),
+        "n_groups": len(kept),
+    }
+
+
+def _grouping(groups: Mapping[str, Mapping[str, float | None]]) -> dict:
+    names = [name for values in groups.values() for name in values]
+    metrics = list(dict.fromkeys(names))
+    return {
+        "groups": {group: dict(values) for group, values in groups.items()},
+        "summary": {metric: group_spread({g: v.get(metric) for g, v in groups.items()}) for metric in metrics},
+    }
+
+
+def fairness_metrics(
+    per_category: Mapping[str, Mapping], members: Mapping[str, Sequence[str]] | None = None
+) -> dict:
+    """Per-group image AUC-ROC and AUC-sPRO, and their spread (:func:`group_spread`), JSON-ready.
+
+    ``category``: every category of ``per_category`` (entries of :func:`evaluate_category`).
+    ``client`` (when ``members`` maps each client to the categories it holds): a client's score
+    is the unweighted mean over the categories it holds of their metrics, i.e. how well the bank
+    serves the products that site inspects; each category is scored on its whole test set. The
+    clients' categories are listed under ``members``.
+    """
+    categories = {category: _flat_metrics(values) for category, values in per_category.items()}
+    out = {"category": _grouping(categories)}
+    if members is not None:
+        clients = {}
+        for client, held in members.items():
+            rows = [categories[c] for c in held if c in categories]
+            names = list(dict.fromkeys(name for row in rows for name in row)) or ["image_auroc"]
+            clients[str(client)] = {name: _mean([row.get(name) for row in rows]) for name in names}
+        out["client"] = _grouping(clients)
+        out["client"]["members"] = {str(client): [c for c in held if c in categories] for client, held in members.items()}
+    return out

@@ -7,13 +7,16 @@ Returns ``(samples, {category: CategoryInfo}, skipped)`` where ``skipped`` lists
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from fedpatchcore.core.data.autovi import AUTOVI_CATEGORIES, AUTOVI_IMAGE_SIZES, index_autovi
 from fedpatchcore.core.data.loading import DatasetLayoutError, ImageReadError, MaskSizeError
 from fedpatchcore.core.data.mvtec import ALL, MVTEC_DEFAULT_IMAGE_SIZE, IndexResult, index_mvtec
 from fedpatchcore.core.data.synthetic import MANIFEST_FILE, SYNTHETIC_IMAGE_SIZE
+from fedpatchcore.core.data.types import TRAIN, Sample
+from fedpatchcore.core.seeding import derive_rng
 
 DATASET_FORMATS = ("synthetic", "autovi", "mvtec")
 
@@ -27,6 +30,7 @@ __all__ = [
     "ImageReadError",
     "MaskSizeError",
     "index_dataset",
+    "subsample_training",
     "synthetic_image_size",
 ]
 
@@ -64,3 +68,41 @@ def index_dataset(
     if fmt == "mvtec":
         return index_mvtec(root, categories, image_sizes)
     raise ValueError(f"Unknown dataset.format parameter {format!r}; choose one of {list(DATASET_FORMATS)}")
+
+
+def subsample_training(
+    samples: Sequence[Sample], train_fraction: Mapping[str, float] | None, seed: int
+) -> tuple[list[Sample], dict[str, dict[str, int]]]:
+    """Keep only ``fraction`` of the named categories' training images (``dataset.train_fraction``).
+
+    A category keeps ``round(fraction × n)`` of its ``n`` training images (half rounds up, at
+    least one), drawn with a generator seeded by ``(seed, "train_fraction", category)`` from the
+    images sorted by key, so the draw does not depend on file order or on other categories. Test
+    images are never touched. Returns the kept samples (input order) and, per subsampled
+    category, ``{"kept": .., "of": ..}``. An unknown category or a fraction outside (0, 1] is a
+    ValueError.
+    """
+    fractions = {str(c): f for c, f in (train_fraction or {}).items()}
+    if not fractions:
+        return list(samples), {}
+    train = {}
+    for s in samples:
+        if s.split == TRAIN:
+            train.setdefault(s.category, []).append(s.key)
+    unknown = sorted(set(fractions) - set(train))
+    if unknown:
+        raise ValueError(
+            f"dataset.train_fraction names categories without training images: {unknown} (known: {sorted(train)})"
+        )
+    dropped: set[str] = set()
+    counts = {}
+    for category, fraction in fractions.items():
+        fraction = float(fraction)
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"dataset.train_fraction.{category} must be in (0, 1], got {fraction!r}")
+        keys = sorted(train[category])
+        keep = min(len(keys), max(1, math.floor(fraction * len(keys) + 0.5)))
+        order = derive_rng(int(seed), "train_fraction", category).permutation(len(keys))
+        dropped.update(keys[i] for i in order[keep:])
+        counts[category] = {"kept": keep, "of": len(keys)}
+    return [s for s in samples if s.key not in dropped], counts

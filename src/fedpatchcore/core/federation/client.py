@@ -29,6 +29,7 @@ from fedpatchcore.core.coreset import coreset_size
 from fedpatchcore.core.data.types import CategoryInfo, Sample
 from fedpatchcore.core.extraction import ExtractedFeatures, extract_patch_features
 from fedpatchcore.core.feature_store import select_coreset_streaming
+from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas
 from fedpatchcore.core.federation.trust import QualityMeter
 from fedpatchcore.core.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
 from fedpatchcore.core.patchcore import PatchEmbedder
@@ -53,6 +54,10 @@ class ClientSettings:
     num_workers: int
     # What is wrong at this site (experiments simulate it): degradations of its images as read.
     heterogeneity: ClientHeterogeneity = ClientHeterogeneity()
+    # Rows kept over all the client's categories (None: ratio × each category's patches) and how
+    # they are split among its categories (fairness.group_by: category).
+    coreset_total_size: int | None = None
+    fairness: FairnessSettings = FairnessSettings()
 
     @classmethod
     def from_parameters(
@@ -64,10 +69,14 @@ class ClientSettings:
         extraction: Mapping[str, Any],
         seed: int,
         heterogeneity: Mapping[str, Any] | None = None,
+        fairness: Mapping[str, Any] | None = None,
     ) -> ClientSettings:
         """From the parameter blocks of the same names; ``federation.client_coreset_ratios``
         overrides ``coreset.ratio`` for this client, ``heterogeneity.<client_id>`` degrades its images."""
         ratios = federation.get("client_coreset_ratios") or {}
+        total_size = coreset.get("total_size")
+        if total_size is not None and (int(total_size) != total_size or total_size < 1):
+            raise ValueError(f"coreset.total_size must be a positive integer or null, got {total_size!r}")
         return cls(
             client_id=str(client_id),
             seed=int(seed),
@@ -80,6 +89,8 @@ class ClientSettings:
             batch_size=int(extraction["batch_size"]),
             num_workers=int(extraction.get("num_workers", 0)),
             heterogeneity=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))),
+            coreset_total_size=None if total_size is None else int(total_size),
+            fairness=FairnessSettings.from_parameters(fairness),
         )
 
 
@@ -161,12 +172,47 @@ def patch_positions(rows: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return np.stack([rows // (height * width), (rows // width) % height, rows % width], axis=1)
 
 
+def local_coreset_sizes(
+    n_rows: Mapping[str, int], n_images: Mapping[str, int], settings: ClientSettings
+) -> dict[str, int]:
+    """Rows of the local coreset per category.
+
+    Default: ``ratio`` × the category's patch vectors (at most ``max_size``). With
+    ``coreset.total_size`` or a ``fairness.mode`` (``group_by: category``), one budget over all
+    the client's categories (``total_size``, else the rows the default would keep in all) is
+    split among them by :func:`~fedpatchcore.core.federation.fairness.group_quotas` (sizes: the
+    client's images per category; candidates: its patch vectors, at most ``max_size``); every
+    category keeps at least one row.
+    """
+    default = {c: coreset_size(n, settings.coreset_ratio, settings.coreset_max_size) for c, n in n_rows.items()}
+    if not settings.fairness.shapes_client_coreset(settings.coreset_total_size):
+        return default
+    budget = settings.coreset_total_size if settings.coreset_total_size is not None else sum(default.values())
+    cap = settings.coreset_max_size
+    candidates = {c: int(n if cap is None else min(n, cap)) for c, n in n_rows.items()}
+    fairness = settings.fairness
+    if budget < sum(1 for n in candidates.values() if n > 0):
+        raise ValueError(
+            f"coreset.total_size={budget} cannot give each of client {settings.client_id}'s {len(candidates)} "
+            "categories a row"
+        )
+    return group_quotas(
+        {c: n_images.get(c, 0) for c in n_rows}, candidates, budget, fairness.mode, fairness.min_share, minimum=1
+    )
+
+
 def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) -> LocalCoreset:
-    """Greedy k-center coreset of each category's patch vectors, gathered at full dimension."""
+    """Greedy k-center coreset of each category's patch vectors, gathered at full dimension
+    (sizes from :func:`local_coreset_sizes`)."""
     device = resolve_device(settings.coreset_device, parameter="coreset.device")
     banks, sources = {}, {}
+    sizes = local_coreset_sizes(
+        {c: f.n_rows for c, f in features.files.items()},
+        {c: len(keys) for c, keys in features.image_keys.items()},
+        settings,
+    )
     for category, feature_file in features.files.items():
-        k = coreset_size(feature_file.n_rows, settings.coreset_ratio, settings.coreset_max_size)
+        k = sizes[category]
         chosen = select_coreset_streaming(
             feature_file, k, seed=settings.seed, num_starts=settings.coreset_num_starts, device=device
         )

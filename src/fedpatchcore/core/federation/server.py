@@ -5,6 +5,7 @@
             ──client weights──► quota weights: aggregation.client_weights (default 1) times,
                           for the ``trust`` strategy, each client's trust score (trust.py;
                           computed and reported for every strategy, 0 under trust.min_trust)
+            ──category quotas (aggregation.total_bank_size split by fairness, when set)──►
             ──strategy per category (aggregation.strategy, aggregation.options)──►
     global bank: rows + for every row the client it came from and its row in that client's
     local coreset, carried through later rounds; and a JSON-ready round report.
@@ -24,6 +25,7 @@ import numpy as np
 
 from fedpatchcore.core.aggregation import STRATEGIES, AggregationError, aggregate, split_valid_uploads
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
+from fedpatchcore.core.federation.fairness import FairnessSettings
 from fedpatchcore.core.federation.trust import TrustSettings, trust_scores
 
 logger = logging.getLogger(__name__)
@@ -44,6 +46,8 @@ class ServerSettings:
     options: dict = field(default_factory=dict)
     client_weights: dict = field(default_factory=dict)  # fixed per-client weights (missing: 1)
     trust: TrustSettings = field(default_factory=TrustSettings)
+    total_bank_size: int | None = None  # rows over all categories, split by fairness (None: no such budget)
+    fairness: FairnessSettings = field(default_factory=FairnessSettings)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -56,6 +60,7 @@ class ServerSettings:
         coreset: Mapping[str, Any],
         seed: int,
         trust: Mapping[str, Any] | None = None,
+        fairness: Mapping[str, Any] | None = None,
     ) -> ServerSettings:
         return cls(
             strategy=str(aggregation["strategy"]),
@@ -66,6 +71,8 @@ class ServerSettings:
             options=dict(aggregation.get("options") or {}),
             client_weights={str(k): float(v) for k, v in (aggregation.get("client_weights") or {}).items()},
             trust=TrustSettings.from_parameters(trust, seed),
+            total_bank_size=aggregation.get("total_bank_size"),
+            fairness=FairnessSettings.from_parameters(fairness),
         )
 
 
@@ -158,6 +165,8 @@ def run_round(
         projection_dim=settings.projection_dim,
         client_weights=client_weights,
         options=settings.options,
+        total_bank_size=settings.total_bank_size,
+        fairness=settings.fairness,
     )
     accepted = [u for u in uploads if u.client_id not in result.rejected]
     if len(accepted) < settings.min_clients:
@@ -179,6 +188,7 @@ def run_round(
         "broadcast_bytes": int(previous.nbytes * receivers) if previous is not None else 0,
         "client_weights": {str(k): float(v) for k, v in client_weights.items()},
         "trust": {str(k): dict(v) for k, v in trust.items()},
+        "fairness": settings.fairness.describe(),
         **result.summary(),
     }
     logger.info("Round %d: global bank rows per category %s", round_number, report["bank_rows"])

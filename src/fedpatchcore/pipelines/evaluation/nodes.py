@@ -22,6 +22,7 @@ from fedpatchcore.core.extraction import make_embedder
 from fedpatchcore.core.metrics import (
     DefectRegion,
     evaluate_category,
+    fairness_metrics,
     mean_over_categories,
     metrics_table,
     saturation_area,
@@ -187,7 +188,8 @@ def compute_metrics(
     evaluation_index: pd.DataFrame,
     category_info: dict[str, Any],
 ) -> dict[str, Any]:
-    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, their mean, and the skips."""
+    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, their mean, the skips, and
+    how evenly the categories are served (``fairness.category``)."""
     samples = {s.key: s for s in frame_to_samples(evaluation_index)}
     scores_by_key = image_scores.set_index("key")
     per_category = {}
@@ -217,6 +219,7 @@ def compute_metrics(
             for category, maps_entry in sorted(anomaly_maps.items())
             for entry in maps_entry.get("skipped", [])
         ],
+        "fairness": fairness_metrics(per_category),
     }
     logger.info("Metrics:\n%s", metrics_table(metrics).to_string(float_format=lambda x: f"{x:.3f}"))
     return metrics
@@ -227,6 +230,7 @@ def summarise_centralized_run(metrics: dict[str, Any], memory_bank: dict[str, np
     n_images = CategoryBanks.from_arrays(memory_bank).n_images
     return {
         **metrics,
+        "fairness": fairness_metrics(metrics["categories"], {"all": sorted(n_images)}),
         "partition": "centralized",
         "clients": {"all": {"n_images": int(sum(n_images.values()))}},
     }

@@ -21,6 +21,7 @@ from fedpatchcore.core.heterogeneity import (
     label_noise_pool,
     parse_heterogeneity,
 )
+from fedpatchcore.core.metrics import fairness_metrics
 from fedpatchcore.core.partition import make_partition, partition_statistics
 
 logger = logging.getLogger(__name__)
@@ -117,11 +118,13 @@ def aggregate_first_round(
     coreset: dict[str, Any],
     trust: dict[str, Any],
     seed: int,
+    fairness: dict[str, Any],
     *uploads_arrays,
     client_ids: list[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Round 1: the server scores its trust in each client and merges their uploads per category."""
-    settings = ServerSettings.from_parameters(aggregation, coreset, seed, trust)
+    """Round 1: the server scores its trust in each client and merges their uploads per category
+    (within fair category quotas when ``aggregation.total_bank_size`` is set)."""
+    settings = ServerSettings.from_parameters(aggregation, coreset, seed, trust, fairness)
     result = run_round(_uploads(client_ids, uploads_arrays), settings)
     return result.bank.to_arrays(), result.report
 
@@ -133,6 +136,7 @@ def aggregate_later_round(
     coreset: dict[str, Any],
     trust: dict[str, Any],
     seed: int,
+    fairness: dict[str, Any],
     *uploads_arrays,
     client_ids: list[str],
     round_number: int,
@@ -141,7 +145,7 @@ def aggregate_later_round(
     (with the trust scored in round 1)."""
     result = run_round(
         _uploads(client_ids, uploads_arrays),
-        ServerSettings.from_parameters(aggregation, coreset, seed, trust),
+        ServerSettings.from_parameters(aggregation, coreset, seed, trust, fairness),
         round_number=round_number,
         previous=CategoryBanks.from_arrays(previous_bank),
         trust=previous_report.get("trust"),
@@ -158,7 +162,8 @@ def summarise_federated_run(
     aggregation: dict[str, Any],
     *round_reports: dict[str, Any],
 ) -> dict[str, Any]:
-    """The published metrics of a federated run: quality, clients and what crossed the network."""
+    """The published metrics of a federated run: quality, clients, fairness over categories and
+    clients, and what crossed the network."""
     paths = dict(zip(dataset_index["key"], dataset_index["image_path"], strict=True))
     raw_bytes = {cid: int(sum(os.path.getsize(paths[key]) for key in keys)) for cid, keys in partition.items()}
     uploaded = sum(report["uploaded_bytes"] for report in round_reports)
@@ -185,8 +190,11 @@ def summarise_federated_run(
         }
         if cid in round_reports[0].get("trust", {}):
             clients[cid]["trust"] = round_reports[0]["trust"][cid]
+    # Each client is judged on the categories it holds (the mean of their metrics).
+    members = {cid: list(stats.get("categories", {})) for cid, stats in partition_stats["clients"].items()}
     summary = {
         **metrics,
+        "fairness": fairness_metrics(metrics["categories"], members),
         "partition": partition_stats["partition"],
         "aggregation": dict(aggregation),
         "clients": clients,

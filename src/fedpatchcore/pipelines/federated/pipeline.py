@@ -16,7 +16,7 @@ from fedpatchcore.pipelines.training import nodes as client_nodes
 from fedpatchcore.pipelines.training.pipeline import CLIENT_SETTINGS, client_lanes
 from fedpatchcore.structure import Variant
 
-SERVER_SETTINGS = ["params:aggregation", "params:coreset", "params:trust", "params:seed"]
+SERVER_SETTINGS = ["params:aggregation", "params:coreset", "params:trust", "params:seed", "params:fairness"]
 
 
 def partition_pipeline(variant: Variant) -> Pipeline:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedpatchcore.core.data.index import index_dataset
+from fedpatchcore.core.data.index import index_dataset, subsample_training
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import category_info_to_dict, samples_to_frame
 
@@ -38,13 +38,20 @@ def prepare_raw_dataset(dataset: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def index_raw_dataset(
-    raw_dataset: dict[str, Any], dataset: dict[str, Any]
+    raw_dataset: dict[str, Any], dataset: dict[str, Any], seed: int = 0
 ) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, str]]]:
-    """One row per image, the per-category facts (resize, defect configs), and skipped files."""
+    """One row per image, the per-category facts (resize, defect configs), and skipped files.
+
+    ``dataset.train_fraction`` keeps only a seeded share of some categories' training images
+    (every variant of a run then sees the same reduced dataset).
+    """
     image_sizes = dataset.get("image_sizes") or None
     samples, infos, skipped = index_dataset(
         raw_dataset["format"], raw_dataset["root"], dataset["categories"], image_sizes=image_sizes
     )
+    samples, reduced = subsample_training(samples, dataset.get("train_fraction"), seed)
+    for category, count in reduced.items():
+        logger.info("dataset.train_fraction: %s keeps %d of %d training images", category, count["kept"], count["of"])
     frame = samples_to_frame(samples)
     counts = frame.groupby(["category", "split"]).size().unstack(fill_value=0)
     logger.info("Indexed %d images of %d categories:\n%s", len(frame), len(infos), counts.to_string())

@@ -15,7 +15,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.index_raw_dataset,
-                ["raw_dataset", "params:dataset"],
+                ["raw_dataset", "params:dataset", "params:seed"],
                 ["dataset_index", "category_info", "skipped_files"],
                 name="index_dataset",
             ),

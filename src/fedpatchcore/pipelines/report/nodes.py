@@ -108,11 +108,23 @@ def summarise_experiment(
 
 
 def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
-    """Image AUC-ROC per category and run, or per run: bars, or lines over a numeric first label."""
+    """Image AUC-ROC per category and run, or per run: bars, or lines over a numeric first label.
+
+    The fairness groupings draw AUC-sPRO beside image AUC-ROC (a starved category's bank shows
+    first in its anomaly maps).
+    """
     if groups == "categories":
-        wide = table.assign(run=_run_names(table)).pivot(index="group", columns="run", values="image_auroc")
-        wide = wide.loc[[c for c in wide.index if c != "mean"] + ["mean"]]  # the mean as the last group
-        return _bar_chart(wide, "image AUC-ROC")
+        return _bar_chart(_per_group(table, "image_auroc", ["mean"], sort_runs=False), "image AUC-ROC")
+    if groups in ("fairness", "clients"):
+        spro = next(c for c in table.columns if c.startswith("aucspro_"))
+        figure, axes = plt.subplots(1, 2, figsize=(max(10, 2.4 * table["group"].nunique()), 4))
+        for axis, column, label in ((axes[0], "image_auroc", "image AUC-ROC"), (axes[1], spro, spro.replace("_", "@"))):
+            _per_group(table, column, ["worst", "mean"]).plot.bar(ax=axis, rot=30)
+            axis.set_ylim(0, 1.05)
+            axis.set_ylabel(label)
+            axis.legend(fontsize=8, loc="lower left")
+        figure.tight_layout()
+        return figure
     label_columns = list(table.columns[: list(table.columns).index("image_auroc")])
     first, rest = label_columns[0], label_columns[1:]
     x = as_axis(table[first].tolist())
@@ -136,6 +148,14 @@ def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
     columns = rest[0] if rest else None
     wide = table.pivot_table(index=index, columns=columns, values="image_auroc", sort=False) if columns else table.set_index(index)[["image_auroc"]]
     return _bar_chart(wide, "image AUC-ROC (mean over categories)")
+
+
+def _per_group(table: pd.DataFrame, column: str, last: list[str], sort_runs: bool = True) -> pd.DataFrame:
+    """Groups × runs of one column, the summary rows ``last`` at the end (runs in table order)."""
+    wide = table.assign(run=_run_names(table)).pivot(index="group", columns="run", values=column)
+    last = [g for g in last if g in wide.index]
+    wide = wide.loc[[g for g in wide.index if g not in last] + last]
+    return wide[list(dict.fromkeys(_run_names(table)))] if sort_runs else wide
 
 
 def _run_names(table: pd.DataFrame) -> pd.Series:

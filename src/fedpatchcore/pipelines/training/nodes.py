@@ -19,7 +19,7 @@ from fedpatchcore.core.federation import client
 CENTRALIZED_CLIENT = "all"
 
 
-def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=None) -> client.ClientSettings:
+def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=None, fairness=None) -> client.ClientSettings:
     return client.ClientSettings.from_parameters(
         client_id,
         coreset=coreset,
@@ -27,6 +27,7 @@ def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=No
         extraction=extraction,
         seed=seed,
         heterogeneity=heterogeneity,
+        fairness=fairness,
     )
 
 
@@ -65,11 +66,15 @@ def select_local_coreset(
     federation: dict[str, Any],
     extraction: dict[str, Any],
     seed: int,
+    fairness: dict[str, Any] | None = None,
     *,
     client_id: str,
 ) -> dict[str, np.ndarray]:
-    """Greedy k-center coreset per category; the rows' image and position stay on the client."""
-    settings = _settings(client_id, coreset, federation, extraction, seed)
+    """Greedy k-center coreset per category; the rows' image and position stay on the client.
+
+    A client holding several categories splits its coreset budget among them by ``fairness``.
+    """
+    settings = _settings(client_id, coreset, federation, extraction, seed, fairness=fairness)
     return client.select_local_coreset(patch_features, settings).to_arrays()
 
 

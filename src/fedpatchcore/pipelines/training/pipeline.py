@@ -22,7 +22,7 @@ def extraction_node(client_id: str):
 def coreset_node(client_id: str):
     return node(
         bind(nodes.select_local_coreset, client_id=client_id),
-        ["patch_features", *CLIENT_SETTINGS],
+        ["patch_features", *CLIENT_SETTINGS, "params:fairness"],
         "local_coreset",
         name="select_coreset",
     )
