@@ -2,11 +2,13 @@
 
 from fedpatchcore.config_loader import ProjectConfigLoader
 from fedpatchcore.hooks import NodeTimingHook, PipelineStructureHook
+from fedpatchcore.provenance import RunProvenanceHook
 
 # PipelineStructureHook: the per-client lanes depend on parameters (how many clients, which
 # layout), so it hands the run's parameters to the pipeline registry before it builds them.
 # NodeTimingHook: logs each node's wall time (and feeds benchmarks/end_to_end.py).
-HOOKS = (PipelineStructureHook(), NodeTimingHook())
+# RunProvenanceHook: records which version of each dataset the run read (for the HTML report).
+HOOKS = (PipelineStructureHook(), NodeTimingHook(), RunProvenanceHook())
 
 # Parameters merge key by key (environment over base, --params over both) and carry every
 # variant's resolved parameters under `variants` (see config_loader.py).

@@ -3,11 +3,15 @@
 from fedpatchcore.datasets.arrays import AnomalyMapsDataset, FaissIndexDataset, NpzDataset
 from fedpatchcore.datasets.exported_maps import ExportedMapsDataset
 from fedpatchcore.datasets.features import PatchFeaturesDataset
+from fedpatchcore.datasets.figures import FigureDataset
+from fedpatchcore.datasets.provenance import RunProvenanceDataset
 
 __all__ = [
     "AnomalyMapsDataset",
     "ExportedMapsDataset",
     "FaissIndexDataset",
+    "FigureDataset",
     "NpzDataset",
     "PatchFeaturesDataset",
+    "RunProvenanceDataset",
 ]
