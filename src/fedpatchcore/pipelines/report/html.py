@@ -54,6 +54,7 @@ img { max-width: 100%; border: 1px solid #e3e6ec; }
 .plots img { height: 300px; width: auto; } .overlays img { width: 560px; }
 pre { background: #f5f7fa; padding: 0.8em; font-size: 0.78em; overflow-x: auto; }
 nav a { margin-right: 1em; }
+.row { display: flex; flex-wrap: wrap; gap: 0 2em; align-items: flex-start; }
 """
 
 
@@ -135,18 +136,16 @@ def _summary(variants: list[VariantArtifacts], spro_limit: str) -> pd.DataFrame:
 
 
 def _variant_section(variant: VariantArtifacts, spro_limit: str, jpeg_quality: int | None) -> str:
-    parts = [f'<h2 id="{html.escape(variant.name)}">{html.escape(variant.name)}</h2>']
+    parts = [f'<h2 id="{html.escape(variant.name)}">{html.escape(variant.name)}</h2>', '<div class="row">']
     if variant.metrics.get("categories"):
-        parts += ["<h3>Metrics per category</h3>", _table(metrics_table(variant.metrics, spro_limit))]
-    plots = [_img(variant.images[part], f"{variant.name}: {caption}") for part, caption in VARIANT_IMAGES.items() if part in variant.images]
-    if plots:
-        parts += ['<h3>Curves and charts</h3><div class="plots">', *plots, "</div>"]
+        parts += ["<div><h3>Metrics per category</h3>", _table(metrics_table(variant.metrics, spro_limit)), "</div>"]
     if variant.bank_contributions is not None and len(variant.bank_contributions):
         wide = variant.bank_contributions.pivot_table(
             index="client", columns="category", values="rows", aggfunc="sum", fill_value=0
         )
         wide.loc["total"] = wide.sum()
-        parts += ["<h3>Global bank rows kept per client and category</h3>", _table(wide)]
+        parts += ["<div><h3>Global bank rows kept per client and category</h3>", _table(wide), "</div>"]
+    parts.append("</div>")
     if variant.overlays:
         parts += [
             "<h3>Overlays: top defects, worst misses, worst false alarms</h3>",
@@ -158,6 +157,9 @@ def _variant_section(variant: VariantArtifacts, spro_limit: str, jpeg_quality: i
             ),
             "</div>",
         ]
+    plots = [_img(variant.images[part], f"{variant.name}: {caption}") for part, caption in VARIANT_IMAGES.items() if part in variant.images]
+    if plots:
+        parts += ['<h3>Curves and charts</h3><div class="plots">', *plots, "</div>"]
     return "\n".join(parts)
 
 
@@ -197,10 +199,12 @@ def render_report(
         '<h2 id="comparison">Comparison</h2>',
     ]
     table = comparison.get("table")
+    body.append('<div class="row">')
     if table is not None:
         body.append(_table(table, index=False))
     if comparison.get("plot") is not None:
         body.append(_img(comparison["plot"], "comparison"))
+    body.append("</div>")
     if table is None and comparison.get("plot") is None:
         body.append("<p>this run wrote no comparison (comparison.enabled is false)</p>")
     body += [_variant_section(v, spro_limit, jpeg_quality) for v in variants]
