@@ -40,7 +40,7 @@ VARIANT_IMAGES = {
 VARIANT_PARTS = ("metrics", "overlays", "bank_contributions", *VARIANT_IMAGES)
 
 STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1200px;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1360px;
        color: #1d2330; padding: 0 1em; }
 h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { border-bottom: 2px solid #d8dde6; padding-bottom: 0.2em;
 margin-top: 1.6em; } h3 { margin-bottom: 0.3em; }
@@ -199,7 +199,7 @@ def render_report(
         '<h2 id="comparison">Comparison</h2>',
     ]
     table = comparison.get("table")
-    body.append('<div class="row">')
+    body.append('<div class="row plots">')
     if table is not None:
         body.append(_table(table, index=False))
     if comparison.get("plot") is not None:
