@@ -201,6 +201,10 @@ def test_explain_writes_its_figure_and_shap_values(kedro_project, explained):
     figure = catalog.load("explain.figure")
     assert figure[:4] == b"\x89PNG"
     shap = explanation["shap"]
+    # Its background: the top patch's 10 nearest bank rows (shap_background), the shown ones first.
+    assert len(shap["background_rows"]) == 10
+    top_neighbours = [n["bank_row"] for n in explanation["patches"][0]["neighbours"]]
+    assert shap["background_rows"][: len(top_neighbours)] == top_neighbours
     assert shap["base_value"] + float(arrays["shap_values"].sum()) == pytest.approx(shap["patch_distance"], rel=1e-4)
     assert arrays["gradcam"].shape == arrays["anomaly_map"].shape == arrays["image"].shape[:2]
     assert (kedro_project.path / "data/08_reporting/explain/explanation.png").is_dir()

@@ -157,7 +157,9 @@ def explain_image(
         )
 
     top = positions[0]
-    background = bank[rows[0, : int(explain["shap_background"])]]
+    # SHAP's background: the top patch's nearest normal rows (as many as shap_background asks).
+    _, background_rows = nearest_bank_rows(bank, queries[:1], int(explain["shap_background"]))
+    background = bank[background_rows[0]]
     attribution = shap_dimensions(
         features[top[0], top[1]], bank, background, max_evals=explain.get("shap_max_evals"), seed=seed
     )
@@ -180,7 +182,7 @@ def explain_image(
             "patch": [int(top[0]), int(top[1])],
             "base_value": attribution.base_value,
             "patch_distance": attribution.patch_distance,
-            "background_rows": [int(r) for r in rows[0, : int(explain["shap_background"])]],
+            "background_rows": [int(r) for r in background_rows[0]],
             "top_dimensions": [
                 {
                     "dimension": int(d),
