@@ -31,14 +31,15 @@ def report(variant: str) -> Pipeline:
     return in_variant(report_template(), variant, inputs={"dataset_index", "category_info"})
 
 
-def html_report(variants: list[str], comparison_enabled: bool) -> Pipeline:
+def html_report(variants: list[str], experiment: str | None) -> Pipeline:
     """``report_html``: one self-contained page over ``variants`` (their published metrics and the
-    figures of :func:`report`), the comparison when the run makes one, the run's parameters and
-    the versions of the datasets it read.
+    figures of :func:`report`), the experiment's table and plot when the run makes one
+    (``experiment``: its name, ``comparison.name``), the run's parameters and the versions of the
+    datasets it read.
 
-    The comparison plot is read through ``comparison_plot_png`` (the same file as
-    ``comparison_plot``, which cannot be loaded); taking ``comparison_table`` as well makes the
-    page wait for ``compare_runs``, which writes both.
+    The experiment plot is read through ``<experiment>_plot_png`` (the same file as
+    ``<experiment>_plot``, which cannot be loaded); taking ``<experiment>_table`` as well makes
+    the page wait for ``summarise_experiment``, which writes both.
     """
     inputs = {"parameters": "parameters", "run_provenance": "run_provenance", "report": "params:report"}
     for variant in variants:
@@ -46,28 +47,30 @@ def html_report(variants: list[str], comparison_enabled: bool) -> Pipeline:
         for part in html.VARIANT_PARTS:
             if part != "metrics":
                 inputs[f"{variant}__{part}"] = f"{variant}.{part}"
-    if comparison_enabled:
-        inputs["comparison__table"] = "comparison_table"
-        inputs["comparison__plot"] = "comparison_plot_png"
+    if experiment is not None:
+        inputs["comparison__table"] = f"{experiment}_table"
+        inputs["comparison__plot"] = f"{experiment}_plot_png"
     return Pipeline([node(html.build_html_report, inputs, "report_html", name="build_html_report")])
 
 
-def comparison(published_metrics: dict[str, str]) -> Pipeline:
-    """Centralized vs the federated variants, from their published metrics datasets.
+def experiment_summary(name: str, published_metrics: dict[str, str]) -> Pipeline:
+    """The experiment's table, plot and analyses from every run's published metrics.
 
-    ``published_metrics`` maps the node's keyword (``metrics_<variant>``) to the dataset.
+    ``published_metrics`` maps the node's keyword (``metrics_<run>``) to the dataset; the
+    outputs are ``<name>_table`` (data/08_reporting/<name>.csv), ``<name>_plot`` and
+    ``<name>_analysis``.
     """
     template = Pipeline(
         [
             node(
-                nodes.compare_runs,
+                nodes.summarise_experiment,
                 {
+                    "comparison": "params:comparison",
                     "report": "params:report",
-                    "metrics_centralized": "metrics_centralized",
                     **{keyword: keyword for keyword in published_metrics},
                 },
-                ["comparison_table", "comparison_plot"],
-                name="compare_runs",
+                ["table", "plot", "analysis"],
+                name="summarise_experiment",
             )
         ]
     )
@@ -75,7 +78,7 @@ def comparison(published_metrics: dict[str, str]) -> Pipeline:
     return pipeline(
         template,
         namespace="comparison",
-        inputs={"metrics_centralized": "metrics_centralized", **published_metrics},
-        outputs={"comparison_table": "comparison_table", "comparison_plot": "comparison_plot"},
-        parameters={"params:report"},
+        inputs=published_metrics,
+        outputs={"table": f"{name}_table", "plot": f"{name}_plot", "analysis": f"{name}_analysis"},
+        parameters={"params:comparison", "params:report"},
     )
