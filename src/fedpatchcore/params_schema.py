@@ -399,10 +399,25 @@ class FairnessParams(Block):
         return _one_of("fairness grouping", value, GROUP_BY)
 
 
+@block("explain")
+class ExplainParams(Block):
+    image: str | None = None
+    category: str | None = None
+    variant: str = "federated"
+    client: str | None = None
+    top_patches: PositiveInt = 3
+    neighbours: PositiveInt = 4
+    shap_background: PositiveInt = 10
+    shap_max_evals: PositiveInt | None = None
+    shap_top_dimensions: PositiveInt = 10
+
+
 @block("report")
 class ReportParams(Block):
-    overlays_per_category: NonNegativeInt
+    overlays_per_group: NonNegativeInt
     spro_limit: str
+    spro_max_fpr: Annotated[float, Field(gt=0, le=1)] = 0.3
+    overlay_jpeg_quality: Annotated[int, Field(ge=1, le=95)] | None = 80
 
     @field_validator("spro_limit", mode="before")
     @classmethod

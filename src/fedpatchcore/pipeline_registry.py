@@ -5,7 +5,10 @@
 ``federated``    ingest + partition + one lane per client + server rounds + evaluation + report
                  (+ the centralized baseline and comparison variants when comparison.enabled)
 ``evaluate``     scoring and metrics only, from persisted memory banks
-``report``       overlays, charts and the experiment table from persisted results
+``report``       overlays, curves, charts, the experiment table and the run's HTML page
+                 (data/08_reporting/report.html) from persisted results
+``explain``      one image (explain.image) against a variant's persisted global bank: nearest
+                 bank rows with client and patch position, Grad-CAM, SHAP
 ``export``       anomaly maps in the official AutoVI/MVTec layout from persisted maps
                  (also appended to ``centralized``/``federated`` when export.enabled)
 ``__default__``  federated
@@ -19,6 +22,7 @@ from fedpatchcore import structure
 from fedpatchcore.pipelines import in_variant
 from fedpatchcore.pipelines.evaluation import nodes as evaluation_nodes
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
+from fedpatchcore.pipelines.explain.pipeline import create_pipeline as explain
 from fedpatchcore.pipelines.export.pipeline import export_enabled, export_maps
 from fedpatchcore.pipelines.federated.pipeline import (
     federated_evaluation,
@@ -26,7 +30,7 @@ from fedpatchcore.pipelines.federated.pipeline import (
     published_metrics_name,
 )
 from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
-from fedpatchcore.pipelines.report.pipeline import experiment_summary, report
+from fedpatchcore.pipelines.report.pipeline import experiment_summary, html_report, report
 from fedpatchcore.pipelines.training.pipeline import centralized_training
 
 
@@ -78,7 +82,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     if compare:
         federated += comparison_report
         reporting += comparison_report
-    centralized = ingest() + centralized_all
+    centralized = ingest() + centralized_all + html_report([structure.CENTRALIZED], experiment=None)
+    # One HTML page over every run of the experiment (and its table and plot).
+    runs = ([structure.CENTRALIZED] if with_centralized else []) + [v.name for v in variants]
+    page = html_report(runs, comparison.get("name", "comparison") if compare else None)
+    federated += page
+    reporting += page
     if export_enabled(parameters):
         centralized += export_maps([structure.CENTRALIZED])
         federated += exporting
@@ -89,6 +98,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "federated": federated,
         "evaluate": evaluate,
         "report": reporting,
+        "explain": explain(parameters),
         "export": exporting,
         "__default__": federated,
     }

@@ -43,9 +43,9 @@ MAIN_VARIANT = "federated"
 CENTRALIZED = "centralized"
 # The parameter key under which the config loader publishes every variant's resolved parameters.
 VARIANTS_KEY = "variants"
-# Blocks a variant cannot override: ingest is shared by all variants, and the experiment's own
-# description cannot vary inside it.
-NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY}
+# Blocks a variant cannot override: ingest is shared by all variants, the experiment's own
+# description cannot vary inside it, and `explain` chooses a variant itself.
+NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain"}
 # Dict-valued parameters keyed by names the user chose (client ids, variant names,
 # categories): an override replaces them whole rather than adding its keys to the base ones.
 REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(

@@ -256,6 +256,6 @@ def as_bank(local: LocalCoreset, client_id: str) -> CategoryBanks:
     return CategoryBanks(
         banks=dict(local.banks),
         n_images=local.n_images,
-        origin={c: np.full(len(b), client_id, dtype=str) for c, b in local.banks.items()},
+        origin={c: np.full(len(b), str(client_id)) for c, b in local.banks.items()},  # dtype=str would be <U1
         origin_row={c: np.arange(len(b), dtype=np.int64) for c, b in local.banks.items()},
     )

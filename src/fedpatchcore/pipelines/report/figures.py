@@ -1,0 +1,197 @@
+"""Report nodes that compute curve points and draw figures (matplotlib, saved by the catalog).
+
+The numbers come from :mod:`fedpatchcore.core.report_data`; these nodes only unpack
+parameters, call it and draw.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # reports are files; never open a window
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.data.loading import load_image, load_mask
+from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
+from fedpatchcore.core.report_data import (
+    bank_contributions as count_bank_contributions,
+)
+from fedpatchcore.core.report_data import (
+    pick_overlays,
+    roc_curve,
+    spro_curve,
+)
+
+# Ground truth is read exactly as the metrics node reads it (same masks, same sPRO regions).
+from fedpatchcore.pipelines.evaluation.nodes import _ground_truth
+
+logger = logging.getLogger(__name__)
+
+CONTOUR_COLOUR = "#00ff66"  # ground-truth outline, visible on images and on the jet colour map
+
+
+# --------------------------------------------------------------------------------------------
+# curves
+# --------------------------------------------------------------------------------------------
+
+
+def compute_curves(
+    anomaly_maps: dict[str, dict[str, Any]],
+    image_scores: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """Per category: image ROC points and sPRO-vs-FPR points up to ``report.spro_max_fpr``."""
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    scores = image_scores.set_index("key")
+    max_fpr = float(report["spro_max_fpr"])
+    categories = {}
+    for category, entry in anomaly_maps.items():
+        info = category_info_from_dict(category_info[category])
+        keys = list(entry["keys"])
+        scored = scores.loc[keys]
+        roc = roc_curve(scored["image_score"].to_numpy(), scored["label"].to_numpy())
+        if roc is not None:
+            roc["threshold"][0] = None  # +inf is not JSON
+        spro = None
+        if info.has_pixel_ground_truth:
+            regions = [_ground_truth(samples[key], info)[1] for key in keys]
+            spro = spro_curve(entry["maps"], regions, max_fpr=max_fpr)
+        categories[category] = {"roc": roc, "spro": spro}
+    return {"spro_max_fpr": max_fpr, "categories": categories}
+
+
+def _auc(fpr: list[float], values: list[float]) -> float:
+    return float(np.trapezoid(values, fpr))
+
+
+def plot_roc_curves(report_curves: dict[str, Any]) -> plt.Figure:
+    """Image-level ROC curve of every category on one chart."""
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    for category, curves in report_curves["categories"].items():
+        roc = curves["roc"]
+        if roc is None:
+            continue
+        axis.step(roc["fpr"], roc["tpr"], where="post", label=f"{category} (AUC {_auc(roc['fpr'], roc['tpr']):.3f})")
+    axis.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("false positive rate (good images flagged)")
+    axis.set_ylabel("true positive rate (defects found)")
+    axis.set_title("image ROC per category")
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def plot_spro_curves(report_curves: dict[str, Any]) -> plt.Figure:
+    """sPRO against the pooled pixel FPR, up to the configured FPR, every category on one chart."""
+    max_fpr = report_curves["spro_max_fpr"]
+    figure, axis = plt.subplots(figsize=(5, 4.2))
+    drawn = False
+    for category, curves in report_curves["categories"].items():
+        spro = curves["spro"]
+        if spro is None:
+            continue
+        axis.plot(spro["fpr"], spro["spro"], label=f"{category} (AUC-sPRO@{max_fpr:g} {spro['auc_normalised']:.3f})")
+        drawn = True
+    if not drawn:
+        axis.text(0.5, 0.5, "no pixel ground truth", ha="center", va="center", transform=axis.transAxes)
+    axis.set_xlim(0, max_fpr)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("false positive rate (defect-free pixels)")
+    axis.set_ylabel("sPRO (saturated per-region overlap)")
+    axis.set_title(f"sPRO up to FPR {max_fpr:g}")
+    if drawn:
+        axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# bank contributions
+# --------------------------------------------------------------------------------------------
+
+
+def bank_contributions(memory_bank: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Rows of the global memory bank kept from each client, per category (and their share)."""
+    return count_bank_contributions(CategoryBanks.from_arrays(memory_bank))
+
+
+def plot_bank_contributions(bank_contributions: pd.DataFrame) -> plt.Figure:
+    """Stacked bars: per category, how many bank rows each client contributed."""
+    wide = bank_contributions.pivot_table(index="category", columns="client", values="rows", aggfunc="sum", fill_value=0)
+    figure, axis = plt.subplots(figsize=(6, 0.6 * max(len(wide), 2) + 1.4))
+    if len(wide):
+        wide.plot.barh(stacked=True, ax=axis, width=0.7, colormap="tab10")
+        axis.legend(title="client", fontsize=7, title_fontsize=8, loc="lower right")
+    axis.invert_yaxis()
+    axis.set_xlabel("rows of the global memory bank")
+    axis.set_ylabel("")
+    axis.set_title("who contributed to the global bank")
+    figure.tight_layout()
+    return figure
+
+
+# --------------------------------------------------------------------------------------------
+# overlays
+# --------------------------------------------------------------------------------------------
+
+
+def _contour(axis, mask: np.ndarray) -> None:
+    if mask.any():
+        axis.contour(mask.astype(float), levels=[0.5], colors=CONTOUR_COLOUR, linewidths=1.2)
+
+
+def draw_overlays(
+    anomaly_maps: dict[str, dict[str, Any]],
+    image_scores: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+    report: dict[str, Any],
+) -> dict[str, plt.Figure]:
+    """Per category: the top defects, the worst misses and the worst false alarms.
+
+    One row per image: the image, the image with its ground-truth contour, and the anomaly map
+    over the image (contour on top); every map of a category on ONE colour scale (its max).
+    """
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    scores = image_scores.set_index("key")
+    figures = {}
+    for category, entry in anomaly_maps.items():
+        info = category_info_from_dict(category_info[category])
+        keys = list(entry["keys"])
+        scored = scores.loc[keys]
+        picks = pick_overlays(keys, scored["image_score"].to_numpy(), scored["label"].to_numpy(), report["overlays_per_group"])
+        if not picks:
+            continue
+        row_of = {key: row for row, key in enumerate(keys)}
+        maps = entry["maps"]
+        vmax = float(np.max(maps)) if len(maps) else 1.0
+        figure, axes = plt.subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
+        for axis_row, pick in zip(axes, picks, strict=True):
+            sample = samples[pick.key]
+            image = load_image(sample.image_path, info.image_size)
+            mask = load_mask(sample, info) if info.has_pixel_ground_truth else np.zeros(image.shape[:2], bool)
+            axis_row[0].imshow(image)
+            axis_row[0].set_title(f"{pick.group}: {sample.defect_type}/{sample.image_id}", fontsize=8)
+            axis_row[1].imshow(image)
+            _contour(axis_row[1], mask)
+            axis_row[1].set_title("ground truth" if mask.any() else "ground truth: none", fontsize=8)
+            axis_row[2].imshow(image)
+            axis_row[2].imshow(maps[row_of[pick.key]], cmap="jet", alpha=0.5, vmin=0.0, vmax=vmax)
+            _contour(axis_row[2], mask)
+            axis_row[2].set_title(f"score {pick.score:.3f}", fontsize=8)
+            for axis in axis_row:
+                axis.axis("off")
+        figure.suptitle(f"{category}: anomaly maps (shared scale 0..{vmax:.2f})", fontsize=10)
+        figure.tight_layout()
+        figures[f"{category}.png"] = figure
+    return figures
