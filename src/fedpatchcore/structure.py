@@ -69,6 +69,7 @@ EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("backbone",),
     ("extraction",),
     ("coreset", "projection_dim"),
+    ("federation", "engine"),  # only in-process lanes write features another variant could read
 )
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
