@@ -9,18 +9,15 @@ partition and seed; a SuperNode killed mid-round leaves the round to the two oth
 
 from __future__ import annotations
 
-import shutil
 import time
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
 from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.data.synthetic import MANIFEST_FILE
 from fedpatchcore.flower.loopback import LoopbackFederation
+from fedpatchcore.flower.site import make_site_folder
 from tests.pipelines.conftest import TINY_PARAMS, merged
 
 pytestmark = pytest.mark.flower
@@ -35,17 +32,6 @@ RUN = merged(
 )
 # conf/dropout (an environment replaces conf/local): the same run, a dead site waited for 20 s.
 DROPOUT = merged(RUN, {"federation": {"round_timeout_s": 20}})
-
-
-def _site_folder(table: pd.DataFrame, dataset_root: Path, folder: Path) -> Path:
-    """A site's own data folder: only its training images, in the dataset's layout."""
-    for row in table.itertuples(index=False):
-        source = Path(row.image_path)
-        target = folder / row.category / "train" / "good" / source.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(source.resolve())
-    shutil.copy(dataset_root / MANIFEST_FILE, folder / MANIFEST_FILE)  # the size images were drawn at
-    return folder
 
 
 def _fresh_catalog(kedro_project):
@@ -71,7 +57,7 @@ def deployment(kedro_project, tmp_path_factory):
     sites_root = tmp_path_factory.mktemp("sites")
     dataset_root = project / "data" / "01_raw" / "synthetic"
     sites = {
-        cid: _site_folder(catalog.load(f"federated.client_{cid}.training_images"), dataset_root, sites_root / cid)
+        cid: make_site_folder(catalog.load(f"federated.client_{cid}.training_images"), sites_root / cid, dataset_root)
         for cid in ("1", "2", "3")
     }
     federation = LoopbackFederation(tmp_path_factory.mktemp("loopback"), project, sites, count_bytes=True)

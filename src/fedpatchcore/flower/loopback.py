@@ -6,7 +6,8 @@ time, telemetry and update checks off. Each SuperNode is a site that reads only 
 folder (``--node-config "data-root=... client-id=..."``). The tests, the benchmark and anyone
 trying the deployment before going to real sites use it::
 
-    python -m fedpatchcore.flower.loopback --project . --site metal=sites/metal --site qc=sites/qc
+    python -m fedpatchcore.flower.loopback --project .        # one site per client of the partition
+    python -m fedpatchcore.flower.loopback --project . --site metal=/data/metal --site qc=/data/qc
 
 It runs exactly the commands of docs/deployment.md; with ``count_bytes`` the SuperNodes reach
 the SuperLink through a byte-counting TCP relay, which measures what crossed the "network".
@@ -15,6 +16,7 @@ the SuperLink through a byte-counting TCP relay, which measures what crossed the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -95,10 +97,8 @@ class ByteCountingRelay:
             pass
         finally:
             for sock in (source, sink):
-                try:
+                with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 sock.close()
 
     def reset(self) -> None:
@@ -156,7 +156,8 @@ class LoopbackFederation:
 
     def start(self, timeout_s: float = 120) -> LoopbackFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        if not (self.certificates / "ca.crt").exists():
+        keys = [self.certificates / f"supernode_{i}.pub" for i in range(1, len(self.sites) + 1)]
+        if not (self.certificates / "ca.crt").exists() or not all(key.exists() for key in keys):
             subprocess.run(
                 ["bash", str(CERTIFICATE_SCRIPT), str(self.certificates), str(len(self.sites))],
                 check=True,
@@ -219,10 +220,8 @@ class LoopbackFederation:
     def kill(self, name: str) -> None:
         """Kill a process and its children at once (a site losing power)."""
         process = self.processes[name]
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         process.wait(timeout=30)
 
     def run(self, env: str = "", variant: str = "federated", timeout_s: float = 600) -> subprocess.CompletedProcess:
@@ -242,10 +241,8 @@ class LoopbackFederation:
                     os.killpg(process.pid, signal.SIGTERM)
                     process.wait(timeout=15)
                 except (ProcessLookupError, subprocess.TimeoutExpired):
-                    try:
+                    with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
         if self.relay is not None:
             self.relay.close()
 
@@ -256,21 +253,52 @@ class LoopbackFederation:
         self.stop()
 
 
+def sites_from_partition(project: Path, variant: str, folder: Path) -> dict[str, Path]:
+    """One data folder per client of ``variant``'s partition (as the Kedro partition node made it)."""
+    from fedpatchcore.flower.project import open_project
+    from fedpatchcore.flower.site import make_site_folder
+
+    opened = open_project(project)
+    chosen = opened.variant(variant)
+    dataset_root = Path(opened.parameters["dataset"]["root"])
+    dataset_root = dataset_root if dataset_root.is_absolute() else opened.path / dataset_root
+    return {
+        cid: make_site_folder(
+            opened.catalog.load(f"{chosen.partition_owner}.client_{cid}.training_images"), folder / cid, dataset_root
+        )
+        for cid in chosen.client_ids
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", default=".", help="the Kedro project the ServerApp serves")
-    parser.add_argument("--site", action="append", required=True, help="client_id=data_folder (repeat per site)")
+    parser.add_argument(
+        "--site",
+        action="append",
+        help="client_id=data_folder, once per site (default: a folder per client of the project's partition)",
+    )
     parser.add_argument("--env", default="", help="the project's conf environment for the run")
-    parser.add_argument("--workdir", default="data/09_flower_loopback", help="certificates, logs, Flower home")
+    parser.add_argument("--variant", default="federated", help="which federated variant to run")
+    parser.add_argument("--workdir", default="data/09_flower_loopback", help="certificates, logs, Flower home, sites")
     args = parser.parse_args(argv)
-    sites = dict(item.split("=", 1) for item in args.site)
-    workdir = Path(args.workdir)
+    for key, value in ENVIRONMENT.items():
+        os.environ.setdefault(key, value)
+    workdir = Path(args.workdir).resolve()
     shutil.rmtree(workdir / "flwr_home", ignore_errors=True)
-    with LoopbackFederation(workdir, Path(args.project), {k: Path(v) for k, v in sites.items()}) as federation:
+    if args.site:
+        sites = {k: Path(v) for k, v in (item.split("=", 1) for item in args.site)}
+    else:
+        shutil.rmtree(workdir / "sites", ignore_errors=True)
+        sites = sites_from_partition(Path(args.project), args.variant, workdir / "sites")
+    with LoopbackFederation(workdir, Path(args.project), sites) as federation:
         started = time.perf_counter()
-        result = federation.run(env=args.env)
-        print(result.stdout[-4000:])
-        print(f"flwr run took {time.perf_counter() - started:.1f} s; logs in {workdir}", file=sys.stderr)
+        result = federation.run(env=args.env, variant=args.variant)
+        print(result.stdout[-2000:])
+        print(
+            f"flwr run took {time.perf_counter() - started:.1f} s with {len(sites)} SuperNodes; logs in {workdir}",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

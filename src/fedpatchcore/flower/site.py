@@ -28,6 +28,7 @@ import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
 from fedpatchcore.core.data.index import index_dataset
+from fedpatchcore.core.data.synthetic import MANIFEST_FILE
 from fedpatchcore.core.data.types import (
     TRAIN,
     CategoryInfo,
@@ -143,3 +144,28 @@ def round_upload(
 ) -> ClientUpload:
     """What the site sends in a round (round 1: its coreset; later: rows the broadcast bank misses)."""
     return client.build_upload(local, settings(client_id, parameters), broadcast)
+
+
+def make_site_folder(
+    training_images: pd.DataFrame, folder: str | Path, dataset_root: str | Path | None = None, copy: bool = False
+) -> Path:
+    """A site's own data folder holding only the images of ``training_images`` (a partition table).
+
+    Images are linked (or copied) into ``<folder>/<category>/train/good/``, the layout the
+    readers expect; a synthetic dataset's manifest (the size it was drawn at) comes along. For
+    trying the deployment on one machine with the partition the Kedro pipeline made.
+    """
+    folder = Path(folder)
+    for row in training_images.itertuples(index=False):
+        source = Path(row.image_path).resolve()
+        target = folder / str(row.category) / TRAIN / "good" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        if copy:
+            shutil.copy2(source, target)
+        else:
+            target.symlink_to(source)
+    if dataset_root is not None and (Path(dataset_root) / MANIFEST_FILE).exists():
+        shutil.copy(Path(dataset_root) / MANIFEST_FILE, folder / MANIFEST_FILE)
+    return folder
