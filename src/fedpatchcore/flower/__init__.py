@@ -11,6 +11,7 @@
 ``site.py``        what one site holds and does (no Flower import).
 ``simulation.py``  the rounds through Flower's simulation engine inside one process.
 ``project.py``     open the Kedro project (parameters, catalog) a ServerApp or ClientApp serves.
+``loopback.py``    the deployment on one machine: SuperLink + SuperNodes as processes, TLS, node auth.
 
 Flower is imported only in this package; ``core/`` never imports it.
 """

@@ -4,7 +4,8 @@
 of ``federation.engine: flower``) or a SuperLink's (the deployed ServerApp). Each round:
 
 1. wait until the expected clients' SuperNodes are connected (at most
-   ``federation.flower.connect_timeout_s``; then go on with those present);
+   ``federation.flower.connect_timeout_s``; then go on with those present; later rounds go
+   on with the SuperNodes still connected);
 2. send every node the run configuration (and, from round 2, the global bank);
 3. collect replies for at most ``federation.round_timeout_s``: a node that died or hangs is
    left out, and the round goes on with the others;
@@ -166,7 +167,7 @@ def wait_for_nodes(grid: Grid, expected: int, minimum: int, timeout_s: float) ->
     return nodes
 
 
-def _instructions(grid: Grid, nodes: Sequence[int], plan: FederationPlan, round_number: int, previous) -> list[Message]:
+def _instructions(nodes: Sequence[int], plan: FederationPlan, round_number: int, previous) -> list[Message]:
     parameters = plan.client_parameters()
     return [
         Message(
@@ -237,8 +238,10 @@ def run_flower_round(
     grid: Grid, plan: FederationPlan, round_number: int, previous: CategoryBanks | None
 ) -> tuple[CategoryBanks, dict, dict[str, ClientUpload], RoundTraffic]:
     settings = plan.server_settings()
-    nodes = wait_for_nodes(grid, len(plan.client_ids), settings.min_clients, plan.connect_timeout_s)
-    messages = _instructions(grid, nodes, plan, round_number, previous)
+    # Round 1 waits for every site; later rounds go on with the sites still connected.
+    expected = len(plan.client_ids) if previous is None else settings.min_clients
+    nodes = wait_for_nodes(grid, expected, settings.min_clients, plan.connect_timeout_s)
+    messages = _instructions(nodes, plan, round_number, previous)
     sent = sum(records.message_nbytes(m) for m in messages)
     logger.info("Round %d: sent the run configuration to %d SuperNodes (%d bytes)", round_number, len(nodes), sent)
     started = time.monotonic()
