@@ -115,7 +115,7 @@ def run_flower_federation(
         outputs[f"round_{round_number}_report"] = report
         for client_id in client_ids:
             upload = uploads.get(client_id) or ClientUpload(client_id, {}, {})
-            outputs[f"client_{client_id}.upload_round_{round_number}"] = upload.to_arrays()
+            outputs[f"client_{client_id}_upload_round_{round_number}"] = upload.to_arrays()
     return outputs
 
 
@@ -124,9 +124,13 @@ def flower_federation(variant: Variant) -> Pipeline:
     client_ids = variant.client_ids
     tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
     outputs = ["flower_traffic"]
+    # Template names without dots, mapped onto the clients' namespaced uploads.
+    uploads = {}
     for round_number in range(1, variant.rounds + 1):
         outputs += [_bank_output(round_number, variant.rounds), f"round_{round_number}_report"]
-        outputs += [f"client_{cid}.upload_round_{round_number}" for cid in client_ids]
+        for cid in client_ids:
+            uploads[f"client_{cid}_upload_round_{round_number}"] = f"{variant.name}.client_{cid}.upload_round_{round_number}"
+    outputs += list(uploads)
     template = Pipeline(
         [
             node(
@@ -137,4 +141,4 @@ def flower_federation(variant: Variant) -> Pipeline:
             )
         ]
     )
-    return in_variant(template, variant.name, inputs={"category_info": "category_info", **tables})
+    return in_variant(template, variant.name, inputs={"category_info": "category_info", **tables}, outputs=uploads)
