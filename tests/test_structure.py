@@ -99,6 +99,29 @@ def test_variants_with_the_same_images_share_partition_and_extraction():
     assert variants["bigger_coreset"].feature_owner == {c: "federated" for c in ("metal", "textile", "qc")}
     assert set(variants["other_backbone"].feature_owner.values()) == {"other_backbone"}
     assert variants["iid"].owns_partition and set(variants["iid"].feature_owner.values()) == {"iid"}
+    # A different server-side setting reuses whole client lanes; another coreset only the features.
+    assert set(variants["concat"].lane_owner.values()) == {"federated"}
+    assert set(variants["bigger_coreset"].lane_owner.values()) == {"bigger_coreset"}
+
+
+def test_one_clients_heterogeneity_or_coreset_ratio_only_repeats_that_clients_work():
+    parameters = _parameters(
+        enabled=True,
+        variants={
+            "noisy_qc": {"heterogeneity": {"qc": {"noise_sigma": 0.1}}},
+            "label_noise_qc": {"heterogeneity": {"qc": {"label_noise": 0.1}}},
+            "bigger_qc": {"federation": {"client_coreset_ratios": {"qc": 0.5}}},
+        },
+    )
+    parameters["heterogeneity"] = {}
+    variants = {v.name: v for v in structure.federated_variants(parameters)}
+    for name in ("noisy_qc", "label_noise_qc"):
+        # Its own partition (label noise may swap images) but the other clients' features are shared.
+        assert variants[name].owns_partition
+        assert variants[name].feature_owner == {"metal": "federated", "textile": "federated", "qc": name}
+    assert variants["bigger_qc"].partition_owner == "federated"
+    assert variants["bigger_qc"].feature_owner == {c: "federated" for c in ("metal", "textile", "qc")}
+    assert variants["bigger_qc"].lane_owner == {"metal": "federated", "textile": "federated", "qc": "bigger_qc"}
 
 
 @pytest.mark.parametrize(

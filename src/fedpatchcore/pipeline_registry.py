@@ -5,7 +5,7 @@
 ``federated``    ingest + partition + one lane per client + server rounds + evaluation + report
                  (+ the centralized baseline and comparison variants when comparison.enabled)
 ``evaluate``     scoring and metrics only, from persisted memory banks
-``report``       overlays, charts and the comparison table from persisted results
+``report``       overlays, charts and the experiment table from persisted results
 ``export``       anomaly maps in the official AutoVI/MVTec layout from persisted maps
                  (also appended to ``centralized``/``federated`` when export.enabled)
 ``__default__``  federated
@@ -26,7 +26,7 @@ from fedpatchcore.pipelines.federated.pipeline import (
     published_metrics_name,
 )
 from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
-from fedpatchcore.pipelines.report.pipeline import comparison, report
+from fedpatchcore.pipelines.report.pipeline import experiment_summary, report
 from fedpatchcore.pipelines.training.pipeline import centralized_training
 
 
@@ -47,8 +47,12 @@ def centralized_evaluation() -> Pipeline:
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    variants = structure.federated_variants()
-    compare = structure.comparison_enabled()
+    parameters = structure.current_parameters()
+    variants = structure.federated_variants(parameters)
+    compare = structure.comparison_enabled(parameters)
+    comparison = parameters.get("comparison") or {}
+    # Experiments that vary only federated settings may leave the centralized baseline out.
+    with_centralized = compare and comparison.get("centralized", True)
 
     centralized_eval = centralized_evaluation()
     centralized_report = report(structure.CENTRALIZED)
@@ -57,19 +61,25 @@ def register_pipelines() -> dict[str, Pipeline]:
     federated_train = sum((federated_training(v) for v in variants), Pipeline([]))
     federated_eval = sum((federated_evaluation(v) for v in variants), Pipeline([]))
     federated_report = sum((report(v.name) for v in variants), Pipeline([]))
-    comparison_report = comparison({f"metrics_{v.name}": published_metrics_name(v) for v in variants})
+    published = {f"metrics_{v.name}": published_metrics_name(v) for v in variants}
+    if with_centralized:
+        published["metrics_centralized"] = "metrics_centralized"
+    comparison_report = experiment_summary(comparison.get("name", "comparison"), published)
 
     federated = ingest() + federated_train + federated_eval + federated_report
     evaluate = federated_eval
     reporting = federated_report
     exporting = export_maps(v.name for v in variants)
-    if compare:
-        federated += centralized_all + comparison_report
+    if with_centralized:
+        federated += centralized_all
         evaluate += centralized_eval
-        reporting += centralized_report + comparison_report
+        reporting += centralized_report
         exporting += export_maps([structure.CENTRALIZED])
+    if compare:
+        federated += comparison_report
+        reporting += comparison_report
     centralized = ingest() + centralized_all
-    if export_enabled(structure.current_parameters()):
+    if export_enabled(parameters):
         centralized += export_maps([structure.CENTRALIZED])
         federated += exporting
 

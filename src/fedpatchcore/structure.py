@@ -12,7 +12,9 @@ reaches every node of its variant and no node merges anything itself.
 Variants whose clients see the same images share work: a variant uses the partition of the
 first variant with the same partition settings, and each of its clients uses the feature
 extraction of the first variant in which that client sees the same images with the same
-extraction settings (:attr:`Variant.partition_owner`, :attr:`Variant.feature_owner`).
+extraction settings, and that variant's whole client lane (coreset, first upload) when the
+coreset settings match too (:attr:`Variant.partition_owner`, :attr:`Variant.feature_owner`,
+:attr:`Variant.lane_owner`).
 
 ``register_pipelines()`` gets no arguments, yet a 5-client layout needs 5 lanes. The
 ``PipelineStructureHook`` stores the run's merged parameters here (conf environment and
@@ -50,12 +52,13 @@ REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
         ("federation", "clients"),
         ("federation", "client_coreset_ratios"),
         ("comparison", "variants"),
+        ("comparison", "labels"),
         ("dataset", "image_sizes"),
         ("heterogeneity",),
     }
 )
-# Parameters that decide which images each client holds.
-PARTITION_PARAMETERS: tuple[tuple[str, ...], ...] = (
+# Parameters that decide which images the clients hold (label noise swaps some of them).
+SPLIT_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("seed",),
     ("federation", "partition"),
     ("federation", "num_clients"),
@@ -63,14 +66,18 @@ PARTITION_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("federation", "qc_sample_ratio"),
     ("federation", "alpha"),
 )
-# ... plus those that decide what a client's feature extraction writes.
+PARTITION_PARAMETERS = (*SPLIT_PARAMETERS, ("heterogeneity",))
+# What one client's feature extraction writes depends on the split, that client's own
+# heterogeneity (label noise and degradations) and the extraction settings.
 EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
-    *PARTITION_PARAMETERS,
+    *SPLIT_PARAMETERS,
     ("backbone",),
     ("extraction",),
     ("coreset", "projection_dim"),
     ("federation", "engine"),  # only in-process lanes write features another variant could read
 )
+# ... and what its local coreset and first upload depend on besides the features.
+LANE_PARAMETERS: tuple[tuple[str, ...], ...] = (*EXTRACTION_PARAMETERS, ("coreset",))
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _run_parameters: dict[str, Any] | None = None
@@ -104,9 +111,13 @@ def merge_parameters(
 def _lookup(parameters: Mapping[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = parameters
     for key in path:
-        if not isinstance(value, Mapping) or key not in value:
+        if not isinstance(value, Mapping):
             return None
-        value = value[key]
+        # Client ids may be written as numbers in YAML (`1:`) and arrive as strings elsewhere.
+        match = next((k for k in value if k == key or str(k) == str(key)), None)
+        if match is None:
+            return None
+        value = value[match]
     return value
 
 
@@ -126,6 +137,8 @@ def resolve_variants(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]
         override = override or {}
         if not isinstance(override, Mapping):
             raise ValueError(f"{where} must map parameter blocks to their overrides, got {override!r}")
+        # `labels` name the variant in the experiment's table; they are not parameters.
+        override = {k: v for k, v in override.items() if k != "labels"}
         for block, value in override.items():
             if block in NOT_OVERRIDABLE:
                 raise ValueError(f"{where}.{block}: '{block}' is shared by every variant and cannot be overridden")
@@ -181,6 +194,7 @@ class Variant:
     parameters: dict[str, Any] = field(repr=False)  # complete, with this variant's overrides
     partition_owner: str  # the variant whose partition this one uses (itself if first)
     feature_owner: dict[str, str]  # client id -> variant whose feature extraction it uses
+    lane_owner: dict[str, str]  # client id -> variant whose client lane (coreset, first upload) it uses
 
     @property
     def federation(self) -> dict[str, Any]:
@@ -205,6 +219,9 @@ class Variant:
     def owns_features(self, client_id: str) -> bool:
         return self.feature_owner[client_id] == self.name
 
+    def owns_lane(self, client_id: str) -> bool:
+        return self.lane_owner[client_id] == self.name
+
 
 def fingerprint(parameters: Mapping[str, Any], paths: Iterable[tuple[str, ...]], *extra: str) -> str:
     """A stable text of the values at ``paths`` (two variants with equal fingerprints do the same work)."""
@@ -218,6 +235,7 @@ def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Vari
     resolved = resolve_variants(parameters)
     partition_owners: dict[str, str] = {}
     feature_owners: dict[str, str] = {}
+    lane_owners: dict[str, str] = {}
     variants = []
     for name, values in resolved.items():
         if name == CENTRALIZED:
@@ -226,11 +244,13 @@ def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Vari
         partition_owner = partition_owners.setdefault(partition_key, name)
         federation = values["federation"]
         clients = client_ids_for(federation["partition"], federation.get("num_clients"), federation.get("clients"))
-        owners = {
-            client_id: feature_owners.setdefault(fingerprint(values, EXTRACTION_PARAMETERS, client_id), name)
-            for client_id in clients
+        own = {c: (("heterogeneity", c), ("federation", "client_coreset_ratios", c)) for c in clients}
+        features = {
+            c: feature_owners.setdefault(fingerprint(values, (*EXTRACTION_PARAMETERS, own[c][0]), c), name)
+            for c in clients
         }
-        variants.append(Variant(name, values, partition_owner, owners))
+        lanes = {c: lane_owners.setdefault(fingerprint(values, (*LANE_PARAMETERS, *own[c]), c), name) for c in clients}
+        variants.append(Variant(name, values, partition_owner, features, lanes))
     return variants
 
 

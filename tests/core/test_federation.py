@@ -11,6 +11,7 @@ from fedpatchcore.core.extraction import ExtractedFeatures
 from fedpatchcore.core.feature_store import PatchFeatureWriter
 from fedpatchcore.core.federation import client
 from fedpatchcore.core.federation.server import PREVIOUS_ROUND, ServerSettings, run_round
+from fedpatchcore.core.federation.trust import TrustSettings
 
 SETTINGS = ServerSettings("federated_coreset", None, min_clients=1, projection_dim=8, seed=0)
 
@@ -200,4 +201,4 @@ def test_settings_name_the_bad_parameter():
     settings = ServerSettings.from_parameters(
         {"strategy": "diversity", "global_bank_size": 5, "min_clients": 2, "options": {"x": 1}}, {"projection_dim": 16}, 3
     )
-    assert settings == ServerSettings("diversity", 5, 2, 16, 3, {"x": 1})
+    assert settings == ServerSettings("diversity", 5, 2, 16, 3, {"x": 1}, trust=TrustSettings(seed=3))

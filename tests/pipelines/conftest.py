@@ -107,11 +107,21 @@ def project_parameters(runtime_params: dict[str, Any] | None = None) -> dict[str
     return loader["parameters"]
 
 
-def memory_catalog(parameters: dict[str, Any], **datasets: Any):
-    """A DataCatalog holding ``datasets`` and every ``params:<path>`` as Kedro would add them."""
-    from kedro.io import DataCatalog
+def memory_catalog(parameters: dict[str, Any], keep: tuple[str, ...] = (), **datasets: Any):
+    """A DataCatalog holding ``datasets`` and every ``params:<path>`` as Kedro would add them.
+
+    ``keep`` names intermediate datasets to read after the run (the runner otherwise releases
+    in-memory data once no node needs it).
+    """
+    from kedro.io import DataCatalog, MemoryDataset
+
+    class KeptMemoryDataset(MemoryDataset):
+        def _release(self) -> None:
+            pass
 
     catalog = DataCatalog()
+    for name in keep:
+        catalog[name] = KeptMemoryDataset()
 
     def add(prefix: str, values: dict[str, Any]) -> None:
         for key, value in values.items():
@@ -125,12 +135,14 @@ def memory_catalog(parameters: dict[str, Any], **datasets: Any):
     return catalog
 
 
-def run_slice(pipeline, catalog) -> dict[str, Any]:
-    """Run ``pipeline`` on ``catalog`` with the SequentialRunner; its free outputs, loaded."""
+def run_slice(pipeline, catalog, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Run ``pipeline`` on ``catalog`` with the SequentialRunner; its free outputs and ``keep``, loaded."""
     from kedro.runner import SequentialRunner
 
     outputs = SequentialRunner().run(pipeline, catalog)
-    return {name: dataset.load() for name, dataset in outputs.items()}
+    loaded = {name: dataset.load() for name, dataset in outputs.items()}
+    loaded.update({name: catalog.load(name) for name in keep})
+    return loaded
 
 
 def _indexed_dataset(root: Path, runtime_params: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +151,8 @@ def _indexed_dataset(root: Path, runtime_params: dict[str, Any]) -> dict[str, An
     dataset = {**project_parameters(runtime_params)["dataset"], "root": str(root)}
     raw = ingest.prepare_raw_dataset(dataset, seed=0)
     index, infos, _ = ingest.index_raw_dataset(raw, dataset)
-    return {"dataset_index": index, "category_info": infos}
+    # No label noise: nothing is set aside and every test image is evaluated.
+    return {"dataset_index": index, "category_info": infos, "label_noise_pool": {}, "evaluation_index": index}
 
 
 @pytest.fixture(scope="session")

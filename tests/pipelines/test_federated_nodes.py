@@ -15,6 +15,7 @@ from fedpatchcore.pipelines.federated import nodes
 
 AGGREGATION = {"strategy": "federated_coreset", "global_bank_size": None, "min_clients": 1}
 CORESET = {"projection_dim": 8}
+TRUST = {"min_trust": 0.5}
 
 
 def _coreset(offset: float, rows: int = 6, dim: int = 4, n_images: int = 3) -> dict[str, np.ndarray]:
@@ -28,7 +29,7 @@ def test_poisoned_upload_is_rejected_and_the_round_goes_on():
     poisoned = _coreset(9.0)
     poisoned["bank/plate"][2, 1] = np.nan
     bank_arrays, report = nodes.aggregate_first_round(
-        AGGREGATION, CORESET, 0, good_a, poisoned, good_b, client_ids=["a", "evil", "b"]
+        AGGREGATION, CORESET, TRUST, 0, good_a, poisoned, good_b, client_ids=["a", "evil", "b"]
     )
     bank = CategoryBanks.from_arrays(bank_arrays)
     assert "evil" in report["rejected"] and any(
@@ -49,6 +50,7 @@ def test_too_few_valid_clients_fails_the_round():
         nodes.aggregate_first_round(
             {**AGGREGATION, "min_clients": 3},
             CORESET,
+            TRUST,
             0,
             _coreset(0.0),
             wrong_dimension,
@@ -67,7 +69,7 @@ def test_summary_counts_raw_image_bytes_per_client(tmp_path):
     partition = {"a": ["plate/train/good/0"], "b": ["plate/train/good/1"]}
     stats = {"partition": "iid", "clients": {"a": {"n_images": 1}, "b": {"n_images": 1}}}
     bank, report = nodes.aggregate_first_round(
-        AGGREGATION, CORESET, 0, _coreset(0.0), _coreset(3.0), client_ids=["a", "b"]
+        AGGREGATION, CORESET, TRUST, 0, _coreset(0.0), _coreset(3.0), client_ids=["a", "b"]
     )
     summary = nodes.summarise_federated_run(
         {"categories": {}, "mean": {}}, bank, partition, stats, index, AGGREGATION, report

@@ -176,6 +176,6 @@ def test_default_client_lanes_are_namespaced(monkeypatch):
     # The lane reads its own images and shared facts only; its datasets carry its namespace.
     data_inputs = {name for name in qc.inputs() if not name.startswith("params:")}
     assert data_inputs == {"category_info", "federated.client_qc.training_images"}
-    assert qc.outputs() == {"federated.client_qc.upload_round_1"}
+    assert qc.outputs() == {"federated.client_qc.upload_round_1", "federated.client_qc.heterogeneity_manifest"}
     assert "params:variants.federated.backbone" in qc.inputs()
     assert "params:variants.federated.coreset" in qc.inputs()

@@ -147,7 +147,8 @@ def test_variant_overrides_of_coverage_quantile_and_client_coreset_ratios_take_e
         client, "extract_features", lambda *a, **k: extractions.append(a[-1].client_id) or original(*a, **k)
     )
     pipe = federated_training(variants["federated"]) + federated_training(variants["probe"])
-    outputs = run_slice(pipe, memory_catalog(parameters, **tiny_dataset))
+    reports = ("federated.round_1_report", "probe.round_1_report")
+    outputs = run_slice(pipe, memory_catalog(parameters, keep=reports, **tiny_dataset), keep=reports)
 
     # The probe sees the same images with the same extraction settings: one extraction per client.
     assert sorted(extractions) == sorted(variants["federated"].client_ids)

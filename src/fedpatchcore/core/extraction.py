@@ -8,11 +8,12 @@ needs a few hundred MB, not the ~6 GB the vectors would take in float32.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
@@ -55,6 +56,7 @@ class ExtractedFeatures:
     image_keys: dict[str, list[str]]  # category -> the images whose patches are in its file
     grid: dict[str, tuple[int, int]]  # category -> (h, w) patches per image
     skipped: list[dict[str, str]] = field(default_factory=list)  # unreadable images, not in the files
+    numbers: dict[str, float] = field(default_factory=dict)  # what the client measured on its images
 
     @property
     def n_images(self) -> dict[str, int]:
@@ -72,8 +74,13 @@ def extract_patch_features(
     seed: int,
     num_workers: int = 2,
     description: str = "extract",
+    transform: Callable[[Sample, np.ndarray], np.ndarray] | None = None,
 ) -> ExtractedFeatures:
-    """Embed every image and append its patch vectors to ``<output_dir>/<category>.npy``."""
+    """Embed every image and append its patch vectors to ``<output_dir>/<category>.npy``.
+
+    ``transform(sample, image)`` (optional) sees each decoded uint8 image before the network and
+    returns the image to embed (a site's degradations, per-image measurements).
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     files, skipped, image_keys, grid = {}, [], {}, {}
@@ -95,7 +102,10 @@ def extract_patch_features(
             for batch in iter_image_batches(
                 category_samples, info.image_size, batch_size, skipped, num_workers
             ):
-                patches = embedder.embed(batch.images)
+                images = batch.images
+                if transform is not None:
+                    images = np.stack([transform(s, im) for s, im in zip(batch.samples, images, strict=True)])
+                patches = embedder.embed(images)
                 writer.append(patches.reshape(-1, patches.shape[-1]))
                 keys.extend(sample.key for sample in batch.samples)
                 grid[category] = (int(patches.shape[1]), int(patches.shape[2]))

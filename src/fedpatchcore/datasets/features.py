@@ -29,6 +29,7 @@ class PatchFeaturesDataset(LocalVersionedDataset):
             "image_keys": data.image_keys,
             "grid": {category: list(grid) for category, grid in data.grid.items()},
             "skipped": data.skipped,
+            "numbers": data.numbers,
         }
         (path / "features.json").write_text(json.dumps(meta, indent=2))
         for category, feature_file in data.files.items():
@@ -49,4 +50,4 @@ class PatchFeaturesDataset(LocalVersionedDataset):
             category: PatchFeatureFile.open(path / f"{category}.npy") for category in sorted(meta["image_keys"])
         }
         grid = {category: (int(h), int(w)) for category, (h, w) in meta["grid"].items()}
-        return ExtractedFeatures(files, meta["image_keys"], grid, meta["skipped"])
+        return ExtractedFeatures(files, meta["image_keys"], grid, meta["skipped"], meta.get("numbers", {}))

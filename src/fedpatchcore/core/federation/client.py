@@ -29,6 +29,8 @@ from fedpatchcore.core.coreset import coreset_size
 from fedpatchcore.core.data.types import CategoryInfo, Sample
 from fedpatchcore.core.extraction import ExtractedFeatures, extract_patch_features
 from fedpatchcore.core.feature_store import select_coreset_streaming
+from fedpatchcore.core.federation.trust import QualityMeter
+from fedpatchcore.core.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
 from fedpatchcore.core.patchcore import PatchEmbedder
 from fedpatchcore.core.runtime import resolve_device
 
@@ -49,6 +51,8 @@ class ClientSettings:
     coverage_quantile: float  # round r > 1: a row is covered within this quantile of NN distances
     batch_size: int
     num_workers: int
+    # What is wrong at this site (experiments simulate it): degradations of its images as read.
+    heterogeneity: ClientHeterogeneity = ClientHeterogeneity()
 
     @classmethod
     def from_parameters(
@@ -59,9 +63,10 @@ class ClientSettings:
         federation: Mapping[str, Any],
         extraction: Mapping[str, Any],
         seed: int,
+        heterogeneity: Mapping[str, Any] | None = None,
     ) -> ClientSettings:
         """From the parameter blocks of the same names; ``federation.client_coreset_ratios``
-        overrides ``coreset.ratio`` for this client."""
+        overrides ``coreset.ratio`` for this client, ``heterogeneity.<client_id>`` degrades its images."""
         ratios = federation.get("client_coreset_ratios") or {}
         return cls(
             client_id=str(client_id),
@@ -74,6 +79,7 @@ class ClientSettings:
             coverage_quantile=float(federation.get("coverage_quantile", 0.5)),
             batch_size=int(extraction["batch_size"]),
             num_workers=int(extraction.get("num_workers", 0)),
+            heterogeneity=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))),
         )
 
 
@@ -115,11 +121,24 @@ def extract_features(
     embedder: PatchEmbedder,
     scratch_dir: str | Path,
     settings: ClientSettings,
-) -> ExtractedFeatures:
-    """Stream the client's own training images through the backbone into feature files."""
+) -> tuple[ExtractedFeatures, list[dict[str, Any]]]:
+    """Stream the client's own training images through the backbone into feature files.
+
+    Each image is seen as the site's camera delivers it (``settings.heterogeneity``), and its
+    sharpness and noise are measured for the client's quality report. Returns the features
+    (with those numbers) and the manifest of degradations applied to each image.
+    """
     scratch = Path(scratch_dir)
     scratch.mkdir(parents=True, exist_ok=True)
-    return extract_patch_features(
+    degrade = ImageDegrader(settings.client_id, settings.heterogeneity, settings.seed)
+    quality = QualityMeter()
+
+    def as_seen_at_the_site(sample: Sample, image: np.ndarray) -> np.ndarray:
+        image = degrade(sample, image)
+        quality.add(sample.category, image)
+        return image
+
+    features = extract_patch_features(
         samples,
         dict(infos),
         embedder,
@@ -129,7 +148,10 @@ def extract_features(
         seed=settings.seed,
         num_workers=settings.num_workers,
         description=f"client {settings.client_id}",
+        transform=as_seen_at_the_site,
     )
+    features.numbers.update(quality.numbers())
+    return features, degrade.manifest
 
 
 def patch_positions(rows: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -158,7 +180,7 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
             feature_file.n_rows,
             settings.coreset_ratio,
         )
-    numbers = {"images.skipped": float(len(features.skipped))}
+    numbers = {**features.numbers, "images.skipped": float(len(features.skipped))}
     return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers)
 
 

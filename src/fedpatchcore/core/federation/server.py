@@ -2,7 +2,9 @@
 
     uploads ──validate──► accepted uploads (a malformed one is rejected whole and logged;
                           the global bank is built only from accepted ones)
-            ──client weights──► quota weights (1 for everyone unless given)
+            ──client weights──► quota weights: aggregation.client_weights (default 1) times,
+                          for the ``trust`` strategy, each client's trust score (trust.py;
+                          computed and reported for every strategy, 0 under trust.min_trust)
             ──strategy per category (aggregation.strategy, aggregation.options)──►
     global bank: rows + for every row the client it came from and its row in that client's
     local coreset, carried through later rounds; and a JSON-ready round report.
@@ -20,8 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from fedpatchcore.core.aggregation import STRATEGIES, AggregationError, aggregate
+from fedpatchcore.core.aggregation import STRATEGIES, AggregationError, aggregate, split_valid_uploads
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
+from fedpatchcore.core.federation.trust import TrustSettings, trust_scores
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +42,8 @@ class ServerSettings:
     projection_dim: int
     seed: int
     options: dict = field(default_factory=dict)
+    client_weights: dict = field(default_factory=dict)  # fixed per-client weights (missing: 1)
+    trust: TrustSettings = field(default_factory=TrustSettings)
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -46,7 +51,11 @@ class ServerSettings:
 
     @classmethod
     def from_parameters(
-        cls, aggregation: Mapping[str, Any], coreset: Mapping[str, Any], seed: int
+        cls,
+        aggregation: Mapping[str, Any],
+        coreset: Mapping[str, Any],
+        seed: int,
+        trust: Mapping[str, Any] | None = None,
     ) -> ServerSettings:
         return cls(
             strategy=str(aggregation["strategy"]),
@@ -55,6 +64,8 @@ class ServerSettings:
             projection_dim=int(coreset.get("projection_dim") or 128),
             seed=int(seed),
             options=dict(aggregation.get("options") or {}),
+            client_weights={str(k): float(v) for k, v in (aggregation.get("client_weights") or {}).items()},
+            trust=TrustSettings.from_parameters(trust, seed),
         )
 
 
@@ -102,17 +113,27 @@ def run_round(
     round_number: int = 1,
     previous: CategoryBanks | None = None,
     n_receivers: int | None = None,
-    client_weights: Mapping[str, float] | None = None,
+    trust: Mapping[str, dict] | None = None,
 ) -> RoundResult:
     """Merge one round's uploads (and the previous global bank from round 2 on).
 
     ``n_receivers`` is how many clients the previous bank was broadcast to (for the byte
-    count; default: the number of uploads). Raises :class:`AggregationError` when fewer
-    than ``settings.min_clients`` uploads are usable; the previous bank is then untouched.
+    count; default: the number of uploads). ``trust`` (per-client trust of an earlier round)
+    is reused instead of scoring this round's uploads: from round 2 on they hold only rows the
+    global bank does not cover, which no peer confirms by construction. Raises
+    :class:`AggregationError` when fewer than ``settings.min_clients`` uploads are usable; the
+    previous bank is then untouched.
     """
     if round_number > 1 and previous is None:
         raise ValueError(f"round {round_number} needs the previous round's global bank")
     sent = {u.client_id: _client_entry(u) for u in uploads}
+    if trust is None:
+        valid, _ = split_valid_uploads(uploads)  # malformed uploads are rejected (and logged) below
+        trust = trust_scores(valid, settings.trust) if len(valid) >= 2 else {}
+    client_weights = dict(settings.client_weights)
+    if settings.strategy == "trust":
+        for client_id, score in trust.items():
+            client_weights[client_id] = client_weights.get(client_id, 1.0) * score["weight"]
     if previous is None:
         contributors = list(uploads)
         min_contributors = settings.min_clients
@@ -156,7 +177,8 @@ def run_round(
         "uploaded": sent,
         "uploaded_bytes": int(sum(entry["bytes"] for entry in sent.values())),
         "broadcast_bytes": int(previous.nbytes * receivers) if previous is not None else 0,
-        "client_weights": {str(k): float(v) for k, v in (client_weights or {}).items()},
+        "client_weights": {str(k): float(v) for k, v in client_weights.items()},
+        "trust": {str(k): dict(v) for k, v in trust.items()},
         **result.summary(),
     }
     logger.info("Round %d: global bank rows per category %s", round_number, report["bank_rows"])

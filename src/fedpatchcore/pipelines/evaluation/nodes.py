@@ -49,7 +49,7 @@ def build_faiss_index(
 def score_test_images(
     faiss_index: dict[str, Any],
     memory_bank: dict[str, np.ndarray],
-    dataset_index: pd.DataFrame,
+    evaluation_index: pd.DataFrame,
     category_info: dict[str, Any],
     backbone: dict[str, Any],
     extraction: dict[str, Any],
@@ -58,7 +58,7 @@ def score_test_images(
     """Raw anomaly maps (one scale per category, never per image) and image scores."""
     banks = CategoryBanks.from_arrays(memory_bank)
     embedder = make_embedder(backbone, extraction)
-    test_samples = [s for s in frame_to_samples(dataset_index) if s.split == TEST]
+    test_samples = [s for s in frame_to_samples(evaluation_index) if s.split == TEST]
     maps, rows = {}, []
     for category, samples in group_by_category(test_samples).items():
         if category not in faiss_index:
@@ -120,11 +120,11 @@ def _ground_truth(sample: Sample, info: CategoryInfo) -> tuple[np.ndarray, list[
 def compute_metrics(
     anomaly_maps: dict[str, dict[str, Any]],
     image_scores: pd.DataFrame,
-    dataset_index: pd.DataFrame,
+    evaluation_index: pd.DataFrame,
     category_info: dict[str, Any],
 ) -> dict[str, Any]:
     """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, and their mean."""
-    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    samples = {s.key: s for s in frame_to_samples(evaluation_index)}
     scores_by_key = image_scores.set_index("key")
     per_category = {}
     for category, entry in anomaly_maps.items():

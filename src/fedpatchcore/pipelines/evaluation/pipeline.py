@@ -20,7 +20,7 @@ def evaluation_template() -> Pipeline:
                 [
                     "faiss_index",
                     "memory_bank",
-                    "dataset_index",
+                    "evaluation_index",
                     "category_info",
                     "params:backbone",
                     "params:extraction",
@@ -31,7 +31,7 @@ def evaluation_template() -> Pipeline:
             ),
             node(
                 nodes.compute_metrics,
-                ["anomaly_maps", "image_scores", "dataset_index", "category_info"],
+                ["anomaly_maps", "image_scores", "evaluation_index", "category_info"],
                 "metrics",
                 name="compute_metrics",
             ),
@@ -40,5 +40,9 @@ def evaluation_template() -> Pipeline:
 
 
 def evaluation(variant: str) -> Pipeline:
-    """``<variant>.memory_bank`` -> ``<variant>.anomaly_maps``, ``.image_scores``, ``.metrics``."""
-    return in_variant(evaluation_template(), variant, inputs={"dataset_index", "category_info"})
+    """``<variant>.memory_bank`` -> ``<variant>.anomaly_maps``, ``.image_scores``, ``.metrics``.
+
+    Every variant is scored on ``evaluation_index``: the test images minus any that label
+    noise put into a training set.
+    """
+    return in_variant(evaluation_template(), variant, inputs={"evaluation_index", "category_info"})

@@ -13,23 +13,21 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
-from fedpatchcore.core.data.types import frame_to_samples
+from fedpatchcore.core.data.types import TEST, frame_to_samples
 from fedpatchcore.core.federation.server import ServerSettings, run_round
+from fedpatchcore.core.heterogeneity import (
+    apply_label_noise,
+    label_noise_counts,
+    label_noise_pool,
+    parse_heterogeneity,
+)
 from fedpatchcore.core.partition import make_partition, partition_statistics
 
 logger = logging.getLogger(__name__)
 
 
-def partition_clients(
-    dataset_index: pd.DataFrame, federation: dict[str, Any], seed: int, *, client_ids: list[str]
-) -> tuple:
-    """Decide which client holds which training image; each client gets a table of only its own.
-
-    Returns the partition (client -> image keys), its statistics, then one training-image
-    table per client in ``client_ids`` order.
-    """
-    samples = frame_to_samples(dataset_index)
-    assignment = make_partition(
+def _partition(samples, federation: dict[str, Any], seed: int) -> dict[str, list[str]]:
+    return make_partition(
         samples,
         federation["partition"],
         num_clients=federation.get("num_clients"),
@@ -38,10 +36,69 @@ def partition_clients(
         alpha=federation.get("alpha"),
         seed=seed,
     )
+
+
+def reserve_label_noise_images(
+    dataset_index: pd.DataFrame, variants: dict[str, dict[str, Any]], seed: int
+) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """Set aside the defective test images label noise will put into training sets, in any variant.
+
+    Returns the pool (category -> keys) and the evaluation index: the dataset without them, so
+    no variant is ever scored on an image some client trained on, and all variants of a run
+    are scored on the same images.
+    """
+    samples = frame_to_samples(dataset_index)
+    category_of = {s.key: s.category for s in samples}
+    needed: dict[str, int] = {}
+    for name, parameters in variants.items():
+        specs = parse_heterogeneity(parameters.get("heterogeneity"))
+        if not any(spec.label_noise for spec in specs.values()):
+            continue
+        for client_id, keys in _partition(samples, parameters["federation"], parameters["seed"]).items():
+            spec = specs.get(str(client_id))
+            if spec is None or not spec.label_noise:
+                continue
+            per_category: dict[str, int] = {}
+            for key in keys:
+                per_category[category_of[key]] = per_category.get(category_of[key], 0) + 1
+            for category, count in label_noise_counts(per_category, spec.label_noise).items():
+                needed[category] = max(needed.get(category, 0), count)
+        logger.info("Variant %s: label noise needs %s defective images per category", name, needed)
+    defective = {}
+    for s in samples:
+        if s.split == TEST and s.label == 1:
+            defective.setdefault(s.category, []).append(s.key)
+    pool = label_noise_pool(defective, needed, seed)
+    reserved = {key for keys in pool.values() for key in keys}
+    if reserved:
+        logger.info("Left out of evaluation (used as label noise): %d test images", len(reserved))
+    return pool, dataset_index[~dataset_index["key"].isin(reserved)].reset_index(drop=True)
+
+
+def partition_clients(
+    dataset_index: pd.DataFrame,
+    label_noise_pool: dict[str, list[str]],
+    federation: dict[str, Any],
+    heterogeneity: dict[str, Any],
+    seed: int,
+    *,
+    client_ids: list[str],
+) -> tuple:
+    """Decide which client holds which training image; each client gets a table of only its own.
+
+    With ``heterogeneity.<client>.label_noise``, a share of that client's images is swapped for
+    defective ones from the label-noise pool (its "good" folder holds defective parts).
+    Returns the partition (client -> image keys), its statistics, then one training-image
+    table per client in ``client_ids`` order.
+    """
+    samples = frame_to_samples(dataset_index)
+    assignment = _partition(samples, federation, seed)
     if list(assignment) != list(client_ids):
         raise RuntimeError(f"partition made clients {list(assignment)}, the pipeline was built for {client_ids}")
     statistics = partition_statistics(assignment, samples)
     statistics["partition"] = federation["partition"]
+    assignment, swaps = apply_label_noise(assignment, samples, parse_heterogeneity(heterogeneity), label_noise_pool, seed)
+    statistics["label_noise"] = swaps
     sizes = ", ".join(f"{cid}: {len(keys)}" for cid, keys in assignment.items())
     logger.info("Partition '%s' -> training images per client {%s}", federation["partition"], sizes)
     tables = []
@@ -56,28 +113,38 @@ def _uploads(client_ids: list[str], uploads_arrays) -> list[ClientUpload]:
 
 
 def aggregate_first_round(
-    aggregation: dict[str, Any], coreset: dict[str, Any], seed: int, *uploads_arrays, client_ids: list[str]
+    aggregation: dict[str, Any],
+    coreset: dict[str, Any],
+    trust: dict[str, Any],
+    seed: int,
+    *uploads_arrays,
+    client_ids: list[str],
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Round 1: the server merges every client's upload into one global bank per category."""
-    result = run_round(_uploads(client_ids, uploads_arrays), ServerSettings.from_parameters(aggregation, coreset, seed))
+    """Round 1: the server scores its trust in each client and merges their uploads per category."""
+    settings = ServerSettings.from_parameters(aggregation, coreset, seed, trust)
+    result = run_round(_uploads(client_ids, uploads_arrays), settings)
     return result.bank.to_arrays(), result.report
 
 
 def aggregate_later_round(
     previous_bank: dict[str, np.ndarray],
+    previous_report: dict[str, Any],
     aggregation: dict[str, Any],
     coreset: dict[str, Any],
+    trust: dict[str, Any],
     seed: int,
     *uploads_arrays,
     client_ids: list[str],
     round_number: int,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Round r > 1: the previous global bank plus what clients found uncovered, merged again."""
+    """Round r > 1: the previous global bank plus what clients found uncovered, merged again
+    (with the trust scored in round 1)."""
     result = run_round(
         _uploads(client_ids, uploads_arrays),
-        ServerSettings.from_parameters(aggregation, coreset, seed),
+        ServerSettings.from_parameters(aggregation, coreset, seed, trust),
         round_number=round_number,
         previous=CategoryBanks.from_arrays(previous_bank),
+        trust=previous_report.get("trust"),
     )
     return result.bank.to_arrays(), result.report
 
@@ -112,7 +179,12 @@ def summarise_federated_run(
             "raw_image_bytes": raw_bytes[cid],
             "uploaded_bytes": int(sum(r["uploaded"].get(cid, {}).get("bytes", 0) for r in round_reports)),
             "rejected": any(cid in r["rejected"] for r in round_reports),
+            "label_noise_images": int(
+                sum(len(swap["added"]) for swap in partition_stats.get("label_noise", {}).get(cid, {}).values())
+            ),
         }
+        if cid in round_reports[0].get("trust", {}):
+            clients[cid]["trust"] = round_reports[0]["trust"][cid]
     summary = {
         **metrics,
         "partition": partition_stats["partition"],

@@ -17,7 +17,7 @@ from fedpatchcore.pipelines.training import nodes as client_nodes
 from fedpatchcore.pipelines.training.pipeline import CLIENT_SETTINGS, client_lanes
 from fedpatchcore.structure import Variant
 
-SERVER_SETTINGS = ["params:aggregation", "params:coreset", "params:seed"]
+SERVER_SETTINGS = ["params:aggregation", "params:coreset", "params:trust", "params:seed"]
 
 
 def partition_pipeline(variant: Variant) -> Pipeline:
@@ -27,13 +27,13 @@ def partition_pipeline(variant: Variant) -> Pipeline:
         [
             node(
                 bind(nodes.partition_clients, client_ids=variant.client_ids),
-                ["dataset_index", "params:federation", "params:seed"],
+                ["dataset_index", "label_noise_pool", "params:federation", "params:heterogeneity", "params:seed"],
                 ["partition", "partition_stats", *tables],
                 name="partition_clients",
             )
         ]
     )
-    return in_variant(template, variant.name, inputs={"dataset_index"}, outputs=tables)
+    return in_variant(template, variant.name, inputs={"dataset_index", "label_noise_pool"}, outputs=tables)
 
 
 def _global_bank(variant: Variant, round_number: int) -> str:
@@ -49,11 +49,13 @@ def server_rounds(variant: Variant) -> Pipeline:
     """
     client_ids = variant.client_ids
 
-    def per_client(dataset: str) -> dict[str, str]:
-        # Template names without dots, mapped onto the clients' namespaced datasets.
-        return {f"client_{cid}_{dataset}": f"{variant.name}.client_{cid}.{dataset}" for cid in client_ids}
+    def per_client(dataset: str, lane: bool = False) -> dict[str, str]:
+        # Template names without dots, mapped onto the clients' namespaced datasets (a lane's
+        # datasets may belong to the variant that runs the shared lane).
+        owner = variant.lane_owner if lane else dict.fromkeys(client_ids, variant.name)
+        return {f"client_{cid}_{dataset}": f"{owner[cid]}.client_{cid}.{dataset}" for cid in client_ids}
 
-    uploads = per_client("upload_round_1")
+    uploads = per_client("upload_round_1", lane=True)
     rounds = in_variant(
         Pipeline(
             [
@@ -71,7 +73,7 @@ def server_rounds(variant: Variant) -> Pipeline:
     for round_number in range(2, variant.rounds + 1):
         previous = _global_bank(variant, round_number - 1)
         uploads = per_client(f"upload_round_{round_number}")
-        local_coresets = per_client("local_coreset")
+        local_coresets = per_client("local_coreset", lane=True)
         client_steps = [
             node(
                 bind(client_nodes.prepare_later_upload, client_id=cid),
@@ -84,7 +86,7 @@ def server_rounds(variant: Variant) -> Pipeline:
         rounds += in_variant(Pipeline(client_steps), variant.name, inputs=local_coresets, outputs=uploads)
         server_step = node(
             bind(nodes.aggregate_later_round, client_ids=client_ids, round_number=round_number),
-            [previous, *SERVER_SETTINGS, *uploads],
+            [previous, f"round_{round_number - 1}_report", *SERVER_SETTINGS, *uploads],
             [_global_bank(variant, round_number), f"round_{round_number}_report"],
             name=f"aggregate_round_{round_number}",
         )

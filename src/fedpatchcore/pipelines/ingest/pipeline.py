@@ -1,5 +1,6 @@
 from kedro.pipeline import Pipeline, node
 
+from fedpatchcore.pipelines.federated import nodes as federated_nodes
 from fedpatchcore.pipelines.ingest import nodes
 
 
@@ -17,6 +18,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ["raw_dataset", "params:dataset"],
                 ["dataset_index", "category_info", "skipped_files"],
                 name="index_dataset",
+            ),
+            node(
+                federated_nodes.reserve_label_noise_images,
+                ["dataset_index", "params:variants", "params:seed"],
+                ["label_noise_pool", "evaluation_index"],
+                name="reserve_label_noise_images",
             ),
         ]
     )

@@ -14,6 +14,7 @@ import pandas as pd
 
 from fedpatchcore.core.data.loading import load_image, load_mask
 from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
+from fedpatchcore.core.experiments import as_axis, experiment_table, leave_one_out_effect
 from fedpatchcore.core.metrics import metrics_table
 
 logger = logging.getLogger(__name__)
@@ -82,29 +83,61 @@ def plot_metrics(metrics: dict[str, Any], report: dict[str, Any]) -> plt.Figure:
     return _bar_chart(metrics_table(metrics, report["spro_limit"]), "score")
 
 
-def compare_runs(
-    report: dict[str, Any], metrics_centralized: dict[str, Any], **federated_metrics
-) -> tuple[pd.DataFrame, plt.Figure]:
-    """Centralized vs each federated variant: image AUC-ROC and AUC-sPRO per category, bytes sent."""
-    limit = report["spro_limit"]
-    runs = {"centralized": metrics_centralized}
-    runs.update({name.removeprefix("metrics_"): m for name, m in federated_metrics.items()})
-    rows = []
-    for run, metrics in runs.items():
-        label = run if run == "centralized" else f"{run} ({metrics.get('partition', '?')})"
-        uploaded = (metrics.get("communication") or {}).get("uploaded_bytes")
-        for category, values in {**metrics["categories"], "mean": metrics["mean"]}.items():
-            rows.append(
-                {
-                    "run": label,
-                    "category": category,
-                    "image_auroc": values.get("image_auroc"),
-                    f"aucspro@{limit}": (values.get("aucspro") or {}).get(limit),
-                    "uploaded_bytes": uploaded,
-                }
-            )
-    table = pd.DataFrame(rows)
-    wide = table.pivot(index="category", columns="run", values="image_auroc")
-    wide = wide.loc[[c for c in wide.index if c != "mean"] + ["mean"]]  # the mean as the last group
-    logger.info("Comparison (image AUC-ROC):\n%s", wide.to_string(float_format=lambda x: f"{x:.3f}"))
-    return table, _bar_chart(wide, "image AUC-ROC")
+def summarise_experiment(
+    comparison: dict[str, Any], report: dict[str, Any], **published: dict[str, Any]
+) -> tuple[pd.DataFrame, plt.Figure, dict[str, Any]]:
+    """The experiment's tidy table (a row per run × group), its plot, and its analyses.
+
+    ``published`` maps ``metrics_<run>`` to each run's published metrics. A run's labels come
+    from ``comparison.variants.<run>.labels`` or ``comparison.labels.<run>``.
+    """
+    runs = {name.removeprefix("metrics_"): metrics for name, metrics in published.items()}
+    labels = {run: dict(values) for run, values in (comparison.get("labels") or {}).items()}
+    for run, variant in (comparison.get("variants") or {}).items():
+        if variant and variant.get("labels"):
+            labels[run] = dict(variant["labels"])
+    groups = comparison.get("groups", "categories")
+    table = experiment_table(runs, labels, groups, report["spro_limit"])
+    analysis: dict[str, Any] = {}
+    leave_one_out = comparison.get("leave_one_out")
+    if leave_one_out:
+        analysis["leave_one_out"] = leave_one_out_effect(runs, leave_one_out["base"], leave_one_out["dropped"])
+        logger.info("Trust vs leave-one-out effect: %s", analysis["leave_one_out"])
+    logger.info("Experiment %s:\n%s", comparison.get("name", "comparison"), table.to_string(float_format=lambda x: f"{x:.3f}"))
+    return table, _experiment_plot(table, groups), analysis
+
+
+def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
+    """Image AUC-ROC per category and run, or per run: bars, or lines over a numeric first label."""
+    if groups == "categories":
+        wide = table.assign(run=_run_names(table)).pivot(index="group", columns="run", values="image_auroc")
+        wide = wide.loc[[c for c in wide.index if c != "mean"] + ["mean"]]  # the mean as the last group
+        return _bar_chart(wide, "image AUC-ROC")
+    label_columns = list(table.columns[: list(table.columns).index("image_auroc")])
+    first, rest = label_columns[0], label_columns[1:]
+    x = as_axis(table[first].tolist())
+    if x is not None and len(label_columns) >= 1:
+        figure, axis = plt.subplots(figsize=(7, 4))
+        finite = np.isfinite(x)
+        # "no privacy" (inf) is drawn one step to the right of the largest finite value.
+        right = (x[finite].max() * 2 if finite.any() else 1.0)
+        plotted = np.where(finite, x, right)
+        series = table.assign(_x=plotted)
+        for key, part in series.groupby(rest or (lambda _: ""), sort=False):
+            part = part.sort_values("_x")
+            axis.plot(part["_x"], part["image_auroc"], marker="o", label=str(key) if rest else "image AUC-ROC")
+        axis.set_xscale("log")
+        axis.set_xlabel(first + (" (rightmost: none)" if not finite.all() else ""))
+        axis.set_ylabel("image AUC-ROC")
+        axis.legend(fontsize=8)
+        figure.tight_layout()
+        return figure
+    index = first
+    columns = rest[0] if rest else None
+    wide = table.pivot_table(index=index, columns=columns, values="image_auroc", sort=False) if columns else table.set_index(index)[["image_auroc"]]
+    return _bar_chart(wide, "image AUC-ROC (mean over categories)")
+
+
+def _run_names(table: pd.DataFrame) -> pd.Series:
+    label_columns = list(table.columns[: list(table.columns).index("group")])
+    return table[label_columns].astype(str).agg(" / ".join, axis=1)

@@ -25,22 +25,24 @@ def report(variant: str) -> Pipeline:
     return in_variant(report_template(), variant, inputs={"dataset_index", "category_info"})
 
 
-def comparison(published_metrics: dict[str, str]) -> Pipeline:
-    """Centralized vs the federated variants, from their published metrics datasets.
+def experiment_summary(name: str, published_metrics: dict[str, str]) -> Pipeline:
+    """The experiment's table, plot and analyses from every run's published metrics.
 
-    ``published_metrics`` maps the node's keyword (``metrics_<variant>``) to the dataset.
+    ``published_metrics`` maps the node's keyword (``metrics_<run>``) to the dataset; the
+    outputs are ``<name>_table`` (data/08_reporting/<name>.csv), ``<name>_plot`` and
+    ``<name>_analysis``.
     """
     template = Pipeline(
         [
             node(
-                nodes.compare_runs,
+                nodes.summarise_experiment,
                 {
+                    "comparison": "params:comparison",
                     "report": "params:report",
-                    "metrics_centralized": "metrics_centralized",
                     **{keyword: keyword for keyword in published_metrics},
                 },
-                ["comparison_table", "comparison_plot"],
-                name="compare_runs",
+                ["table", "plot", "analysis"],
+                name="summarise_experiment",
             )
         ]
     )
@@ -48,7 +50,7 @@ def comparison(published_metrics: dict[str, str]) -> Pipeline:
     return pipeline(
         template,
         namespace="comparison",
-        inputs={"metrics_centralized": "metrics_centralized", **published_metrics},
-        outputs={"comparison_table": "comparison_table", "comparison_plot": "comparison_plot"},
-        parameters={"params:report"},
+        inputs=published_metrics,
+        outputs={"table": f"{name}_table", "plot": f"{name}_plot", "analysis": f"{name}_analysis"},
+        parameters={"params:comparison", "params:report"},
     )

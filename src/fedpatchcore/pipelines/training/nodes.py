@@ -19,9 +19,14 @@ from fedpatchcore.core.federation import client
 CENTRALIZED_CLIENT = "all"
 
 
-def _settings(client_id, coreset, federation, extraction, seed) -> client.ClientSettings:
+def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=None) -> client.ClientSettings:
     return client.ClientSettings.from_parameters(
-        client_id, coreset=coreset, federation=federation, extraction=extraction, seed=seed
+        client_id,
+        coreset=coreset,
+        federation=federation,
+        extraction=extraction,
+        seed=seed,
+        heterogeneity=heterogeneity,
     )
 
 
@@ -38,18 +43,20 @@ def extract_client_features(
     federation: dict[str, Any],
     extraction: dict[str, Any],
     seed: int,
+    heterogeneity: dict[str, Any],
     *,
     client_id: str,
-) -> ExtractedFeatures:
-    """Stream this client's training images (and no one else's) through the backbone."""
+) -> tuple[ExtractedFeatures, dict[str, Any]]:
+    """Stream this client's training images (and no one else's) through the backbone.
+
+    Also returns the manifest of what ``heterogeneity.<client_id>`` did to each image.
+    """
     infos = {name: category_info_from_dict(info) for name, info in category_info.items()}
-    return client.extract_features(
-        frame_to_samples(training_images),
-        infos,
-        make_embedder(backbone, extraction),
-        extraction["scratch_dir"],
-        _settings(client_id, coreset, federation, extraction, seed),
+    settings = _settings(client_id, coreset, federation, extraction, seed, heterogeneity)
+    features, applied = client.extract_features(
+        frame_to_samples(training_images), infos, make_embedder(backbone, extraction), extraction["scratch_dir"], settings
     )
+    return features, {"client": client_id, "heterogeneity": settings.heterogeneity.describe(), "images": applied}
 
 
 def select_local_coreset(

@@ -13,8 +13,8 @@ CLIENT_SETTINGS = ["params:coreset", "params:federation", "params:extraction", "
 def extraction_node(client_id: str):
     return node(
         bind(nodes.extract_client_features, client_id=client_id),
-        ["training_images", "category_info", "params:backbone", *CLIENT_SETTINGS],
-        "patch_features",
+        ["training_images", "category_info", "params:backbone", *CLIENT_SETTINGS, "params:heterogeneity"],
+        ["patch_features", "heterogeneity_manifest"],
         name="extract_features",
     )
 
@@ -41,8 +41,12 @@ def client_lane(variant: Variant, client_id: str) -> Pipeline:
     """What one factory does with its own images; nothing here sees another client's data.
 
     The lane reads only ``<partition owner>.client_<id>.training_images``. If an earlier variant
-    already extracts the same images with the same settings, the lane reuses its features.
+    already extracts the same images with the same settings, the lane reuses its features; if
+    it also builds the same coreset, this variant has no lane for the client at all (its server
+    reads the other variant's upload).
     """
+    if not variant.owns_lane(client_id):
+        return Pipeline([])
     namespace = f"{variant.name}.client_{client_id}"
     owner = variant.feature_owner[client_id]
     if owner == variant.name:
