@@ -92,7 +92,12 @@ def test_flower_round_builds_the_in_process_global_bank(tiny_dataset, tmp_path):
     from fedpatchcore.pipelines.federated import nodes
 
     _, _, *tables = nodes.partition_clients(
-        tiny_dataset["dataset_index"], parameters["federation"], parameters["seed"], client_ids=variant.client_ids
+        tiny_dataset["dataset_index"],
+        tiny_dataset["label_noise_pool"],
+        parameters["federation"],
+        parameters["heterogeneity"],
+        parameters["seed"],
+        client_ids=variant.client_ids,
     )
     configs = {}
     for node_id, (client_id, table) in enumerate(zip(variant.client_ids, tables, strict=True)):

@@ -19,7 +19,7 @@ from tests.pipelines.conftest import TINY_PARAMS, memory_catalog, merged, projec
 pytestmark = pytest.mark.flower
 
 
-def _parameters(tmp_path, **federation: Any) -> dict[str, Any]:
+def _parameters(tmp_path, extra: dict[str, Any] | None = None, **federation: Any) -> dict[str, Any]:
     return project_parameters(
         merged(
             TINY_PARAMS,
@@ -27,6 +27,7 @@ def _parameters(tmp_path, **federation: Any) -> dict[str, Any]:
                 "extraction": {"scratch_dir": str(tmp_path / "scratch")},
                 "comparison": {"enabled": False},
                 "federation": {"partition": "iid", "num_clients": 3, **federation},
+                **(extra or {}),
             },
         )
     )
@@ -35,8 +36,13 @@ def _parameters(tmp_path, **federation: Any) -> dict[str, Any]:
 def test_flower_engine_publishes_the_same_bank_reports_and_metrics_as_in_process(tiny_dataset, tmp_path):
     published = {}
     for engine in ("inprocess", "flower"):
-        parameters = _parameters(tmp_path / engine, engine=engine, rounds=2, coverage_quantile=1.0)
-        parameters = structure.merge_parameters(parameters, {"aggregation": {"global_bank_size": 20}})
+        # Trust-weighted quotas over a site with noisy images: the ClientApp degrades and measures
+        # its images as the Kedro lane does, the server scores trust as the in-process node does.
+        extra = {
+            "aggregation": {"global_bank_size": 20, "strategy": "trust"},
+            "heterogeneity": {"2": {"noise_sigma": 0.05}},
+        }
+        parameters = _parameters(tmp_path / engine, extra, engine=engine, rounds=2, coverage_quantile=1.0)
         (variant,) = structure.federated_variants(parameters)
         pipe = federated_training(variant) + federated_evaluation(variant)
         names = {n.name for n in pipe.nodes}
@@ -45,7 +51,8 @@ def test_flower_engine_publishes_the_same_bank_reports_and_metrics_as_in_process
         published[engine] = run_slice(pipe, memory_catalog(parameters, **tiny_dataset))
 
     inprocess, flower = published["inprocess"], published["flower"]
-    assert flower["metrics_federated"] == inprocess["metrics_federated"]  # quality, clients, bytes, rounds
+    assert flower["metrics_federated"] == inprocess["metrics_federated"]  # quality, clients, trust, bytes, rounds
+    assert flower["metrics_federated"]["clients"]["2"]["trust"]["quality"] < 1.0  # the noisy site
     traffic = flower["federated.flower_traffic"]
     assert [r["replies"] for r in traffic["rounds"]] == [3, 3]
     # Round 2 sent the round-1 bank to every node: the broadcast dominates what the server sent.
@@ -79,7 +86,12 @@ def test_simulated_round_goes_on_without_a_crashed_site_and_rejects_a_poisoned_o
     parameters = _parameters(tmp_path, engine="flower")
     (variant,) = structure.federated_variants(parameters)
     _, _, *tables = nodes.partition_clients(
-        tiny_dataset["dataset_index"], parameters["federation"], parameters["seed"], client_ids=variant.client_ids
+        tiny_dataset["dataset_index"],
+        tiny_dataset["label_noise_pool"],
+        parameters["federation"],
+        parameters["heterogeneity"],
+        parameters["seed"],
+        client_ids=variant.client_ids,
     )
     sites = flower_pipeline._write_sites(tmp_path / "sites", variant.client_ids, tuple(tables), tiny_dataset["category_info"])
     result = simulate(FederationPlan.from_variant(variant), sites, mods=[crash_client_3, poison_client_2])

@@ -78,7 +78,7 @@ class FederationPlan:
 
     def server_settings(self) -> ServerSettings:
         return ServerSettings.from_parameters(
-            self.parameters["aggregation"], self.parameters["coreset"], self.parameters["seed"]
+            self.parameters["aggregation"], self.parameters["coreset"], self.parameters["seed"], self.parameters.get("trust")
         )
 
     def client_parameters(self) -> dict[str, Any]:
@@ -97,6 +97,7 @@ class FederationPlan:
             "clients": list(self.client_ids),
             "rounds": self.rounds,
             "aggregation": self.parameters["aggregation"],
+            "trust": self.parameters.get("trust"),
             **self.client_parameters(),
             "federation": federation,
         }
@@ -235,8 +236,13 @@ def _collect(
 
 
 def run_flower_round(
-    grid: Grid, plan: FederationPlan, round_number: int, previous: CategoryBanks | None
+    grid: Grid,
+    plan: FederationPlan,
+    round_number: int,
+    previous: CategoryBanks | None,
+    trust: Mapping[str, dict] | None = None,
 ) -> tuple[CategoryBanks, dict, dict[str, ClientUpload], RoundTraffic]:
+    """One round; ``trust``: the trust scored in round 1, reused from round 2 on (as in-process)."""
     settings = plan.server_settings()
     # Round 1 waits for every site; later rounds go on with the sites still connected.
     expected = len(plan.client_ids) if previous is None else settings.min_clients
@@ -248,7 +254,9 @@ def run_flower_round(
     replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
     seconds = time.monotonic() - started
     uploads, entries, pre_rejected, missing, received = _collect(replies, plan, round_number)
-    result = run_round(uploads, settings, round_number=round_number, previous=previous, n_receivers=len(nodes))
+    result = run_round(
+        uploads, settings, round_number=round_number, previous=previous, n_receivers=len(nodes), trust=trust
+    )
     report = result.report
     if entries:
         report["uploaded"].update(entries)
@@ -276,7 +284,8 @@ def serve(grid: Grid, plan: FederationPlan, store: RoundStore | None = None) -> 
     result = FederationResult(list(banks), list(reports), [{} for _ in banks], [], resumed_after=len(banks))
     for round_number in range(len(banks) + 1, plan.rounds + 1):
         previous = result.banks[-1] if result.banks else None
-        bank, report, uploads, traffic = run_flower_round(grid, plan, round_number, previous)
+        trust = result.reports[-1].get("trust") if result.reports else None
+        bank, report, uploads, traffic = run_flower_round(grid, plan, round_number, previous, trust)
         if store is not None:
             store.save(plan, round_number, bank, report)
         result.banks.append(bank)

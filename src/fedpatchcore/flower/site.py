@@ -41,8 +41,9 @@ from fedpatchcore.core.federation import client
 
 logger = logging.getLogger(__name__)
 
-# The parameter blocks the server sends to every site (the run configuration of a round).
-CLIENT_BLOCKS = ("backbone", "extraction", "coreset", "federation", "seed")
+# The parameter blocks the server sends to every site (the run configuration of a round);
+# `heterogeneity` is the simulated degradation of a site's images (experiments; {} otherwise).
+CLIENT_BLOCKS = ("backbone", "extraction", "coreset", "federation", "heterogeneity", "seed")
 # Of the dataset block, what a site needs to read its folder the way the server reads its own.
 DATASET_KEYS = ("format", "image_sizes")
 
@@ -111,6 +112,7 @@ def settings(client_id: str, parameters: Mapping[str, Any]) -> client.ClientSett
         federation=parameters["federation"],
         extraction=parameters["extraction"],
         seed=parameters["seed"],
+        heterogeneity=parameters.get("heterogeneity"),
     )
 
 
@@ -133,7 +135,9 @@ def build_local_coreset(site: Site, parameters: Mapping[str, Any]) -> client.Loc
     scratch = tempfile.mkdtemp(prefix=f"flower_{site.client_id}_", dir=site.scratch_dir)
     try:
         embedder = make_embedder(parameters["backbone"], parameters["extraction"])
-        features = client.extract_features(site.samples, site.infos, embedder, scratch, run_settings)
+        features, degraded = client.extract_features(site.samples, site.infos, embedder, scratch, run_settings)
+        if any(entry for entry in degraded):
+            logger.info("client %s: simulated heterogeneity %s", site.client_id, run_settings.heterogeneity.describe())
         return client.select_local_coreset(features, run_settings)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -34,6 +34,8 @@ FLOWER_SETTINGS = [
     "params:extraction",
     "params:backbone",
     "params:dataset",
+    "params:trust",
+    "params:heterogeneity",
     "params:seed",
 ]
 
@@ -84,6 +86,8 @@ def run_flower_federation(
     extraction: dict[str, Any],
     backbone: dict[str, Any],
     dataset: dict[str, Any],
+    trust: dict[str, Any],
+    heterogeneity: dict[str, Any],
     seed: int,
     *training_images: pd.DataFrame,
     variant: str,
@@ -101,6 +105,8 @@ def run_flower_federation(
         "extraction": extraction,
         "backbone": backbone,
         "dataset": dataset,
+        "trust": trust,
+        "heterogeneity": heterogeneity,
         "seed": seed,
     }
     plan = FederationPlan(variant, tuple(client_ids), rounds, parameters)
