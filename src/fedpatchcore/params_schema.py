@@ -250,6 +250,13 @@ class ExportParams(Block):
         return _one_of("export format", value, list(EXPORTERS))
 
 
+class FlowerParams(Block):
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 120
+    max_upload_bytes: PositiveInt | None = None
+    num_cpus: PositiveInt = 2
+    client_cpus: Annotated[float, Field(gt=0)] = 1
+
+
 @block("federation")
 class FederationParams(Block):
     partition: str
@@ -260,6 +267,14 @@ class FederationParams(Block):
     rounds: PositiveInt = 1
     coverage_quantile: UnitFloat
     client_coreset_ratios: dict[str, Ratio] | None = None
+    engine: str = "inprocess"
+    round_timeout_s: Annotated[float, Field(gt=0)] = 600
+    flower: FlowerParams = FlowerParams()
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, value: str) -> str:
+        return _one_of("federation engine", value, ("inprocess", "flower"))
 
     @field_validator("partition")
     @classmethod

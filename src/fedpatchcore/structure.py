@@ -76,6 +76,7 @@ EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("backbone",),
     ("extraction",),
     ("coreset", "projection_dim"),
+    ("federation", "engine"),  # only in-process lanes write features another variant could read
 )
 # ... and what its local coreset and first upload depend on besides the features (and the
 # fairness block, when it shapes a client's coreset: see client_fairness).

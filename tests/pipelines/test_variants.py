@@ -19,7 +19,13 @@ from fedpatchcore.pipelines.federated.pipeline import federated_evaluation, fede
 from tests.pipelines.conftest import TINY_PARAMS, memory_catalog, merged, project_parameters, run_slice
 
 # Keys that shape the pipeline itself (lanes, rounds); a probe value there could not build one.
-STRUCTURAL = {"federation.partition", "federation.num_clients", "federation.clients", "federation.rounds"}
+STRUCTURAL = {
+    "federation.partition",
+    "federation.num_clients",
+    "federation.clients",
+    "federation.rounds",
+    "federation.engine",
+}
 
 
 def _leaves(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -11,7 +11,8 @@ dicts of arrays keyed ``<kind>/<category>``, readable by plain ``np.load``:
   ``row_id/`` (the row of the client's local coreset each uploaded row is) and
   ``number/<name>`` scalars the client reports about itself (image quality, privacy
   budget). The arrays and the numbers map one to one onto a Flower ``ArrayRecord`` and
-  ``MetricRecord``.
+  ``MetricRecord`` (:meth:`ClientUpload.record_parts`: ``bank/``, ``row_id/`` arrays;
+  ``n_images/`` and ``number/`` scalars).
 """
 
 from __future__ import annotations
@@ -111,6 +112,36 @@ class ClientUpload:
             n_images={c: int(n) for c, n in parts["n_images"].items()},
             row_ids={c: np.asarray(r, dtype=np.int64) for c, r in parts["row_id"].items()},
             numbers={name: float(v) for name, v in parts["number"].items()},
+        )
+
+    def record_parts(self) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
+        """The upload as (arrays, scalars): what a transport carries as arrays and as numbers.
+
+        Arrays: ``bank/<category>``, ``row_id/<category>``; scalars: ``n_images/<category>``
+        (int) and ``number/<name>`` (float). :meth:`from_record_parts` is the inverse.
+        """
+        arrays = pack(bank=self.banks, row_id=self.row_ids)
+        scalars: dict[str, int | float] = {f"n_images/{c}": int(n) for c, n in self.n_images.items()}
+        scalars.update({f"number/{name}": float(value) for name, value in self.numbers.items()})
+        return arrays, scalars
+
+    @classmethod
+    def from_record_parts(
+        cls, client_id: str, arrays: Mapping[str, np.ndarray], scalars: Mapping[str, int | float]
+    ) -> ClientUpload:
+        """Inverse of :meth:`record_parts`; an entry of another kind raises ValueError.
+
+        Shapes and values are not checked here: the server's validation does that.
+        """
+        what = f"the upload of client '{client_id}'"
+        parts = unpack(arrays, ("bank", "row_id"), what)
+        numbers = unpack(scalars, ("n_images", "number"), what)
+        return cls(
+            client_id=str(client_id),
+            banks=dict(parts["bank"]),
+            n_images={c: int(n) for c, n in numbers["n_images"].items()},
+            row_ids={c: np.asarray(r) for c, r in parts["row_id"].items()},
+            numbers={name: float(v) for name, v in numbers["number"].items()},
         )
 
 

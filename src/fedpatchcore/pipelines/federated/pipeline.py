@@ -12,6 +12,7 @@ from kedro.pipeline import Pipeline, node
 from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.federated import nodes
+from fedpatchcore.pipelines.federated.flower_pipeline import flower_federation, uses_flower
 from fedpatchcore.pipelines.training import nodes as client_nodes
 from fedpatchcore.pipelines.training.pipeline import CLIENT_SETTINGS, client_lanes
 from fedpatchcore.structure import Variant
@@ -129,6 +130,8 @@ def summary_pipeline(variant: Variant) -> Pipeline:
 
 def federated_training(variant: Variant) -> Pipeline:
     partition = partition_pipeline(variant) if variant.owns_partition else Pipeline([])
+    if uses_flower(variant):  # federation.engine: flower -> one node runs the rounds through Flower
+        return partition + flower_federation(variant)
     return partition + client_lanes(variant) + server_rounds(variant)
 
 

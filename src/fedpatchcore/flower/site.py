@@ -1,0 +1,176 @@
+"""One factory site: its own training images, and what it does with them in a round.
+
+A site reads only its own images, from one of:
+
+* a data folder (deployment: ``flower-supernode --node-config "data-root='...' client-id='...'"``),
+  indexed with the project's readers, train split only;
+* a training-image table and the category facts (simulation: the table the partition node
+  wrote for that client, ``<variant>/client_<id>/training_images.csv``).
+
+The work is the Kedro client lane's, through the same functions of
+:mod:`fedpatchcore.core.federation.client`: extract -> local coreset -> upload of a round.
+No Flower import here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fedpatchcore.core.banks import CategoryBanks, ClientUpload
+from fedpatchcore.core.data.index import index_dataset
+from fedpatchcore.core.data.synthetic import MANIFEST_FILE
+from fedpatchcore.core.data.types import (
+    TRAIN,
+    CategoryInfo,
+    Sample,
+    category_info_from_dict,
+    frame_to_samples,
+)
+from fedpatchcore.core.extraction import make_embedder
+from fedpatchcore.core.federation import client
+
+logger = logging.getLogger(__name__)
+
+# The parameter blocks the server sends to every site (the run configuration of a round);
+# `heterogeneity` is the simulated degradation of a site's images (experiments; {} otherwise).
+CLIENT_BLOCKS = ("backbone", "extraction", "coreset", "federation", "heterogeneity", "fairness", "seed")
+# Of the dataset block, what a site needs to read its folder the way the server reads its own.
+DATASET_KEYS = ("format", "image_sizes")
+
+
+@dataclass
+class Site:
+    """A client's own training images (train split, sorted by key) and their category facts."""
+
+    client_id: str
+    samples: list[Sample]
+    infos: dict[str, CategoryInfo]
+    scratch_dir: Path  # where feature files are streamed during a round, removed afterwards
+
+    def __post_init__(self) -> None:
+        self.samples = sorted((s for s in self.samples if s.split == TRAIN), key=lambda s: s.key)
+        if not self.samples:
+            raise ValueError(f"site of client '{self.client_id}' holds no training image")
+        self.infos = {c: self.infos[c] for c in sorted({s.category for s in self.samples})}
+
+
+def _scratch(scratch_dir: str | Path | None) -> Path:
+    return Path(scratch_dir) if scratch_dir else Path(tempfile.gettempdir()) / "fedpatchcore_site"
+
+
+def site_from_folder(
+    client_id: str,
+    data_root: str | Path,
+    dataset: Mapping[str, Any],
+    categories: str | Iterable[str] = "all",
+    scratch_dir: str | Path | None = None,
+) -> Site:
+    """Index the site's own dataset folder (same layout and readers as ``dataset.format``)."""
+    if isinstance(categories, str) and categories != "all":
+        categories = [c.strip() for c in categories.split(",") if c.strip()]
+    samples, infos, skipped = index_dataset(
+        dataset["format"], data_root, categories, image_sizes=dataset.get("image_sizes") or None
+    )
+    if skipped:
+        logger.warning("client %s: %d unreadable files in %s left out", client_id, len(skipped), data_root)
+    return Site(str(client_id), samples, infos, _scratch(scratch_dir))
+
+
+def site_from_frame(
+    client_id: str, training_images: pd.DataFrame, category_info: Mapping[str, Any], scratch_dir: str | Path | None = None
+) -> Site:
+    infos = {name: category_info_from_dict(info) for name, info in category_info.items()}
+    return Site(str(client_id), frame_to_samples(training_images), infos, _scratch(scratch_dir))
+
+
+def read_training_images(path: str | Path) -> pd.DataFrame:
+    """A client's training-image table as the catalog writes it (``<variant>.<client>.training_images``)."""
+    return pd.read_csv(path, dtype={"image_id": str}, keep_default_na=False)
+
+
+def site_from_table(
+    client_id: str, training_images: str | Path, category_info: str | Path, scratch_dir: str | Path | None = None
+) -> Site:
+    infos = json.loads(Path(category_info).read_text(encoding="utf-8"))
+    return site_from_frame(client_id, read_training_images(training_images), infos, scratch_dir)
+
+
+def settings(client_id: str, parameters: Mapping[str, Any]) -> client.ClientSettings:
+    return client.ClientSettings.from_parameters(
+        client_id,
+        coreset=parameters["coreset"],
+        federation=parameters["federation"],
+        extraction=parameters["extraction"],
+        seed=parameters["seed"],
+        heterogeneity=parameters.get("heterogeneity"),
+        fairness=parameters.get("fairness"),
+    )
+
+
+def local_coreset_key(site: Site, parameters: Mapping[str, Any]) -> str:
+    """What a cached local coreset depends on: the site's images and the extraction/coreset settings."""
+    relevant = {
+        "client": site.client_id,
+        "images": [s.key for s in site.samples],
+        "settings": repr(settings(site.client_id, parameters)),
+        "backbone": parameters["backbone"],
+        "extraction": parameters["extraction"],
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def build_local_coreset(site: Site, parameters: Mapping[str, Any]) -> client.LocalCoreset:
+    """Extract the site's patch features and keep its local coreset (the Kedro lane's two steps)."""
+    run_settings = settings(site.client_id, parameters)
+    site.scratch_dir.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f"flower_{site.client_id}_", dir=site.scratch_dir)
+    try:
+        embedder = make_embedder(parameters["backbone"], parameters["extraction"])
+        features, degraded = client.extract_features(site.samples, site.infos, embedder, scratch, run_settings)
+        if any(entry for entry in degraded):
+            logger.info("client %s: simulated heterogeneity %s", site.client_id, run_settings.heterogeneity.describe())
+        return client.select_local_coreset(features, run_settings)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def round_upload(
+    local: client.LocalCoreset, client_id: str, parameters: Mapping[str, Any], broadcast: CategoryBanks | None
+) -> ClientUpload:
+    """What the site sends in a round (round 1: its coreset; later: rows the broadcast bank misses)."""
+    return client.build_upload(local, settings(client_id, parameters), broadcast)
+
+
+def make_site_folder(
+    training_images: pd.DataFrame, folder: str | Path, dataset_root: str | Path | None = None, copy: bool = False
+) -> Path:
+    """A site's own data folder holding only the images of ``training_images`` (a partition table).
+
+    Images are linked (or copied) into ``<folder>/<category>/train/good/``, the layout the
+    readers expect; a synthetic dataset's manifest (the size it was drawn at) comes along. For
+    trying the deployment on one machine with the partition the Kedro pipeline made.
+    """
+    folder = Path(folder)
+    for row in training_images.itertuples(index=False):
+        source = Path(row.image_path).resolve()
+        target = folder / str(row.category) / TRAIN / "good" / source.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists() or target.is_symlink():
+            target.unlink()
+        if copy:
+            shutil.copy2(source, target)
+        else:
+            target.symlink_to(source)
+    if dataset_root is not None and (Path(dataset_root) / MANIFEST_FILE).exists():
+        shutil.copy(Path(dataset_root) / MANIFEST_FILE, folder / MANIFEST_FILE)
+    return folder

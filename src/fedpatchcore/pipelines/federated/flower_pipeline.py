@@ -1,0 +1,153 @@
+"""``federation.engine: flower``: the variant's rounds through Flower's simulation engine.
+
+The client lanes and the server-round nodes of the in-process engine are replaced by one node,
+``<variant>.run_flower_federation``: it gives every simulated SuperNode only its own
+training-image table (written for it from ``<partition owner>.client_<id>.training_images``),
+runs the ServerApp's rounds (:func:`fedpatchcore.flower.server.serve`) and outputs the datasets
+the in-process engine outputs -- ``<variant>.memory_bank``, ``global_bank_round_<r>``,
+``round_<r>_report``, ``client_<id>.upload_round_<r>`` (what the server received) -- plus
+``<variant>.flower_traffic`` (bytes of the messages). Evaluation and the summary are unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from kedro.pipeline import Pipeline, node
+
+from fedpatchcore.core.banks import ClientUpload
+from fedpatchcore.pipelines import bind, in_variant
+from fedpatchcore.structure import Variant
+
+logger = logging.getLogger(__name__)
+
+ENGINES = ("inprocess", "flower")
+FLOWER_SETTINGS = [
+    "params:federation",
+    "params:aggregation",
+    "params:coreset",
+    "params:extraction",
+    "params:backbone",
+    "params:dataset",
+    "params:trust",
+    "params:heterogeneity",
+    "params:fairness",
+    "params:seed",
+]
+
+
+def engine(variant: Variant) -> str:
+    """The variant's ``federation.engine`` (``inprocess`` when unset)."""
+    value = variant.federation.get("engine") or "inprocess"
+    if value not in ENGINES:
+        raise ValueError(f"federation.engine must be one of {list(ENGINES)} (variant {variant.name}), got {value!r}")
+    return value
+
+
+def uses_flower(variant: Variant) -> bool:
+    return engine(variant) == "flower"
+
+
+def _bank_output(round_number: int, rounds: int) -> str:
+    return "memory_bank" if round_number == rounds else f"global_bank_round_{round_number}"
+
+
+def _write_sites(
+    folder: Path, client_ids: list[str], tables: tuple[pd.DataFrame, ...], category_info: dict[str, Any]
+) -> list[dict[str, str]]:
+    """One folder per simulated site holding only that client's table; its node config."""
+    shutil.rmtree(folder, ignore_errors=True)
+    configs = []
+    for client_id, table in zip(client_ids, tables, strict=True):
+        site = folder / f"client_{client_id}"
+        site.mkdir(parents=True)
+        table.to_csv(site / "training_images.csv", index=False)
+        (site / "category_info.json").write_text(json.dumps(category_info), encoding="utf-8")
+        configs.append(
+            {
+                "client-id": client_id,
+                "training-images": str(site / "training_images.csv"),
+                "category-info": str(site / "category_info.json"),
+                "scratch-dir": str(site / "scratch"),
+            }
+        )
+    return configs
+
+
+def run_flower_federation(
+    category_info: dict[str, Any],
+    federation: dict[str, Any],
+    aggregation: dict[str, Any],
+    coreset: dict[str, Any],
+    extraction: dict[str, Any],
+    backbone: dict[str, Any],
+    dataset: dict[str, Any],
+    trust: dict[str, Any],
+    heterogeneity: dict[str, Any],
+    fairness: dict[str, Any],
+    seed: int,
+    *training_images: pd.DataFrame,
+    variant: str,
+    client_ids: list[str],
+    rounds: int,
+) -> dict[str, Any]:
+    """Every round of the variant through Flower's simulation engine; the in-process outputs."""
+    from fedpatchcore.flower.server import FederationPlan
+    from fedpatchcore.flower.simulation import simulate
+
+    parameters = {
+        "federation": federation,
+        "aggregation": aggregation,
+        "coreset": coreset,
+        "extraction": extraction,
+        "backbone": backbone,
+        "dataset": dataset,
+        "trust": trust,
+        "heterogeneity": heterogeneity,
+        "fairness": fairness,
+        "seed": seed,
+    }
+    plan = FederationPlan(variant, tuple(client_ids), rounds, parameters)
+    folder = Path(extraction["scratch_dir"]) / "flower_sites" / variant
+    try:
+        result = simulate(plan, _write_sites(folder, client_ids, training_images, category_info))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    outputs: dict[str, Any] = {"flower_traffic": result.traffic_summary()}
+    for round_number, (bank, report, uploads) in enumerate(zip(result.banks, result.reports, result.uploads, strict=True), 1):
+        outputs[_bank_output(round_number, rounds)] = bank.to_arrays()
+        outputs[f"round_{round_number}_report"] = report
+        for client_id in client_ids:
+            upload = uploads.get(client_id) or ClientUpload(client_id, {}, {})
+            outputs[f"client_{client_id}_upload_round_{round_number}"] = upload.to_arrays()
+    return outputs
+
+
+def flower_federation(variant: Variant) -> Pipeline:
+    """``<variant>.run_flower_federation``: the client lanes and server rounds in one Flower node."""
+    client_ids = variant.client_ids
+    tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
+    outputs = ["flower_traffic"]
+    # Template names without dots, mapped onto the clients' namespaced uploads.
+    uploads = {}
+    for round_number in range(1, variant.rounds + 1):
+        outputs += [_bank_output(round_number, variant.rounds), f"round_{round_number}_report"]
+        for cid in client_ids:
+            uploads[f"client_{cid}_upload_round_{round_number}"] = f"{variant.name}.client_{cid}.upload_round_{round_number}"
+    outputs += list(uploads)
+    template = Pipeline(
+        [
+            node(
+                bind(run_flower_federation, variant=variant.name, client_ids=client_ids, rounds=variant.rounds),
+                ["category_info", *FLOWER_SETTINGS, *tables],
+                {name: name for name in outputs},
+                name="run_flower_federation",
+            )
+        ]
+    )
+    return in_variant(template, variant.name, inputs={"category_info": "category_info", **tables}, outputs=uploads)
