@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from fedpatchcore.core.partition import client_ids_for
+from fedpatchcore.core.privacy import release_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +76,10 @@ EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("extraction",),
     ("coreset", "projection_dim"),
 )
-# ... and what its local coreset and first upload depend on besides the features.
-LANE_PARAMETERS: tuple[tuple[str, ...], ...] = (*EXTRACTION_PARAMETERS, ("coreset",))
+# ... and what its local coreset and first upload depend on besides the features: the coreset
+# settings and the DP release (only what changes the released rows: a disabled release is one
+# thing whatever its other keys, and the audit changes nothing; see privacy.release_parameters).
+LANE_PARAMETERS: tuple[tuple[str, ...], ...] = (*EXTRACTION_PARAMETERS, ("coreset",), ("privacy",))
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _run_parameters: dict[str, Any] | None = None
@@ -248,7 +251,8 @@ def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Vari
             c: feature_owners.setdefault(fingerprint(values, (*EXTRACTION_PARAMETERS, own[c][0]), c), name)
             for c in clients
         }
-        lanes = {c: lane_owners.setdefault(fingerprint(values, (*LANE_PARAMETERS, *own[c]), c), name) for c in clients}
+        released = {**values, "privacy": release_parameters(values.get("privacy"))}
+        lanes = {c: lane_owners.setdefault(fingerprint(released, (*LANE_PARAMETERS, *own[c]), c), name) for c in clients}
         variants.append(Variant(name, values, partition_owner, features, lanes))
     return variants
 

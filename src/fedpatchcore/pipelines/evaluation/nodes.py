@@ -27,6 +27,7 @@ from fedpatchcore.core.metrics import (
     saturation_area,
 )
 from fedpatchcore.core.patchcore import build_index
+from fedpatchcore.core.privacy import PrivacySettings, with_public_transform
 from fedpatchcore.core.scoring import score_category
 
 logger = logging.getLogger(__name__)
@@ -54,10 +55,16 @@ def score_test_images(
     backbone: dict[str, Any],
     extraction: dict[str, Any],
     scoring: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
 ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
-    """Raw anomaly maps (one scale per category, never per image) and image scores."""
+    """Raw anomaly maps (one scale per category, never per image) and image scores.
+
+    With ``privacy.enabled`` the bank holds released rows: test patches go through the same
+    public map (projection, clipping) before they are compared with it.
+    """
     banks = CategoryBanks.from_arrays(memory_bank)
-    embedder = make_embedder(backbone, extraction)
+    embedder = with_public_transform(make_embedder(backbone, extraction), PrivacySettings.from_parameters(privacy, seed))
     test_samples = [s for s in frame_to_samples(evaluation_index) if s.split == TEST]
     maps, rows = {}, []
     for category, samples in group_by_category(test_samples).items():

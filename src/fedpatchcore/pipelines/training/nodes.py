@@ -19,7 +19,7 @@ from fedpatchcore.core.federation import client
 CENTRALIZED_CLIENT = "all"
 
 
-def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=None) -> client.ClientSettings:
+def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=None, privacy=None) -> client.ClientSettings:
     return client.ClientSettings.from_parameters(
         client_id,
         coreset=coreset,
@@ -27,6 +27,7 @@ def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=No
         extraction=extraction,
         seed=seed,
         heterogeneity=heterogeneity,
+        privacy=privacy,
     )
 
 
@@ -65,12 +66,18 @@ def select_local_coreset(
     federation: dict[str, Any],
     extraction: dict[str, Any],
     seed: int,
+    privacy: dict[str, Any],
     *,
     client_id: str,
-) -> dict[str, np.ndarray]:
-    """Greedy k-center coreset per category; the rows' image and position stay on the client."""
-    settings = _settings(client_id, coreset, federation, extraction, seed)
-    return client.select_local_coreset(patch_features, settings).to_arrays()
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Greedy k-center coreset per category; the rows' image and position stay on the client.
+
+    With ``privacy.enabled`` the coreset is chosen among the client's differentially private
+    release only. Also returns the privacy budget the client spent (its own JSON file).
+    """
+    settings = _settings(client_id, coreset, federation, extraction, seed, privacy=privacy)
+    local = client.select_local_coreset(patch_features, settings)
+    return local.to_arrays(), client.privacy_budget(local, settings)
 
 
 def prepare_upload(
