@@ -262,3 +262,33 @@ def test_auc_bound_grows_with_epsilon_and_is_one_without_dp():
     bounds = [dp_auc_bound(e, DELTA) for e in (0.5, 1, 2, 4, 8)]
     assert all(a < b for a, b in zip(bounds, bounds[1:], strict=False))
     assert 0.5 < bounds[0] < 0.65 and dp_auc_bound(None, None) == 1.0
+
+
+def test_ledger_reads_what_an_opacus_privacy_engine_spent():
+    import torch
+    from opacus import PrivacyEngine
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    data = torch.utils.data.TensorDataset(torch.randn(64, 4), torch.randn(64, 1))
+    loader = torch.utils.data.DataLoader(data, batch_size=16)
+    ledger = privacy.PrivacyLedger("rdp", DELTA)
+    engine = PrivacyEngine(accountant=ledger.opacus_accountant)
+    model, optimizer, loader = engine.make_private_with_epsilon(
+        module=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data_loader=loader,
+        target_epsilon=2.0,
+        target_delta=DELTA,
+        epochs=1,
+        max_grad_norm=1.0,
+    )
+    for features, target in loader:
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(features), target).backward()
+        optimizer.step()
+    ledger.record_opacus("model", engine)
+    assert ledger.epsilon() == pytest.approx(engine.get_epsilon(DELTA), rel=1e-9)
+    # The patch release and the model of the same client compose to more than either alone.
+    both = _settings(accountant="rdp", epsilon=1.0).ledger().record_opacus("model", engine)
+    assert both.epsilon() > max(1.0 - 0.02, ledger.epsilon())
