@@ -96,7 +96,7 @@ class TrustSettings:
     beta: float = 1.0  # weight of R
     gamma: float = 1.0  # weight of C
     min_trust: float = 0.5  # clients under this trust are excluded
-    confirm_factor: float = 2.0  # R: a row is confirmed within this many own-NN scales of another client's row
+    confirm_factor: float = 1.0  # R: a row is confirmed within this many own-NN scales of another client's row
     max_rows: int = 2000  # rows per client and category used for R and C (seeded subsample)
     seed: int = 0
 
