@@ -45,7 +45,7 @@ def _problems(**changes) -> list[str]:
     return parameter_problems(_with(**changes))
 
 
-@pytest.mark.parametrize("env", [None, "autovi", "mvtec", "robustness", "imbalance"])
+@pytest.mark.parametrize("env", [None, "autovi", "mvtec", "robustness", "imbalance", "privacy_sweep"])
 def test_the_project_conf_is_valid(env):
     from fedpatchcore.config_loader import ProjectConfigLoader
 
@@ -143,6 +143,14 @@ def test_unknown_top_level_blocks_are_allowed_and_logged(caplog):
     with caplog.at_level(logging.DEBUG, logger="fedpatchcore.params_schema"):
         assert parameter_problems(params) == []
     assert "generative" in caplog.text
+
+
+def test_privacy_is_checked():
+    assert _problems(privacy__epsilon=0) == ["privacy.epsilon: Input should be greater than 0 (got 0)"]
+    [problem] = _problems(privacy__unit="pixel")
+    assert problem.startswith("privacy.unit: unknown privacy unit 'pixel'")
+    [problem] = _problems(privacy__enabled="yes")
+    assert problem.startswith("privacy.enabled: must be true or false")
 
 
 def test_trust_and_heterogeneity_are_checked():

@@ -202,3 +202,25 @@ def test_run_parameters_shape_the_next_build(monkeypatch):
     assert [v.name for v in structure.federated_variants()] == ["federated", "federated_iid"]
     structure.use_parameters(copy.deepcopy(parameters))  # same parameters: no rebuild
     assert configured == ["fedpatchcore.pipeline_registry"]
+
+
+def test_a_private_variant_shares_the_extraction_but_not_the_client_lane():
+    parameters = _parameters(
+        enabled=True,
+        variants={
+            "private": {"privacy": {"enabled": True, "epsilon": 1.0}},
+            "more_private": {"privacy": {"enabled": True, "epsilon": 0.5}},
+            # Disabled releases are one thing whatever their other keys; the audit changes no release.
+            "off_patch": {"privacy": {"unit": "patch", "epsilon": 8.0}},
+            "audited": {"privacy": {"audit": {"enabled": True}}},
+        },
+    )
+    parameters["privacy"] = {"enabled": False, "epsilon": 1.0, "unit": "image", "audit": {"enabled": False}}
+    variants = {v.name: v for v in structure.federated_variants(parameters)}
+    clients = ("metal", "textile", "qc")
+    for name in ("private", "more_private", "off_patch", "audited"):
+        assert variants[name].feature_owner == dict.fromkeys(clients, "federated"), name
+    assert variants["private"].lane_owner == dict.fromkeys(clients, "private")
+    assert variants["more_private"].lane_owner == dict.fromkeys(clients, "more_private")
+    assert variants["off_patch"].lane_owner == dict.fromkeys(clients, "federated")
+    assert variants["audited"].lane_owner == dict.fromkeys(clients, "federated")

@@ -427,6 +427,55 @@ class ExplainParams(Block):
     shap_top_dimensions: PositiveInt = 10
 
 
+class AuditParams(Block):
+    enabled: bool = False
+    statistic: str = "min"
+    max_images_per_category: PositiveInt | None = None
+
+    @field_validator("statistic")
+    @classmethod
+    def _known_statistic(cls, value: str) -> str:
+        return _one_of("audit statistic", value, ("min", "mean", "max"))
+
+
+@block("privacy")
+class PrivacyParams(Block):
+    # Numbers may be written as integers in YAML (epsilon: 1): not strict for these.
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    enabled: bool = False
+    epsilon: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
+    delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
+    clip_norm: Annotated[float, Field(gt=0)] = 64.0
+    patches_per_image: PositiveInt = 16
+    projection_dim: PositiveInt | None = None
+    unit: str = "image"
+    accountant: str = "prv"
+    noise_seed: NonNegativeInt | None = None
+    audit: AuditParams = AuditParams()
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _a_boolean(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
+        return value
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, value: str) -> str:
+        from fedpatchcore.core.privacy import UNITS
+
+        return _one_of("privacy unit", value, UNITS)
+
+    @field_validator("accountant")
+    @classmethod
+    def _known_accountant(cls, value: str) -> str:
+        from fedpatchcore.core.privacy import ACCOUNTANTS
+
+        return _one_of("accountant", value, ACCOUNTANTS)
+
+
 @block("report")
 class ReportParams(Block):
     overlays_per_group: NonNegativeInt

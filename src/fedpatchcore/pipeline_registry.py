@@ -19,11 +19,12 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline, node
 
 from fedpatchcore import structure
-from fedpatchcore.pipelines import in_variant
+from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.evaluation import nodes as evaluation_nodes
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.explain.pipeline import create_pipeline as explain
 from fedpatchcore.pipelines.export.pipeline import export_enabled, export_maps
+from fedpatchcore.pipelines.federated import nodes as federated_nodes
 from fedpatchcore.pipelines.federated.pipeline import (
     federated_evaluation,
     federated_training,
@@ -31,6 +32,7 @@ from fedpatchcore.pipelines.federated.pipeline import (
 )
 from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
 from fedpatchcore.pipelines.report.pipeline import experiment_summary, html_report, report
+from fedpatchcore.pipelines.training import nodes as training_nodes
 from fedpatchcore.pipelines.training.pipeline import centralized_training
 
 
@@ -40,9 +42,15 @@ def centralized_evaluation() -> Pipeline:
             node(
                 evaluation_nodes.summarise_centralized_run,
                 ["metrics", "memory_bank"],
-                "published_metrics",
+                "run_summary",
                 name="summarise_run",
-            )
+            ),
+            node(
+                bind(federated_nodes.add_privacy_budgets, client_ids=[training_nodes.CENTRALIZED_CLIENT]),
+                ["run_summary", "params:privacy", "params:seed", "privacy_budget"],
+                "published_metrics",
+                name="publish_privacy",
+            ),
         ]
     )
     return evaluation(structure.CENTRALIZED) + in_variant(

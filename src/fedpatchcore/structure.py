@@ -36,6 +36,7 @@ from typing import Any
 
 from fedpatchcore.core.federation.fairness import FairnessSettings
 from fedpatchcore.core.partition import client_ids_for
+from fedpatchcore.core.privacy import release_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +79,11 @@ EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("coreset", "projection_dim"),
     ("federation", "engine"),  # only in-process lanes write features another variant could read
 )
-# ... and what its local coreset and first upload depend on besides the features (and the
-# fairness block, when it shapes a client's coreset: see client_fairness).
-LANE_PARAMETERS: tuple[tuple[str, ...], ...] = (*EXTRACTION_PARAMETERS, ("coreset",))
+# ... and what its local coreset and first upload depend on besides the features: the coreset
+# settings, the fairness block when it shapes a client's coreset (see client_fairness), and the
+# DP release (only what changes the released rows: a disabled release is one thing whatever its
+# other keys, and the audit changes nothing; see privacy.release_parameters).
+LANE_PARAMETERS: tuple[tuple[str, ...], ...] = (*EXTRACTION_PARAMETERS, ("coreset",), ("privacy",))
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _run_parameters: dict[str, Any] | None = None
@@ -266,8 +269,9 @@ def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Vari
             for c in clients
         }
         selection = client_fairness(values)
+        released = {**values, "privacy": release_parameters(values.get("privacy"))}
         lanes = {
-            c: lane_owners.setdefault(fingerprint(values, (*LANE_PARAMETERS, *own[c]), c, selection), name)
+            c: lane_owners.setdefault(fingerprint(released, (*LANE_PARAMETERS, *own[c]), c, selection), name)
             for c in clients
         }
         variants.append(Variant(name, values, partition_owner, features, lanes))

@@ -69,7 +69,8 @@ def test_centralized_run_publishes_versioned_metrics(kedro_project, centralized_
     # The synthetic dataset has pixel ground truth: those metrics are computed, not left out.
     assert all(v["pixel_auroc"] is not None for v in metrics["categories"].values())
     assert metrics["partition"] == "centralized"
-    assert metrics["clients"] == {"all": {"n_images": 4 * len(SYNTHETIC_CATEGORIES)}}
+    assert metrics["clients"]["all"]["n_images"] == 4 * len(SYNTHETIC_CATEGORIES)
+    assert metrics["clients"]["all"]["privacy"]["enabled"] is False  # privacy is off by default
 
 
 @pytest.mark.slow
@@ -177,6 +178,10 @@ def test_default_client_lanes_are_namespaced(monkeypatch):
     # The lane reads its own images and shared facts only; its datasets carry its namespace.
     data_inputs = {name for name in qc.inputs() if not name.startswith("params:")}
     assert data_inputs == {"category_info", "federated.client_qc.training_images"}
-    assert qc.outputs() == {"federated.client_qc.upload_round_1", "federated.client_qc.heterogeneity_manifest"}
+    assert qc.outputs() == {
+        "federated.client_qc.upload_round_1",
+        "federated.client_qc.heterogeneity_manifest",
+        "federated.client_qc.privacy_budget",
+    }
     assert "params:variants.federated.backbone" in qc.inputs()
     assert "params:variants.federated.coreset" in qc.inputs()

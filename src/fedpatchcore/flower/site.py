@@ -43,7 +43,7 @@ logger = logging.getLogger(__name__)
 
 # The parameter blocks the server sends to every site (the run configuration of a round);
 # `heterogeneity` is the simulated degradation of a site's images (experiments; {} otherwise).
-CLIENT_BLOCKS = ("backbone", "extraction", "coreset", "federation", "heterogeneity", "fairness", "seed")
+CLIENT_BLOCKS = ("backbone", "extraction", "coreset", "federation", "heterogeneity", "fairness", "privacy", "seed")
 # Of the dataset block, what a site needs to read its folder the way the server reads its own.
 DATASET_KEYS = ("format", "image_sizes")
 
@@ -114,6 +114,7 @@ def settings(client_id: str, parameters: Mapping[str, Any]) -> client.ClientSett
         seed=parameters["seed"],
         heterogeneity=parameters.get("heterogeneity"),
         fairness=parameters.get("fairness"),
+        privacy=parameters.get("privacy"),
     )
 
 

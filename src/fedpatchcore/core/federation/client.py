@@ -1,7 +1,9 @@
 """What one client (a factory site) does with its own images, whatever carries the result.
 
     training images ──extract_features──► patch features (streamed to files on the site)
-                    ──select_local_coreset──► local coreset (rows + where each came from)
+                    ──select_local_coreset──► local coreset (rows + where each came from);
+                          with ``privacy.enabled`` it first releases m clipped, noised vectors
+                          per image (core/privacy.py) and chooses among those only
                     ──build_upload(round, broadcast)──► ClientUpload (what leaves the site)
 
 The local coreset keeps, for every row, the image and patch position it came from; that
@@ -25,7 +27,7 @@ import numpy as np
 
 from fedpatchcore.core.aggregation import covering_radius_estimate, uncovered_rows
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload, pack, unpack
-from fedpatchcore.core.coreset import coreset_size
+from fedpatchcore.core.coreset import coreset_size, greedy_kcenter
 from fedpatchcore.core.data.types import CategoryInfo, Sample
 from fedpatchcore.core.extraction import ExtractedFeatures, extract_patch_features
 from fedpatchcore.core.feature_store import select_coreset_streaming
@@ -33,6 +35,7 @@ from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas
 from fedpatchcore.core.federation.trust import QualityMeter
 from fedpatchcore.core.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
 from fedpatchcore.core.patchcore import PatchEmbedder
+from fedpatchcore.core.privacy import PrivacySettings, ReleasedRows, release_category
 from fedpatchcore.core.runtime import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -58,6 +61,8 @@ class ClientSettings:
     # they are split among its categories (fairness.group_by: category).
     coreset_total_size: int | None = None
     fairness: FairnessSettings = FairnessSettings()
+    # Differentially private release before the local coreset (disabled: raw rows, as always).
+    privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
     def from_parameters(
@@ -70,9 +75,11 @@ class ClientSettings:
         seed: int,
         heterogeneity: Mapping[str, Any] | None = None,
         fairness: Mapping[str, Any] | None = None,
+        privacy: Mapping[str, Any] | None = None,
     ) -> ClientSettings:
         """From the parameter blocks of the same names; ``federation.client_coreset_ratios``
-        overrides ``coreset.ratio`` for this client, ``heterogeneity.<client_id>`` degrades its images."""
+        overrides ``coreset.ratio`` for this client, ``heterogeneity.<client_id>`` degrades its
+        images, ``privacy`` (default: disabled) makes its release differentially private."""
         ratios = federation.get("client_coreset_ratios") or {}
         total_size = coreset.get("total_size")
         if total_size is not None and (int(total_size) != total_size or total_size < 1):
@@ -91,6 +98,7 @@ class ClientSettings:
             heterogeneity=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))),
             coreset_total_size=None if total_size is None else int(total_size),
             fairness=FairnessSettings.from_parameters(fairness),
+            privacy=PrivacySettings.from_parameters(privacy, seed),
         )
 
 
@@ -203,7 +211,15 @@ def local_coreset_sizes(
 
 def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) -> LocalCoreset:
     """Greedy k-center coreset of each category's patch vectors, gathered at full dimension
-    (sizes from :func:`local_coreset_sizes`)."""
+    (sizes from :func:`local_coreset_sizes`).
+
+    With ``settings.privacy.enabled`` the coreset is chosen among the category's *released*
+    rows (:func:`release_local_rows`): k-center never sees a raw vector, and the coreset ratio
+    applies to the released rows. Self-measured image quality is then not reported either (it
+    is computed from the raw images and not covered by the guarantee).
+    """
+    if settings.privacy.enabled:
+        return _select_among_released(features, settings)
     device = resolve_device(settings.coreset_device, parameter="coreset.device")
     banks, sources = {}, {}
     sizes = local_coreset_sizes(
@@ -228,6 +244,62 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
         )
     numbers = {**features.numbers, "images.skipped": float(len(features.skipped))}
     return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers)
+
+
+def release_local_rows(features: ExtractedFeatures, settings: ClientSettings) -> dict[str, ReleasedRows]:
+    """The client's differentially private release: per category, m clipped and noised vectors per image."""
+    return {
+        category: release_category(
+            feature_file,
+            features.image_keys[category],
+            features.grid[category],
+            settings.privacy,
+            settings.client_id,
+            category,
+        )
+        for category, feature_file in features.files.items()
+    }
+
+
+def _select_among_released(features: ExtractedFeatures, settings: ClientSettings) -> LocalCoreset:
+    device = resolve_device(settings.coreset_device, parameter="coreset.device")
+    banks, sources = {}, {}
+    for category, released in release_local_rows(features, settings).items():
+        k = coreset_size(len(released.rows), settings.coreset_ratio, settings.coreset_max_size)
+        chosen = greedy_kcenter(
+            released.rows,
+            k,
+            projection_dim=settings.projection_dim,
+            seed=settings.seed,
+            num_starts=settings.coreset_num_starts,
+            device=device,
+        )
+        banks[category] = released.rows[chosen]
+        sources[category] = released.source[chosen]
+        logger.info(
+            "client %s: %s coreset %d of %d released rows (DP, σ=%.3g per coordinate)",
+            settings.client_id,
+            category,
+            k,
+            len(released.rows),
+            settings.privacy.sigma,
+        )
+    budget = settings.privacy.budget()
+    numbers = {
+        "images.skipped": float(len(features.skipped)),
+        "privacy.epsilon": float(budget["epsilon"]),
+        "privacy.delta": float(budget["delta"]),
+        "privacy.sigma": float(budget["sigma"]),
+    }
+    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers)
+
+
+def privacy_budget(local: LocalCoreset, settings: ClientSettings) -> dict[str, Any]:
+    """JSON-ready: what the client's release spent (``privacy.enabled`` false: no guarantee).
+
+    Spent once, whatever the number of rounds: later rounds re-select among released rows.
+    """
+    return settings.privacy.budget(local.n_images if settings.privacy.enabled else None)
 
 
 def build_upload(

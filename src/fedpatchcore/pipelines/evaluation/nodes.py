@@ -28,6 +28,7 @@ from fedpatchcore.core.metrics import (
     saturation_area,
 )
 from fedpatchcore.core.patchcore import build_index
+from fedpatchcore.core.privacy import PrivacySettings, with_public_transform
 from fedpatchcore.core.scoring import score_category
 from fedpatchcore.datasets.arrays import FaissIndexes
 
@@ -101,16 +102,20 @@ def score_test_images(
     backbone: dict[str, Any],
     extraction: dict[str, Any],
     scoring: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
 ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
     """Raw anomaly maps (one scale per category, never per image) and image scores.
 
     Each category's maps entry also records ``skipped`` (test images that could not be read,
     ``{"path", "reason"}``) and the ``bank_fingerprint`` it was scored against.
+    With ``privacy.enabled`` the bank holds released rows: test patches go through the same
+    public map (projection, clipping) before they are compared with it.
     """
     fingerprint = bank_fingerprint(memory_bank)
     faiss_index = index_for_bank(faiss_index, memory_bank, scoring, fingerprint)
     banks = CategoryBanks.from_arrays(memory_bank)
-    embedder = make_embedder(backbone, extraction)
+    embedder = with_public_transform(make_embedder(backbone, extraction), PrivacySettings.from_parameters(privacy, seed))
     test_samples = [s for s in frame_to_samples(evaluation_index) if s.split == TEST]
     maps, rows = {}, []
     for category, samples in group_by_category(test_samples).items():

@@ -25,6 +25,8 @@ def evaluation_template() -> Pipeline:
                     "params:backbone",
                     "params:extraction",
                     "params:scoring",
+                    "params:privacy",
+                    "params:seed",
                 ],
                 ["anomaly_maps", "image_scores"],
                 name="score_test_images",

@@ -37,6 +37,7 @@ FLOWER_SETTINGS = [
     "params:trust",
     "params:heterogeneity",
     "params:fairness",
+    "params:privacy",
     "params:seed",
 ]
 
@@ -90,6 +91,7 @@ def run_flower_federation(
     trust: dict[str, Any],
     heterogeneity: dict[str, Any],
     fairness: dict[str, Any],
+    privacy: dict[str, Any],
     seed: int,
     *training_images: pd.DataFrame,
     variant: str,
@@ -99,6 +101,7 @@ def run_flower_federation(
     """Every round of the variant through Flower's simulation engine; the in-process outputs."""
     from fedpatchcore.flower.server import FederationPlan
     from fedpatchcore.flower.simulation import simulate
+    from fedpatchcore.flower.site import settings as site_settings
 
     parameters = {
         "federation": federation,
@@ -110,6 +113,7 @@ def run_flower_federation(
         "trust": trust,
         "heterogeneity": heterogeneity,
         "fairness": fairness,
+        "privacy": privacy,
         "seed": seed,
     }
     plan = FederationPlan(variant, tuple(client_ids), rounds, parameters)
@@ -125,6 +129,14 @@ def run_flower_federation(
         for client_id in client_ids:
             upload = uploads.get(client_id) or ClientUpload(client_id, {}, {})
             outputs[f"client_{client_id}_upload_round_{round_number}"] = upload.to_arrays()
+    # What each site's release spent, as its Kedro lane would have written it (a function of the
+    # run's privacy settings and the images behind its first upload).
+    for client_id in client_ids:
+        first = result.uploads[0].get(client_id) or ClientUpload(client_id, {}, {})
+        privacy_settings = site_settings(client_id, parameters).privacy
+        outputs[f"client_{client_id}_privacy_budget"] = privacy_settings.budget(
+            first.n_images if privacy_settings.enabled else None
+        )
     return outputs
 
 
@@ -139,6 +151,8 @@ def flower_federation(variant: Variant) -> Pipeline:
         outputs += [_bank_output(round_number, variant.rounds), f"round_{round_number}_report"]
         for cid in client_ids:
             uploads[f"client_{cid}_upload_round_{round_number}"] = f"{variant.name}.client_{cid}.upload_round_{round_number}"
+    for cid in client_ids:
+        uploads[f"client_{cid}_privacy_budget"] = f"{variant.name}.client_{cid}.privacy_budget"
     outputs += list(uploads)
     template = Pipeline(
         [

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
-from fedpatchcore.core.data.types import TEST, frame_to_samples
+from fedpatchcore.core.data.types import TEST, category_info_from_dict, frame_to_samples, group_by_category
+from fedpatchcore.core.extraction import make_embedder
 from fedpatchcore.core.federation.server import ServerSettings, run_round
 from fedpatchcore.core.heterogeneity import (
     apply_label_noise,
@@ -23,6 +24,8 @@ from fedpatchcore.core.heterogeneity import (
 )
 from fedpatchcore.core.metrics import fairness_metrics
 from fedpatchcore.core.partition import make_partition, partition_statistics
+from fedpatchcore.core.privacy import PrivacySettings, with_public_transform
+from fedpatchcore.core.privacy_audit import membership_audit
 
 logger = logging.getLogger(__name__)
 
@@ -213,4 +216,82 @@ def summarise_federated_run(
         uploaded / 1e6,
         sum(raw_bytes.values()) / 1e6,
     )
+    return summary
+
+
+def audit_membership(
+    memory_bank: dict[str, np.ndarray],
+    partition: dict[str, list[str]],
+    dataset_index: pd.DataFrame,
+    evaluation_index: pd.DataFrame,
+    category_info: dict[str, Any],
+    backbone: dict[str, Any],
+    extraction: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+) -> dict[str, Any]:
+    """Play the attacker holding the global bank: which images trained it? (``privacy.audit``)
+
+    Members: every client's training images; non-members: the defect-free test images of the
+    same categories that are evaluated. Returns ``{"enabled": false}`` when the audit is off.
+    """
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    if not settings.audit.enabled:
+        return {"enabled": False}
+    banks = CategoryBanks.from_arrays(memory_bank).banks
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    trained = {key for keys in partition.values() for key in keys}
+    members = group_by_category([samples[key] for key in sorted(trained)])
+    held_out = [s for s in frame_to_samples(evaluation_index) if s.split == TEST and s.label == 0 and s.key not in trained]
+    non_members = group_by_category(held_out)
+    budget = settings.budget() if settings.enabled else {"epsilon": None, "delta": None}
+    return membership_audit(
+        members,
+        non_members,
+        {name: category_info_from_dict(info) for name, info in category_info.items()},
+        with_public_transform(make_embedder(backbone, extraction), settings),
+        banks,
+        statistic=settings.audit.statistic,
+        batch_size=int(extraction["batch_size"]),
+        num_workers=int(extraction.get("num_workers", 0)),
+        max_images_per_category=settings.audit.max_images_per_category,
+        seed=seed,
+        epsilon=budget["epsilon"],
+        delta=budget["delta"],
+    )
+
+
+def add_privacy_budgets(
+    run_summary: dict[str, Any], privacy: dict[str, Any], seed: int, *budgets: dict[str, Any], client_ids: list[str]
+) -> dict[str, Any]:
+    """``clients.<id>.privacy``: what each client's release spent; ``experiment.sigma`` when private."""
+    summary = {**run_summary, "clients": {cid: dict(values) for cid, values in run_summary["clients"].items()}}
+    for client_id, budget in zip(client_ids, budgets, strict=True):
+        summary["clients"].setdefault(client_id, {})["privacy"] = dict(budget)
+    if PrivacySettings.from_parameters(privacy, seed).enabled:
+        summary["experiment"] = {**summary.get("experiment", {}), "sigma": max(float(b["sigma"]) for b in budgets)}
+    return summary
+
+
+def publish_privacy(
+    run_summary: dict[str, Any],
+    privacy_audit: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+    *budgets: dict[str, Any],
+    client_ids: list[str],
+) -> dict[str, Any]:
+    """The run's metrics with each client's privacy budget and, when audited, the attack's results.
+
+    An audited run also publishes ``experiment.sigma`` and ``experiment.attack_auc`` (columns of
+    the experiment's table).
+    """
+    summary = add_privacy_budgets(run_summary, privacy, seed, *budgets, client_ids=client_ids)
+    if privacy_audit.get("enabled"):
+        summary["privacy"] = {"audit": dict(privacy_audit)}
+        summary["experiment"] = {
+            **summary.get("experiment", {}),
+            "sigma": max(float(b["sigma"]) for b in budgets),
+            "attack_auc": privacy_audit["attack_auc"],
+        }
     return summary

@@ -100,7 +100,12 @@ def published_metrics_name(variant: Variant) -> str:
 
 
 def summary_pipeline(variant: Variant) -> Pipeline:
+    """The published metrics: the run's summary, each client's privacy budget and the audit."""
     partition = variant.partition_owner
+    budgets = {
+        f"client_{cid}_privacy_budget": f"{variant.lane_owner[cid]}.client_{cid}.privacy_budget"
+        for cid in variant.client_ids
+    }
     template = Pipeline(
         [
             node(
@@ -114,17 +119,41 @@ def summary_pipeline(variant: Variant) -> Pipeline:
                     "params:aggregation",
                     *[f"round_{r}_report" for r in range(1, variant.rounds + 1)],
                 ],
-                "published_metrics",
+                "run_summary",
                 name="summarise_run",
-            )
+            ),
+            node(
+                nodes.audit_membership,
+                [
+                    "memory_bank",
+                    "partition",
+                    "dataset_index",
+                    "evaluation_index",
+                    "category_info",
+                    "params:backbone",
+                    "params:extraction",
+                    "params:privacy",
+                    "params:seed",
+                ],
+                "privacy_audit",
+                name="audit_membership",
+            ),
+            node(
+                bind(nodes.publish_privacy, client_ids=variant.client_ids),
+                ["run_summary", "privacy_audit", "params:privacy", "params:seed", *budgets],
+                "published_metrics",
+                name="publish_privacy",
+            ),
         ]
     )
-    inputs = {"dataset_index"}
+    inputs = {"dataset_index": "dataset_index", "evaluation_index": "evaluation_index", "category_info": "category_info"}
     if not variant.owns_partition:
-        inputs = {"dataset_index": "dataset_index", "partition": f"{partition}.partition",
-                  "partition_stats": f"{partition}.partition_stats"}
+        inputs.update({"partition": f"{partition}.partition", "partition_stats": f"{partition}.partition_stats"})
     return in_variant(
-        template, variant.name, inputs=inputs, outputs={"published_metrics": published_metrics_name(variant)}
+        template,
+        variant.name,
+        inputs={**inputs, **budgets},
+        outputs={"published_metrics": published_metrics_name(variant)},
     )
 
 

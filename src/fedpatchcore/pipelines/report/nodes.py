@@ -58,11 +58,18 @@ def summarise_experiment(
     return table, _experiment_plot(table, groups), analysis
 
 
+# Per-run numbers drawn beside image AUC-ROC in a line plot when a run publishes them.
+_LINE_PANELS = {"image_auroc": "image AUC-ROC (utility)", "attack_auc": "membership-attack AUC (privacy)"}
+
+
 def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
-    """Image AUC-ROC per category and run, or per run: bars, or lines over a numeric first label.
+    """Image AUC-ROC per category and run, or per run: bars, or lines over the first numeric label.
 
     The fairness groupings draw AUC-sPRO beside image AUC-ROC (a starved category's bank shows
-    first in its anomaly maps).
+    first in its anomaly maps). A numeric label (e.g. ``epsilon``; ``inf`` drawn one step right
+    of the largest value) is the x axis, on a log scale; the other labels name the lines. A run
+    that publishes ``experiment.attack_auc`` gets it drawn in a second panel (privacy beside
+    utility).
     """
     if groups == "categories":
         return _bar_chart(_per_group(table, "image_auroc", ["mean"], sort_runs=False), "image AUC-ROC")
@@ -77,24 +84,35 @@ def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
         figure.tight_layout()
         return figure
     label_columns = list(table.columns[: list(table.columns).index("image_auroc")])
-    first, rest = label_columns[0], label_columns[1:]
-    x = as_axis(table[first].tolist())
-    if x is not None and len(label_columns) >= 1:
-        figure, axis = plt.subplots(figsize=(7, 4))
+    numeric = [column for column in label_columns if as_axis(table[column].tolist()) is not None]
+    if numeric:
+        first = numeric[0]
+        rest = [column for column in label_columns if column != first]
+        x = as_axis(table[first].tolist())
         finite = np.isfinite(x)
         # "no privacy" (inf) is drawn one step to the right of the largest finite value.
         right = (x[finite].max() * 2 if finite.any() else 1.0)
-        plotted = np.where(finite, x, right)
-        series = table.assign(_x=plotted)
-        for key, part in series.groupby(rest or (lambda _: ""), sort=False):
-            part = part.sort_values("_x")
-            axis.plot(part["_x"], part["image_auroc"], marker="o", label=str(key) if rest else "image AUC-ROC")
-        axis.set_xscale("log")
-        axis.set_xlabel(first + (" (rightmost: none)" if not finite.all() else ""))
-        axis.set_ylabel("image AUC-ROC")
-        axis.legend(fontsize=8)
+        series = table.assign(_x=np.where(finite, x, right))
+        panels = [c for c in _LINE_PANELS if c in table.columns and table[c].notna().any()]
+        figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
+        for axis, column in zip(axes[0], panels, strict=True):
+            for key, part in series.groupby(rest or (lambda _: ""), sort=False):
+                part = part.sort_values("_x")
+                name = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+                axis.plot(part["_x"], part[column], marker="o", label=name if rest else column)
+            axis.set_xscale("log")
+            if not finite.all():
+                ticks = sorted(set(series["_x"]))
+                axis.set_xticks(ticks, [("∞" if t == right and not np.isin(t, x[finite]) else f"{t:g}") for t in ticks])
+                axis.minorticks_off()
+            axis.set_xlabel(first + (" (∞: none)" if not finite.all() else ""))
+            axis.set_ylabel(_LINE_PANELS[column])
+            axis.set_ylim(0.0, 1.05)
+            axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+            axis.legend(fontsize=8)
         figure.tight_layout()
         return figure
+    first, rest = label_columns[0], label_columns[1:]
     index = first
     columns = rest[0] if rest else None
     wide = table.pivot_table(index=index, columns=columns, values="image_auroc", sort=False) if columns else table.set_index(index)[["image_auroc"]]

@@ -19,7 +19,9 @@ from fedpatchcore.core.federation import client
 CENTRALIZED_CLIENT = "all"
 
 
-def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=None, fairness=None) -> client.ClientSettings:
+def _settings(
+    client_id, coreset, federation, extraction, seed, heterogeneity=None, fairness=None, privacy=None
+) -> client.ClientSettings:
     return client.ClientSettings.from_parameters(
         client_id,
         coreset=coreset,
@@ -28,6 +30,7 @@ def _settings(client_id, coreset, federation, extraction, seed, heterogeneity=No
         seed=seed,
         heterogeneity=heterogeneity,
         fairness=fairness,
+        privacy=privacy,
     )
 
 
@@ -66,16 +69,20 @@ def select_local_coreset(
     federation: dict[str, Any],
     extraction: dict[str, Any],
     seed: int,
-    fairness: dict[str, Any] | None = None,
+    fairness: dict[str, Any],
+    privacy: dict[str, Any],
     *,
     client_id: str,
-) -> dict[str, np.ndarray]:
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Greedy k-center coreset per category; the rows' image and position stay on the client.
 
     A client holding several categories splits its coreset budget among them by ``fairness``.
+    With ``privacy.enabled`` the coreset is chosen among the client's differentially private
+    release only. Also returns the privacy budget the client spent (its own JSON file).
     """
-    settings = _settings(client_id, coreset, federation, extraction, seed, fairness=fairness)
-    return client.select_local_coreset(patch_features, settings).to_arrays()
+    settings = _settings(client_id, coreset, federation, extraction, seed, fairness=fairness, privacy=privacy)
+    local = client.select_local_coreset(patch_features, settings)
+    return local.to_arrays(), client.privacy_budget(local, settings)
 
 
 def prepare_upload(

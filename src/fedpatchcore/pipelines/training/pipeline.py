@@ -22,8 +22,8 @@ def extraction_node(client_id: str):
 def coreset_node(client_id: str):
     return node(
         bind(nodes.select_local_coreset, client_id=client_id),
-        ["patch_features", *CLIENT_SETTINGS, "params:fairness"],
-        "local_coreset",
+        ["patch_features", *CLIENT_SETTINGS, "params:fairness", "params:privacy"],
+        ["local_coreset", "privacy_budget"],
         name="select_coreset",
     )
 
