@@ -8,8 +8,9 @@
   returning Euclidean (not squared) distances.
 * :func:`score_images`: patch score = distance to the nearest bank vector; anomaly map =
   patch-score grid upsampled bilinearly to the image size, then Gaussian-smoothed; image
-  score = max of that RAW map (never normalised per image), or the PatchCore paper's
-  reweighted max patch score.
+  score (``image_score``) = max of that RAW map (``"max"``, the default; never normalised
+  per image), or the PatchCore paper's reweighted max patch score (``reweight``), or the
+  mean of the ``topk`` highest patch scores (``"topk_mean"``).
 
 This module does not import kedro.
 """
@@ -35,6 +36,8 @@ __all__ = [
     "score_images",
     "anomaly_maps",
     "reweight_scores",
+    "topk_mean",
+    "IMAGE_SCORES",
     "set_threads",
     "set_torch_threads",
     "seed_everything",
@@ -251,6 +254,23 @@ def reweight_scores(
     return (weight * max_scores).astype(np.float32)
 
 
+#: Image scores :func:`score_images` offers (parameter ``scoring.image_score``).
+IMAGE_SCORES = ("max", "topk_mean")
+
+
+def topk_mean(patch_scores: np.ndarray, k: int) -> np.ndarray:
+    """Mean of the ``k`` highest values of each row of ``patch_scores`` ``(B, ...)`` -> ``(B,)`` float32.
+
+    ``k`` larger than the number of values per row averages them all; ``k = 1`` is the max.
+    """
+    if int(k) < 1:
+        raise ValueError(f"scoring.topk must be >= 1, got {k}")
+    flat = np.asarray(patch_scores, dtype=np.float32).reshape(len(patch_scores), -1)
+    k = min(int(k), flat.shape[1])
+    top = np.partition(flat, flat.shape[1] - k, axis=1)[:, flat.shape[1] - k :]
+    return top.astype(np.float64).mean(axis=1).astype(np.float32)
+
+
 def score_images(
     index: faiss.Index,
     patch_features: np.ndarray,
@@ -260,6 +280,8 @@ def score_images(
     bank: np.ndarray | None = None,
     num_neighbours: int = 9,
     batch_size: int = 65536,
+    image_score: str = "max",
+    topk: int = 10,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps and image scores for patch features ``(B, h, w, d)``.
 
@@ -269,11 +291,20 @@ def score_images(
         sigma: Gaussian smoothing of the upsampled map, in pixels (0 = none).
         reweight: use the paper's reweighted max patch score as image score (needs ``bank``).
         num_neighbours: ``b``, the bank neighbourhood size of the reweighting.
+        image_score: ``"max"`` (max of the map, or the reweighted score with ``reweight``) or
+            ``"topk_mean"``: mean of the ``topk`` highest patch scores (raw nearest-neighbour
+            distances on the patch grid), which a single noisy patch moves less.
+        topk: patches averaged by ``"topk_mean"``.
 
     Returns:
         ``maps`` ``(B, H, W)`` float32 in raw distance units and ``image_scores`` ``(B,)``:
-        ``maps.max((1, 2))`` or, with ``reweight``, the reweighted max patch score.
+        ``maps.max((1, 2))``, with ``reweight`` the reweighted max patch score, with
+        ``"topk_mean"`` the top-k mean of the patch scores.
     """
+    if image_score not in IMAGE_SCORES:
+        raise ValueError(f"Unknown scoring.image_score {image_score!r}; choose one of {list(IMAGE_SCORES)}")
+    if image_score != "max" and reweight:
+        raise ValueError("scoring.reweight applies to the max image score only (scoring.image_score: max)")
     feats = np.asarray(patch_features)
     if feats.ndim != 4:
         raise ValueError(f"patch_features must be (B, h, w, d), got shape {feats.shape}")
@@ -282,6 +313,8 @@ def score_images(
     dist, ids = nearest_neighbours(index, flat, k=1, batch_size=batch_size)
     patch_scores = dist[:, 0].reshape(n_img, h, w)
     maps = anomaly_maps(patch_scores, image_size, sigma=sigma)
+    if image_score == "topk_mean":
+        return maps, topk_mean(patch_scores, topk)
     if not reweight:
         return maps, maps.reshape(n_img, -1).max(axis=1).astype(np.float32)
     if bank is None:
