@@ -1,0 +1,744 @@
+"""Choose PatchCore settings per category on a validation split of the TRAINING images only.
+
+No test image and no test label is ever read here:
+
+1. :func:`split_validation` keeps only ``split == "train"`` samples (test samples are dropped
+   before any other attribute of them is looked at) and sets aside a seeded share of each
+   category's training images as its validation split;
+2. :func:`build_validation_images` loads the validation images and makes seeded
+   pseudo-anomalies of them (:mod:`fedpatchcore.core.pseudo_anomalies`): good validation
+   images are label 0, their pseudo-anomalous copies label 1;
+3. for every candidate :class:`Setting` (backbone x layers x resolution x image score x
+   neighbourhood) a memory bank is built from the remaining training images (streamed
+   extraction -> greedy k-center coreset -> faiss index, as in training), the validation
+   images are scored, and the image AUROC on them is the setting's ``val_auroc``. Settings
+   that only differ in their image score share one bank and one embedding;
+4. :func:`choose_settings` keeps, per category, the best ``val_auroc``; the default setting
+   stays unless another beats it by more than ``min_gain`` (ties: the earlier candidate).
+
+:class:`TuneResult` holds the table ``category, setting, val_auroc, chosen`` (+ details),
+the chosen :class:`Setting` per category, the parameters form of that choice
+(:meth:`TuneResult.parameters`, for a ``parameters_tuned.yml``) and a readable report
+(:meth:`TuneResult.report`). This module does not import kedro.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import shutil
+import tempfile
+import time
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fedpatchcore.core import backbones as backbones_module
+from fedpatchcore.core.coreset import coreset_size
+from fedpatchcore.core.data import loading
+from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample
+from fedpatchcore.core.extraction import extract_patch_features
+from fedpatchcore.core.feature_store import select_coreset_streaming
+from fedpatchcore.core.metrics import image_auroc
+from fedpatchcore.core.patchcore import IMAGE_SCORES, PatchEmbedder, build_index, score_images
+from fedpatchcore.core.pseudo_anomalies import PSEUDO_ANOMALY_KINDS, make_pseudo_anomalies
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BankConfig",
+    "EmbedderCache",
+    "Setting",
+    "TuneResult",
+    "ValidationImages",
+    "ValidationSplit",
+    "build_category_bank",
+    "build_validation_images",
+    "candidate_grid",
+    "choose_settings",
+    "embed_images",
+    "evaluate_candidates",
+    "split_validation",
+    "tune",
+    "tune_report",
+]
+
+TABLE_COLUMNS = [
+    "category",
+    "setting",
+    "val_auroc",
+    "chosen",
+    "is_default",
+    "backbone",
+    "layers",
+    "image_size",
+    "image_score",
+    "topk",
+    "reweight",
+    "neighbourhood",
+    "n_val_good",
+    "n_val_anomalous",
+    "bank_rows",
+    "seconds",
+]
+
+
+def _category_seed(seed: int, category: str, purpose: str) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(seed), zlib.crc32(f"{purpose}/{category}".encode())])
+
+
+# --------------------------------------------------------------------------------------------
+# validation split (training images only)
+
+
+@dataclass
+class ValidationSplit:
+    """Training images split into those that build the bank and those that validate it."""
+
+    train: list[Sample]
+    validation: list[Sample]
+
+    def by_category(self) -> dict[str, tuple[list[Sample], list[Sample]]]:
+        categories = sorted({s.category for s in self.train} | {s.category for s in self.validation})
+        return {
+            c: ([s for s in self.train if s.category == c], [s for s in self.validation if s.category == c])
+            for c in categories
+        }
+
+    def to_frame(self) -> pd.DataFrame:
+        """``key, category, role`` (role: ``bank`` | ``validation``): the form to persist."""
+        rows = [{"key": s.key, "category": s.category, "role": "bank"} for s in self.train]
+        rows += [{"key": s.key, "category": s.category, "role": "validation"} for s in self.validation]
+        return pd.DataFrame(rows, columns=["key", "category", "role"])
+
+
+def split_validation(
+    samples: Iterable[Sample],
+    fraction: float = 0.2,
+    seed: int = 0,
+    min_validation: int = 2,
+    min_train: int = 2,
+) -> ValidationSplit:
+    """Seeded validation split of each category's TRAINING images; test samples are ignored.
+
+    Per category, ``round(fraction * n)`` training images (at least ``min_validation``, leaving
+    at least ``min_train`` for the bank) go to validation, chosen by a permutation seeded with
+    ``(seed, category)`` over the images sorted by key, so the split of one category does not
+    depend on which other categories are present. Both lists keep the input order.
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"validation.fraction must be in (0, 1), got {fraction}")
+    # Only ``split`` is read from a test sample: nothing else of it is ever looked at.
+    train_only = [s for s in samples if s.split == TRAIN]
+    groups: dict[str, list[Sample]] = {}
+    for sample in train_only:
+        groups.setdefault(sample.category, []).append(sample)
+    chosen: set[str] = set()
+    for category, group in sorted(groups.items()):
+        n = len(group)
+        if n < min_validation + min_train:
+            raise ValueError(
+                f"category {category!r} has {n} training images: too few for a validation split of "
+                f"at least {min_validation} while keeping {min_train} for the memory bank"
+            )
+        n_val = int(np.clip(round(float(fraction) * n), min_validation, n - min_train))
+        keys = sorted(s.key for s in group)
+        order = np.random.default_rng(_category_seed(seed, category, "validation")).permutation(n)
+        chosen.update(keys[i] for i in order[:n_val])
+    return ValidationSplit(
+        train=[s for s in train_only if s.key not in chosen],
+        validation=[s for s in train_only if s.key in chosen],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# validation images with pseudo-anomalies
+
+
+def _resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    if images.shape[1:3] == (height, width):
+        return images
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR))
+            for img in images
+        ]
+    )
+
+
+def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    width, height = size
+    if masks.shape[1:3] == (height, width):
+        return masks
+    return np.stack(
+        [
+            np.asarray(
+                Image.fromarray(m.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
+            )
+            > 0
+            for m in masks
+        ]
+    )
+
+
+@dataclass
+class ValidationImages:
+    """One category's good validation images and their pseudo-anomalous copies, at one size."""
+
+    category: str
+    size: tuple[int, int]  # (width, height)
+    good: np.ndarray  # uint8 (n, H, W, 3)
+    anomalous: np.ndarray  # uint8 (m, H, W, 3)
+    masks: np.ndarray  # bool (m, H, W): the pixels each pseudo-anomaly changed
+    kinds: list[str]
+    sources: list[int]  # index into ``good`` each anomaly was made from
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def images(self) -> np.ndarray:
+        return np.concatenate([self.good, self.anomalous])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.r_[np.zeros(len(self.good), int), np.ones(len(self.anomalous), int)]
+
+    def at_size(self, size: tuple[int, int]) -> ValidationImages:
+        """The same images resized (bilinear; masks nearest) to ``size`` = (width, height).
+
+        Every candidate resolution sees the same pseudo-anomalies: they are drawn once, at the
+        largest size, and resized, good images and anomalous copies alike.
+        """
+        size = (int(size[0]), int(size[1]))
+        if size == self.size:
+            return self
+        if size not in self._cache:
+            self._cache[size] = ValidationImages(
+                self.category,
+                size,
+                _resize_images(self.good, size),
+                _resize_images(self.anomalous, size),
+                _resize_masks(self.masks, size),
+                list(self.kinds),
+                list(self.sources),
+            )
+        return self._cache[size]
+
+
+def build_validation_images(
+    validation_samples: Sequence[Sample],
+    size: tuple[int, int],
+    seed: int = 0,
+    kinds: Sequence[str] = PSEUDO_ANOMALY_KINDS,
+    per_image: int = 1,
+) -> ValidationImages:
+    """Load one category's validation images at ``size`` and make their pseudo-anomalies.
+
+    Raises ValueError for a test sample or a mix of categories: only training images may be used.
+    """
+    if not validation_samples:
+        raise ValueError("no validation images")
+    categories = {s.category for s in validation_samples}
+    if len(categories) != 1:
+        raise ValueError(f"validation images of one category expected, got {sorted(categories)}")
+    if any(s.split != TRAIN for s in validation_samples):
+        raise ValueError("validation images must come from the training split, never from test")
+    category = categories.pop()
+    size = (int(size[0]), int(size[1]))
+    good = np.stack([loading.load_image(s.image_path, size) for s in validation_samples])
+    anomalies, sources = make_pseudo_anomalies(
+        good,
+        seed=int(_category_seed(seed, category, "pseudo").generate_state(1)[0]),
+        kinds=kinds,
+        per_image=per_image,
+    )
+    return ValidationImages(
+        category,
+        size,
+        good,
+        np.stack([a.image for a in anomalies]),
+        np.stack([a.mask for a in anomalies]),
+        [a.kind for a in anomalies],
+        sources,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# settings
+
+
+def _as_size(size) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int | np.integer):
+        return int(size), int(size)
+    if len(size) != 2 or int(size[0]) <= 0 or int(size[1]) <= 0:
+        raise ValueError(f"an image size must be [width, height] > 0, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _as_layers(layers) -> tuple | None:
+    if layers is None:
+        return None
+    return tuple(int(x) if isinstance(x, int | np.integer) else str(x) for x in layers)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One candidate way of running PatchCore on a category.
+
+    ``layers=None``: the backbone's default stages. ``image_size=None``: the backbone's
+    default resolution (:func:`~fedpatchcore.core.backbones.default_image_size`), else the
+    dataset's size for the category.
+    """
+
+    backbone: str = backbones_module.DEFAULT_BACKBONE
+    layers: tuple | None = None
+    image_size: tuple[int, int] | None = None
+    image_score: str = "max"
+    topk: int = 10
+    reweight: bool = False
+    num_neighbours: int = 9
+    neighbourhood: int = 3
+    weights_path: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", _as_layers(self.layers))
+        object.__setattr__(self, "image_size", _as_size(self.image_size))
+        if self.image_score not in IMAGE_SCORES:
+            raise ValueError(f"Unknown image_score {self.image_score!r}; choose one of {list(IMAGE_SCORES)}")
+        if self.reweight and self.image_score != "max":
+            raise ValueError("reweight applies to image_score 'max' only")
+
+    @property
+    def name(self) -> str:
+        """Readable, unique name, e.g. ``efficientnet_lite1[stage3+stage5]@256x256/topk_mean(k=10)``."""
+        text = self.backbone
+        if self.layers is not None:
+            text += "[" + "+".join(str(x) for x in self.layers) + "]"
+        text += "@" + ("default" if self.image_size is None else f"{self.image_size[0]}x{self.image_size[1]}")
+        if self.neighbourhood != 3:
+            text += f"/p{self.neighbourhood}"
+        if self.image_score == "topk_mean":
+            text += f"/topk_mean(k={self.topk})"
+        elif self.reweight:
+            text += f"/max+reweight(b={self.num_neighbours})"
+        else:
+            text += "/max"
+        return text
+
+    def resolved_size(self, info: CategoryInfo) -> tuple[int, int]:
+        """The input size this setting uses for ``info``'s category."""
+        return self.image_size or backbones_module.default_image_size(self.backbone) or tuple(info.image_size)
+
+    @property
+    def embedding_key(self) -> tuple:
+        """What the patch features depend on: settings equal here share one bank."""
+        return (self.backbone, self.weights_path, self.layers, self.image_size, self.neighbourhood)
+
+    def to_params(self) -> dict[str, Any]:
+        """The setting as parameter blocks (``backbone``, ``extraction``, ``scoring``, ``image_size``)."""
+        return {
+            "backbone": {
+                "name": self.backbone,
+                "layers": None if self.layers is None else list(self.layers),
+                "weights_path": self.weights_path,
+            },
+            "image_size": None if self.image_size is None else list(self.image_size),
+            "extraction": {"neighbourhood": self.neighbourhood},
+            "scoring": {
+                "image_score": self.image_score,
+                "topk": self.topk,
+                "reweight": self.reweight,
+                "reweight_neighbours": self.num_neighbours,
+            },
+        }
+
+    @classmethod
+    def from_params(
+        cls,
+        backbone: Mapping[str, Any] | None = None,
+        extraction: Mapping[str, Any] | None = None,
+        scoring: Mapping[str, Any] | None = None,
+        image_size=None,
+    ) -> Setting:
+        """From the ``backbone`` / ``extraction`` / ``scoring`` parameter blocks (missing keys: defaults)."""
+        backbone, extraction, scoring = backbone or {}, extraction or {}, scoring or {}
+        return cls(
+            backbone=backbone.get("name", backbones_module.DEFAULT_BACKBONE),
+            layers=backbone.get("layers"),
+            weights_path=backbone.get("weights_path"),
+            image_size=image_size,
+            neighbourhood=int(extraction.get("neighbourhood", 3)),
+            image_score=scoring.get("image_score", "max"),
+            topk=int(scoring.get("topk", 10)),
+            reweight=bool(scoring.get("reweight", False)),
+            num_neighbours=int(scoring.get("reweight_neighbours", 9)),
+        )
+
+    @classmethod
+    def from_tuned(cls, entry: Mapping[str, Any]) -> Setting:
+        """Inverse of :meth:`to_params` (one category's entry of the tuned parameters)."""
+        return cls.from_params(
+            entry.get("backbone"), entry.get("extraction"), entry.get("scoring"), entry.get("image_size")
+        )
+
+
+def candidate_grid(
+    backbones: Sequence[str] = (backbones_module.DEFAULT_BACKBONE,),
+    layers: Mapping[str, Sequence] | None = None,
+    image_sizes: Sequence = (None,),
+    scorings: Sequence[Mapping[str, Any]] = ({"image_score": "max"},),
+    neighbourhoods: Sequence[int] = (3,),
+    weights_paths: Mapping[str, str] | None = None,
+    default: Setting | None = None,
+) -> list[Setting]:
+    """Every combination backbone x layers x image size x neighbourhood x scoring, default first.
+
+    ``layers``: per backbone, a list of layer pairs (``None`` = its default pair); backbones
+    not listed use only their default. ``scorings``: dicts of :class:`Setting` fields, e.g.
+    ``{"image_score": "topk_mean", "topk": 10}`` or ``{"image_score": "max", "reweight": True}``.
+    ``weights_paths``: weight files per backbone (timm models need one). ``default`` (when
+    given) is put first and not repeated: :func:`choose_settings` prefers it on ties.
+    """
+    layers = layers or {}
+    weights_paths = weights_paths or {}
+    grid: list[Setting] = [] if default is None else [default]
+    for name, size, neighbourhood, scoring in itertools.product(
+        backbones, image_sizes, neighbourhoods, scorings
+    ):
+        for pair in layers.get(name, [None]):
+            setting = Setting(
+                backbone=name,
+                layers=pair,
+                image_size=size,
+                neighbourhood=int(neighbourhood),
+                weights_path=weights_paths.get(name),
+                **dict(scoring),
+            )
+            if setting not in grid:
+                grid.append(setting)
+    return grid
+
+
+# --------------------------------------------------------------------------------------------
+# banks and scoring
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    """How a memory bank is built and scored (the ``coreset`` / ``extraction`` / ``scoring`` values)."""
+
+    coreset_ratio: float = 0.1
+    coreset_max_size: int | None = 20000
+    projection_dim: int | None = 128
+    num_starts: int = 1
+    batch_size: int = 8
+    num_workers: int = 0
+    sigma: float = 4.0
+    device: str = "cpu"
+    seed: int = 0
+
+    @classmethod
+    def from_params(
+        cls,
+        coreset: Mapping[str, Any],
+        extraction: Mapping[str, Any],
+        scoring: Mapping[str, Any],
+        seed: int = 0,
+        device: str = "cpu",
+    ) -> BankConfig:
+        return cls(
+            coreset_ratio=float(coreset.get("ratio", 0.1)),
+            coreset_max_size=coreset.get("max_size", 20000),
+            projection_dim=coreset.get("projection_dim", 128),
+            num_starts=int(coreset.get("num_starts", 1)),
+            batch_size=int(extraction.get("batch_size", 8)),
+            num_workers=int(extraction.get("num_workers", 0)),
+            sigma=float(scoring.get("sigma", 4.0)),
+            device=device,
+            seed=int(seed),
+        )
+
+
+class EmbedderCache:
+    """One :class:`PatchEmbedder` per (backbone, weights, layers, neighbourhood), loaded once."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+        self._embedders: dict[tuple, PatchEmbedder] = {}
+
+    def get(self, setting: Setting) -> PatchEmbedder:
+        key = (setting.backbone, setting.weights_path, setting.layers, setting.neighbourhood)
+        if key not in self._embedders:
+            network = backbones_module.load_backbone(
+                setting.backbone, weights_path=setting.weights_path, device=self.device, layers=setting.layers
+            )
+            self._embedders[key] = PatchEmbedder(
+                network, neighbourhood=setting.neighbourhood, device=self.device
+            )
+        return self._embedders[key]
+
+
+def build_category_bank(
+    samples: Sequence[Sample],
+    info: CategoryInfo,
+    embedder: PatchEmbedder,
+    config: BankConfig,
+    scratch_dir: str | Path | None = None,
+) -> np.ndarray:
+    """Memory bank of one category from ``samples`` (read at ``info.image_size``), as in training:
+    streamed extraction -> greedy k-center on the projection -> gathered float32 rows."""
+    workdir = Path(tempfile.mkdtemp(prefix=f"bank_{info.name}_", dir=scratch_dir))
+    try:
+        features = extract_patch_features(
+            samples,
+            {info.name: info},
+            embedder,
+            workdir,
+            batch_size=config.batch_size,
+            projection_dim=config.projection_dim,
+            seed=config.seed,
+            num_workers=config.num_workers,
+            description="tune",
+        )
+        feature_file = features.files[info.name]
+        k = coreset_size(feature_file.n_rows, config.coreset_ratio, config.coreset_max_size)
+        chosen = select_coreset_streaming(feature_file, k, seed=config.seed, num_starts=config.num_starts)
+        return np.asarray(feature_file.gather(chosen), dtype=np.float32)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def embed_images(embedder: PatchEmbedder, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+    """Patch features ``(n, h, w, d)`` of uint8 images ``(n, H, W, 3)``, in batches."""
+    parts = [embedder.embed(images[i : i + batch_size]) for i in range(0, len(images), max(1, batch_size))]
+    return np.concatenate(parts)
+
+
+def evaluate_candidates(
+    train_samples: Sequence[Sample],
+    validation: ValidationImages,
+    info: CategoryInfo,
+    candidates: Sequence[Setting],
+    config: BankConfig,
+    embedders: EmbedderCache | None = None,
+    scratch_dir: str | Path | None = None,
+) -> pd.DataFrame:
+    """``val_auroc`` of every candidate on one category (one row each, candidate order).
+
+    ``validation`` must be at the largest size any candidate uses (it is only downsized).
+    """
+    embedders = embedders or EmbedderCache(config.device)
+    labels = validation.labels
+    rows: dict[Setting, dict] = {}
+    groups: dict[tuple, list[Setting]] = {}
+    for setting in candidates:
+        groups.setdefault(setting.embedding_key, []).append(setting)
+    for group in groups.values():
+        started = time.perf_counter()
+        first = group[0]
+        size = first.resolved_size(info)
+        embedder = embedders.get(first)
+        bank = build_category_bank(
+            train_samples, replace(info, image_size=size), embedder, config, scratch_dir
+        )
+        index = build_index(bank)
+        features = embed_images(embedder, validation.at_size(size).images, config.batch_size)
+        shared = time.perf_counter() - started
+        for setting in group:
+            t0 = time.perf_counter()
+            _, scores = score_images(
+                index,
+                features,
+                size,
+                sigma=config.sigma,
+                reweight=setting.reweight,
+                bank=bank,
+                num_neighbours=setting.num_neighbours,
+                image_score=setting.image_score,
+                topk=setting.topk,
+            )
+            auroc = image_auroc(scores, labels)
+            rows[setting] = {
+                "category": info.name,
+                "setting": setting.name,
+                "val_auroc": float("nan") if auroc is None else float(auroc),
+                "chosen": False,
+                "is_default": False,
+                "backbone": setting.backbone,
+                "layers": "+".join(embedder.backbone.layers),
+                "image_size": f"{size[0]}x{size[1]}",
+                "image_score": setting.image_score,
+                "topk": setting.topk if setting.image_score == "topk_mean" else None,
+                "reweight": setting.reweight,
+                "neighbourhood": setting.neighbourhood,
+                "n_val_good": int((labels == 0).sum()),
+                "n_val_anomalous": int((labels == 1).sum()),
+                "bank_rows": int(len(bank)),
+                "seconds": round(shared / len(group) + time.perf_counter() - t0, 3),
+            }
+            logger.info("tune %s: %s val AUROC %.4f", info.name, setting.name, rows[setting]["val_auroc"])
+    return pd.DataFrame([rows[s] for s in candidates], columns=TABLE_COLUMNS)
+
+
+def choose_settings(
+    table: pd.DataFrame, default_setting: str | None = None, min_gain: float = 0.0
+) -> dict[str, str]:
+    """Per category the setting with the best ``val_auroc`` (first in table order on ties).
+
+    When ``default_setting`` is a row of the category, it is kept unless the best beats it by
+    more than ``min_gain`` (so noise on a small validation set does not move away from it).
+    """
+    chosen = {}
+    for category, rows in table.groupby("category", sort=True):
+        valid = rows[rows["val_auroc"].notna()]
+        if valid.empty:
+            if default_setting is None or default_setting not in set(rows["setting"]):
+                raise ValueError(f"no candidate could be validated for category {category!r}")
+            chosen[category] = default_setting
+            continue
+        best = valid.loc[valid["val_auroc"].idxmax()]  # idxmax: first maximum in table order
+        choice = str(best["setting"])
+        defaults = valid[valid["setting"] == default_setting]
+        if (
+            default_setting is not None
+            and not defaults.empty
+            and float(best["val_auroc"]) - float(defaults["val_auroc"].iloc[0]) <= float(min_gain)
+        ):
+            choice = default_setting
+        chosen[category] = choice
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------
+# the whole tuning run
+
+
+@dataclass
+class TuneResult:
+    table: pd.DataFrame  # category, setting, val_auroc, chosen, ... (one row per category x candidate)
+    chosen: dict[str, Setting]
+    split: ValidationSplit
+    default: Setting
+    min_gain: float = 0.0
+
+    def parameters(self) -> dict[str, Any]:
+        """The chosen settings as parameters: ``{"tuned": {category: {...}}}`` (YAML-ready)."""
+        tuned = {}
+        for category, setting in sorted(self.chosen.items()):
+            row = self.table[(self.table["category"] == category) & (self.table["chosen"])].iloc[0]
+            tuned[category] = {
+                "setting": setting.name,
+                "val_auroc": round(float(row["val_auroc"]), 6),
+                **setting.to_params(),
+            }
+        return {"tuned": tuned}
+
+    def report(self) -> str:
+        return tune_report(self.table, self.default.name, self.min_gain)
+
+
+def tune(
+    samples: Iterable[Sample],
+    infos: Mapping[str, CategoryInfo],
+    candidates: Sequence[Setting],
+    config: BankConfig | None = None,
+    *,
+    default: Setting | None = None,
+    validation_fraction: float = 0.2,
+    min_validation: int = 2,
+    kinds: Sequence[str] = PSEUDO_ANOMALY_KINDS,
+    per_image: int = 1,
+    min_gain: float = 0.0,
+    categories: Iterable[str] | None = None,
+    scratch_dir: str | Path | None = None,
+    split: ValidationSplit | None = None,
+) -> TuneResult:
+    """Score every candidate on every category's validation split and choose one per category.
+
+    ``samples`` may hold test samples: they are dropped by :func:`split_validation` before
+    anything is loaded (pass ``split`` to reuse an existing split instead). ``default``: the
+    current setting (:meth:`Setting.from_params` of the run's parameters); put first and kept
+    unless beaten by more than ``min_gain``. Everything random derives from ``config.seed``.
+    """
+    config = config or BankConfig()
+    default = default or Setting()
+    candidates = [default] + [c for c in candidates if c != default]
+    split = split or split_validation(
+        samples, validation_fraction, config.seed, min_validation=min_validation
+    )
+    embedders = EmbedderCache(config.device)
+    wanted = None if categories is None else set(categories)
+    tables = []
+    for category, (train, validation) in split.by_category().items():
+        if wanted is not None and category not in wanted:
+            continue
+        info = infos[category]
+        sizes = [c.resolved_size(info) for c in candidates]
+        largest = max(sizes, key=lambda s: (s[0] * s[1], s))
+        if any(s[0] > largest[0] or s[1] > largest[1] for s in sizes):
+            logger.warning(
+                "tune %s: candidate sizes differ in aspect; pseudo-anomalies drawn at %s", category, largest
+            )
+        images = build_validation_images(validation, largest, config.seed, kinds, per_image)
+        logger.info(
+            "tune %s: %d bank images, %d validation images, %d pseudo-anomalies, %d candidates",
+            category,
+            len(train),
+            len(images.good),
+            len(images.anomalous),
+            len(candidates),
+        )
+        tables.append(evaluate_candidates(train, images, info, candidates, config, embedders, scratch_dir))
+    if not tables:
+        raise ValueError("no category to tune")
+    table = pd.concat(tables, ignore_index=True)
+    table["is_default"] = table["setting"] == default.name
+    choice = choose_settings(table, default.name, min_gain)
+    table["chosen"] = [choice[c] == s for c, s in zip(table["category"], table["setting"], strict=True)]
+    by_name = {c.name: c for c in candidates}
+    return TuneResult(table, {c: by_name[s] for c, s in choice.items()}, split, default, float(min_gain))
+
+
+def tune_report(table: pd.DataFrame, default_setting: str | None = None, min_gain: float = 0.0) -> str:
+    """Markdown: per category what was chosen, its validation AUROC, the default's and why."""
+    lines = ["# Settings chosen per category (validation split + pseudo-anomalies; no test image read)", ""]
+    for category, rows in table.groupby("category", sort=True):
+        rows = rows.sort_values("val_auroc", ascending=False, kind="stable")
+        chosen = rows[rows["chosen"]].iloc[0]
+        n_good, n_anom = int(chosen["n_val_good"]), int(chosen["n_val_anomalous"])
+        lines.append(f"## {category}")
+        lines.append(
+            f"- chosen: `{chosen['setting']}` (val AUROC {chosen['val_auroc']:.4f} on {n_good} good "
+            f"validation images vs {n_anom} pseudo-anomalies; {len(rows)} candidates)"
+        )
+        default_rows = rows[rows["setting"] == default_setting]
+        if not default_rows.empty:
+            d = float(default_rows["val_auroc"].iloc[0])
+            gain = float(chosen["val_auroc"]) - d
+            if chosen["setting"] == default_setting:
+                best = rows.iloc[0]
+                if best["setting"] == default_setting:
+                    why = "the default is the best candidate on validation"
+                else:
+                    why = (
+                        f"default kept: the best other candidate `{best['setting']}` "
+                        f"({float(best['val_auroc']):.4f}) gains only {float(best['val_auroc']) - d:+.4f} "
+                        f"(min_gain {min_gain})"
+                    )
+            else:
+                why = f"beats the default `{default_setting}` ({d:.4f}) by {gain:+.4f} > min_gain {min_gain}"
+            lines.append(f"- why: {why}")
+        others = rows[~rows["chosen"]].head(2)
+        if len(others):
+            runner = ", ".join(f"`{r.setting}` {r.val_auroc:.4f}" for r in others.itertuples())
+            lines.append(f"- next best: {runner}")
+        lines.append("")
+    return "\n".join(lines)
