@@ -249,7 +249,8 @@ def _score_path(
     size = loading.original_size(path)
     width, height = size
     if tile is None or (width <= int(tile[0]) and height <= int(tile[1])):
-        maps, scores = model.score(loading.load_image(path, model.image_size)[None])
+        # a writable copy: torch warns on the read-only arrays PIL hands out
+        maps, scores = model.score(np.array(loading.load_image(path, model.image_size)[None]))
         return float(scores[0]), _resize_map(maps[0], size), 1
     full = loading.load_image(path, size)  # no resize: the original pixels
     boxes = tile_boxes(width, height, tile, overlap)
