@@ -5,9 +5,10 @@ No test image and no test label is ever read here:
 1. :func:`split_validation` keeps only ``split == "train"`` samples (test samples are dropped
    before any other attribute of them is looked at) and sets aside a seeded share of each
    category's training images as its validation split;
-2. :func:`build_validation_images` loads the validation images and makes seeded
-   pseudo-anomalies of them (:mod:`fedpatchcore.core.pseudo_anomalies`): good validation
-   images are label 0, their pseudo-anomalous copies label 1;
+2. :func:`build_validation_images` loads the validation images (at each candidate size, as
+   training and test images are read) and makes seeded pseudo-anomalies of them
+   (:mod:`fedpatchcore.core.pseudo_anomalies`): good validation images are label 0, their
+   pseudo-anomalous copies label 1;
 3. for every candidate :class:`Setting` (backbone x layers x resolution x image score x
    neighbourhood) a memory bank is built from the remaining training images (streamed
    extraction -> greedy k-center coreset -> faiss index, as in training), the validation
@@ -31,13 +32,12 @@ import tempfile
 import time
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from fedpatchcore.core import backbones as backbones_module
 from fedpatchcore.core.coreset import coreset_size
@@ -161,33 +161,6 @@ def split_validation(
 # validation images with pseudo-anomalies
 
 
-def _resize_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    width, height = size
-    if images.shape[1:3] == (height, width):
-        return images
-    return np.stack(
-        [
-            np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR))
-            for img in images
-        ]
-    )
-
-
-def _resize_masks(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    width, height = size
-    if masks.shape[1:3] == (height, width):
-        return masks
-    return np.stack(
-        [
-            np.asarray(
-                Image.fromarray(m.astype(np.uint8) * 255).resize((width, height), Image.Resampling.NEAREST)
-            )
-            > 0
-            for m in masks
-        ]
-    )
-
-
 @dataclass
 class ValidationImages:
     """One category's good validation images and their pseudo-anomalous copies, at one size."""
@@ -199,7 +172,6 @@ class ValidationImages:
     masks: np.ndarray  # bool (m, H, W): the pixels each pseudo-anomaly changed
     kinds: list[str]
     sources: list[int]  # index into ``good`` each anomaly was made from
-    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def images(self) -> np.ndarray:
@@ -208,27 +180,6 @@ class ValidationImages:
     @property
     def labels(self) -> np.ndarray:
         return np.r_[np.zeros(len(self.good), int), np.ones(len(self.anomalous), int)]
-
-    def at_size(self, size: tuple[int, int]) -> ValidationImages:
-        """The same images resized (bilinear; masks nearest) to ``size`` = (width, height).
-
-        Every candidate resolution sees the same pseudo-anomalies: they are drawn once, at the
-        largest size, and resized, good images and anomalous copies alike.
-        """
-        size = (int(size[0]), int(size[1]))
-        if size == self.size:
-            return self
-        if size not in self._cache:
-            self._cache[size] = ValidationImages(
-                self.category,
-                size,
-                _resize_images(self.good, size),
-                _resize_images(self.anomalous, size),
-                _resize_masks(self.masks, size),
-                list(self.kinds),
-                list(self.sources),
-            )
-        return self._cache[size]
 
 
 def build_validation_images(
@@ -524,19 +475,24 @@ def embed_images(embedder: PatchEmbedder, images: np.ndarray, batch_size: int = 
 
 def evaluate_candidates(
     train_samples: Sequence[Sample],
-    validation: ValidationImages,
+    validation_samples: Sequence[Sample],
     info: CategoryInfo,
     candidates: Sequence[Setting],
     config: BankConfig,
+    *,
+    kinds: Sequence[str] = PSEUDO_ANOMALY_KINDS,
+    per_image: int = 1,
     embedders: EmbedderCache | None = None,
     scratch_dir: str | Path | None = None,
 ) -> pd.DataFrame:
     """``val_auroc`` of every candidate on one category (one row each, candidate order).
 
-    ``validation`` must be at the largest size any candidate uses (it is only downsized).
+    The validation images are read at each candidate's own size, exactly as training and test
+    images are, and their pseudo-anomalies drawn there from the same seed (regions scale with
+    the image), so every resolution is judged on comparable anomalies without resampling.
     """
     embedders = embedders or EmbedderCache(config.device)
-    labels = validation.labels
+    validation_by_size: dict[tuple[int, int], ValidationImages] = {}
     rows: dict[Setting, dict] = {}
     groups: dict[tuple, list[Setting]] = {}
     for setting in candidates:
@@ -544,13 +500,19 @@ def evaluate_candidates(
     for group in groups.values():
         started = time.perf_counter()
         first = group[0]
-        size = first.resolved_size(info)
+        size = tuple(first.resolved_size(info))
+        if size not in validation_by_size:
+            validation_by_size[size] = build_validation_images(
+                validation_samples, size, config.seed, kinds, per_image
+            )
+        validation = validation_by_size[size]
+        labels = validation.labels
         embedder = embedders.get(first)
         bank = build_category_bank(
             train_samples, replace(info, image_size=size), embedder, config, scratch_dir
         )
         index = build_index(bank)
-        features = embed_images(embedder, validation.at_size(size).images, config.batch_size)
+        features = embed_images(embedder, validation.images, config.batch_size)
         shared = time.perf_counter() - started
         for setting in group:
             t0 = time.perf_counter()
@@ -681,22 +643,27 @@ def tune(
         if wanted is not None and category not in wanted:
             continue
         info = infos[category]
-        sizes = [c.resolved_size(info) for c in candidates]
-        largest = max(sizes, key=lambda s: (s[0] * s[1], s))
-        if any(s[0] > largest[0] or s[1] > largest[1] for s in sizes):
-            logger.warning(
-                "tune %s: candidate sizes differ in aspect; pseudo-anomalies drawn at %s", category, largest
-            )
-        images = build_validation_images(validation, largest, config.seed, kinds, per_image)
         logger.info(
-            "tune %s: %d bank images, %d validation images, %d pseudo-anomalies, %d candidates",
+            "tune %s: %d bank images, %d validation images (x%d pseudo-anomalies), %d candidates",
             category,
             len(train),
-            len(images.good),
-            len(images.anomalous),
+            len(validation),
+            per_image,
             len(candidates),
         )
-        tables.append(evaluate_candidates(train, images, info, candidates, config, embedders, scratch_dir))
+        tables.append(
+            evaluate_candidates(
+                train,
+                validation,
+                info,
+                candidates,
+                config,
+                kinds=kinds,
+                per_image=per_image,
+                embedders=embedders,
+                scratch_dir=scratch_dir,
+            )
+        )
     if not tables:
         raise ValueError("no category to tune")
     table = pd.concat(tables, ignore_index=True)
