@@ -54,7 +54,9 @@ def markdown(frame: pd.DataFrame, index: bool = True) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
 
 
-def auroc_on_test_split(samples, infos, settings, config, embedders, scratch) -> tuple[dict[str, float], float]:
+def auroc_on_test_split(
+    samples, infos, settings, config, embedders, scratch
+) -> tuple[dict[str, float], float]:
     """Test image AUROC per category; ``settings``: one Setting or {category: Setting}. Bank = all train images."""
     started = time.perf_counter()
     result = {}
@@ -186,7 +188,9 @@ def main() -> None:
         (out / "parameters_tuned.yml").write_text(yaml.safe_dump(result.parameters(), sort_keys=False))
         (out / "tune_report.md").write_text(result.report())
         name = f"tuned (min_gain {args.min_gain})"
-        table[name], seconds[name] = auroc_on_test_split(samples, infos, result.chosen, config, embedders, work)
+        table[name], seconds[name] = auroc_on_test_split(
+            samples, infos, result.chosen, config, embedders, work
+        )
 
         frame = pd.DataFrame(table)
         frame.loc["mean"] = frame.mean()

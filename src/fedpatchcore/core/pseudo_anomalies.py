@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy.ndimage import gaussian_filter
 
+from fedpatchcore.core.seeding import derive_rng
+
 __all__ = [
     "PSEUDO_ANOMALY_KINDS",
     "PseudoAnomaly",
@@ -361,7 +363,7 @@ def make_pseudo_anomalies(
         donor = images[(i + 1) % len(images)]
         for j in range(per_image):
             position = i * per_image + j
-            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x50534541, position]))  # "PSEA"
+            rng = derive_rng(seed, "pseudo_anomaly", position)
             anomalies.append(make_pseudo_anomaly(image, kinds[position % len(kinds)], rng, donor))
             sources.append(i)
     return anomalies, sources

@@ -30,7 +30,6 @@ import logging
 import shutil
 import tempfile
 import time
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,12 +41,13 @@ import pandas as pd
 from fedpatchcore.core import backbones as backbones_module
 from fedpatchcore.core.coreset import coreset_size
 from fedpatchcore.core.data import loading
-from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample
+from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample, group_by_category
 from fedpatchcore.core.extraction import extract_patch_features
 from fedpatchcore.core.feature_store import select_coreset_streaming
 from fedpatchcore.core.metrics import image_auroc
 from fedpatchcore.core.patchcore import IMAGE_SCORES, PatchEmbedder, build_index, score_images
 from fedpatchcore.core.pseudo_anomalies import PSEUDO_ANOMALY_KINDS, make_pseudo_anomalies
+from fedpatchcore.core.seeding import derive_rng, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -89,10 +89,6 @@ TABLE_COLUMNS = [
 ]
 
 
-def _category_seed(seed: int, category: str, purpose: str) -> np.random.SeedSequence:
-    return np.random.SeedSequence([int(seed), zlib.crc32(f"{purpose}/{category}".encode())])
-
-
 # --------------------------------------------------------------------------------------------
 # validation split (training images only)
 
@@ -129,18 +125,15 @@ def split_validation(
 
     Per category, ``round(fraction * n)`` training images (at least ``min_validation``, leaving
     at least ``min_train`` for the bank) go to validation, chosen by a permutation seeded with
-    ``(seed, category)`` over the images sorted by key, so the split of one category does not
+    ``(seed, "validation_split", category)`` over the images sorted by key, so the split of one category does not
     depend on which other categories are present. Both lists keep the input order.
     """
     if not 0.0 < float(fraction) < 1.0:
         raise ValueError(f"validation.fraction must be in (0, 1), got {fraction}")
     # Only ``split`` is read from a test sample: nothing else of it is ever looked at.
     train_only = [s for s in samples if s.split == TRAIN]
-    groups: dict[str, list[Sample]] = {}
-    for sample in train_only:
-        groups.setdefault(sample.category, []).append(sample)
     chosen: set[str] = set()
-    for category, group in sorted(groups.items()):
+    for category, group in group_by_category(train_only).items():
         n = len(group)
         if n < min_validation + min_train:
             raise ValueError(
@@ -149,7 +142,7 @@ def split_validation(
             )
         n_val = int(np.clip(round(float(fraction) * n), min_validation, n - min_train))
         keys = sorted(s.key for s in group)
-        order = np.random.default_rng(_category_seed(seed, category, "validation")).permutation(n)
+        order = derive_rng(seed, "validation_split", category).permutation(n)
         chosen.update(keys[i] for i in order[:n_val])
     return ValidationSplit(
         train=[s for s in train_only if s.key not in chosen],
@@ -205,7 +198,7 @@ def build_validation_images(
     good = np.stack([loading.load_image(s.image_path, size) for s in validation_samples])
     anomalies, sources = make_pseudo_anomalies(
         good,
-        seed=int(_category_seed(seed, category, "pseudo").generate_state(1)[0]),
+        seed=derive_seed(seed, "pseudo_anomalies", category),
         kinds=kinds,
         per_image=per_image,
     )
