@@ -23,6 +23,7 @@ from fedpatchcore.core.validation import (
     build_validation_images,
     candidate_grid,
     choose_settings,
+    settings_per_category,
     split_validation,
     tune,
 )
@@ -163,6 +164,15 @@ def test_setting_names_params_round_trip():
         Setting(image_score="topk_mean", reweight=True)
     with pytest.raises(ValueError, match="image_score"):
         Setting(image_score="median")
+
+
+def test_settings_per_category_from_tuned_parameters():
+    lite1 = Setting("efficientnet_lite1", image_size=(64, 64), image_score="topk_mean", topk=3)
+    tuned = {"b": {"setting": lite1.name, "val_auroc": 0.9, **lite1.to_params()}}
+    settings = settings_per_category(
+        ["b", "a"], {"name": "efficientnet_lite0"}, {"neighbourhood": 3}, {}, tuned
+    )
+    assert settings == {"a": Setting(), "b": lite1}
 
 
 def test_candidate_grid_default_first_no_duplicates():

@@ -64,6 +64,7 @@ __all__ = [
     "choose_settings",
     "embed_images",
     "evaluate_candidates",
+    "settings_per_category",
     "split_validation",
     "tune",
     "tune_report",
@@ -332,6 +333,20 @@ class Setting:
         return cls.from_params(
             entry.get("backbone"), entry.get("extraction"), entry.get("scoring"), entry.get("image_size")
         )
+
+
+def settings_per_category(
+    categories: Iterable[str],
+    backbone: Mapping[str, Any] | None = None,
+    extraction: Mapping[str, Any] | None = None,
+    scoring: Mapping[str, Any] | None = None,
+    tuned: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Setting]:
+    """The setting of every category: its ``tuned`` entry (``params:tuned``, written by the tuner)
+    when there is one, else the run's ``backbone`` / ``extraction`` / ``scoring`` blocks."""
+    default = Setting.from_params(backbone, extraction, scoring)
+    tuned = tuned or {}
+    return {c: Setting.from_tuned(tuned[c]) if c in tuned else default for c in sorted(categories)}
 
 
 def candidate_grid(
