@@ -7,7 +7,7 @@ images + pseudo-anomalies; the test split is not read until every choice is made
 test AUROC of its per-category choice; then thresholds calibrated on good validation images
 and the false-alarm rate they give on the test split's good images.
 
-    python benchmarks/quality_tune.py [--out DIR] [--threads 2] [--min-gain 0.0]
+    python benchmarks/quality_tune.py [--out DIR] [--threads 2] [--min-gain 0.0] [--tune-seeds 0 1 2]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,8 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=0.0)
     parser.add_argument("--per-image", type=int, default=4, help="pseudo-anomalies per validation image")
     parser.add_argument("--far", type=float, default=0.05, help="target false-alarm rate")
+    parser.add_argument("--tune-seeds", type=int, nargs="+", default=[0], help="validation splits to tune on")
+    parser.add_argument("--skip-far", action="store_true", help="skip the false-alarm measurement")
     args = parser.parse_args()
     print(f"load average at start: {os.getloadavg()}")
     logging.basicConfig(level=logging.WARNING)
@@ -171,26 +174,33 @@ def main() -> None:
             ],
             default=DEFAULT,
         )
-        started = time.perf_counter()
-        result = tune(
-            [s for s in samples if s.split == TRAIN],  # the benchmark hands over training images only
-            infos,
-            grid,
-            config,
-            default=DEFAULT,
-            validation_fraction=0.2,
-            per_image=args.per_image,
-            min_gain=args.min_gain,
-            scratch_dir=work,
-        )
-        tune_seconds = time.perf_counter() - started
-        result.table.to_csv(out / "tune.csv", index=False)
-        (out / "parameters_tuned.yml").write_text(yaml.safe_dump(result.parameters(), sort_keys=False))
-        (out / "tune_report.md").write_text(result.report())
-        name = f"tuned (min_gain {args.min_gain})"
-        table[name], seconds[name] = auroc_on_test_split(
-            samples, infos, result.chosen, config, embedders, work
-        )
+        results, tune_seconds = {}, {}
+        for split_seed in args.tune_seeds:
+            # the validation split and the pseudo-anomalies follow the seed; banks for the test stay seed 0
+            started = time.perf_counter()
+            results[split_seed] = tune(
+                [s for s in samples if s.split == TRAIN],  # the benchmark hands over training images only
+                infos,
+                grid,
+                replace(config, seed=split_seed),
+                default=DEFAULT,
+                validation_fraction=0.2,
+                per_image=args.per_image,
+                min_gain=args.min_gain,
+                scratch_dir=work,
+            )
+            tune_seconds[split_seed] = time.perf_counter() - started
+            result = results[split_seed]
+            result.table.to_csv(out / f"tune_seed{split_seed}.csv", index=False)
+            (out / f"parameters_tuned_seed{split_seed}.yml").write_text(
+                yaml.safe_dump(result.parameters(), sort_keys=False)
+            )
+            (out / f"tune_report_seed{split_seed}.md").write_text(result.report())
+            name = f"tuned (split seed {split_seed}, min_gain {args.min_gain})"
+            table[name], seconds[name] = auroc_on_test_split(
+                samples, infos, result.chosen, config, embedders, work
+            )
+            print(f"{name}: mean {np.mean(list(table[name].values())):.4f}", flush=True)
 
         frame = pd.DataFrame(table)
         frame.loc["mean"] = frame.mean()
@@ -198,16 +208,22 @@ def main() -> None:
         print("\n## Test image AUROC per category (bank: all 24 training images, coreset 0.1)\n")
         print(markdown(frame.T))
         frame.to_csv(out / "test_auroc.csv")
-        print(f"\n## Tune table ({len(grid)} candidates x {len(infos)} categories, {tune_seconds:.0f} s)\n")
-        print(
-            result.table[["category", "setting", "val_auroc", "chosen", "seconds"]]
-            .sort_values(["category", "val_auroc"], ascending=[True, False])
-            .pipe(markdown, index=False)
-        )
-        print()
-        print(result.report())
+        for split_seed, result in results.items():
+            print(
+                f"\n## Tune table, split seed {split_seed} ({len(grid)} candidates x {len(infos)} categories, "
+                f"{tune_seconds[split_seed]:.0f} s)\n"
+            )
+            print(
+                result.table[["category", "setting", "val_auroc", "chosen", "seconds"]]
+                .sort_values(["category", "val_auroc"], ascending=[True, False])
+                .pipe(markdown, index=False)
+            )
+            print()
+            print(result.report())
 
         # 3. thresholds from good validation images -> false alarms on the test split
+        if args.skip_far:
+            return
         started = time.perf_counter()
         far = false_alarms(work / "synthetic_far", config, embedders, work, args.far)
         far.to_csv(out / "false_alarms.csv", index=False)
