@@ -18,6 +18,7 @@ from fedpatchcore.core.backbones import (
     default_layers,
     efficientnet_lite0_network,
     efficientnet_lite_network,
+    is_known_backbone,
     load_backbone,
     resolve_device,
 )
@@ -38,7 +39,9 @@ def lite0():
 def test_registry_lists_all():
     assert available_backbones()[0] == "efficientnet_lite0"
     for name in ("wide_resnet50_2", "efficientnet_lite1", "efficientnet_lite2"):
-        assert name in available_backbones()
+        assert name in available_backbones() and is_known_backbone(name)
+    assert is_known_backbone("timm:convnext_tiny") and not is_known_backbone("timm:")
+    assert not is_known_backbone("resnet9000")
 
 
 def test_lite0_state_dict_matches_package_file_exactly():

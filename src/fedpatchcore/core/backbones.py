@@ -585,6 +585,12 @@ def available_backbones() -> list[str]:
     return list(_REGISTRY)
 
 
+def is_known_backbone(name: str) -> bool:
+    """Whether ``backbone.name`` names a registered backbone or has the form ``timm:<model_name>``
+    (whether timm knows the model is checked when it is loaded; this does not import timm)."""
+    return name in _REGISTRY or (name.startswith(TIMM_PREFIX) and bool(name[len(TIMM_PREFIX) :].strip()))
+
+
 def available_layers(name: str) -> list[str]:
     """Stage names ``backbone.layers`` may pick for ``name``, shallow to deep."""
     if name in _LITE_SPECS:
