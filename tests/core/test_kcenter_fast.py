@@ -28,8 +28,8 @@ def both(x: np.ndarray, k: int, **kwargs) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_skip_selects_the_plain_loops_indices(seed):
-    x = low_rank(4000, 96, seed)  # 96 > 32 columns: the principal filter is used
-    for k, starts in ((200, 1), (1200, 3)):
+    x = low_rank(2500, 96, seed)  # 96 > 32 columns: the principal filter is used
+    for k, starts in ((150, 1), (700, 3)):
         plain, skip = both(x, k, projection_dim=None, seed=seed, num_starts=starts)
         np.testing.assert_array_equal(skip, plain)
 
@@ -48,7 +48,7 @@ def test_skip_with_projection_and_few_columns(seed):
 def test_duplicates_and_exact_ties_break_like_argmax(seed):
     rng = np.random.default_rng(seed)
     base = low_rank(300, 48, seed)
-    x = base[rng.integers(0, len(base), 5000)]  # every row has many exact duplicates
+    x = base[rng.integers(0, len(base), 3000)]  # every row has many exact duplicates
     plain, skip = both(x, 600, projection_dim=None, seed=seed)  # more centres than distinct rows
     np.testing.assert_array_equal(skip, plain)
     grid = rng.integers(0, 4, (4000, 3)).astype(np.float32)  # integer grid: many equal distances
@@ -61,10 +61,12 @@ def test_duplicates_and_exact_ties_break_like_argmax(seed):
 
 
 def test_slot_packing_and_hand_over_to_plain(monkeypatch):
-    x = low_rank(5000, 64, 7)
+    x = low_rank(3000, 64, 7)
     expected = greedy_kcenter(x, 900, projection_dim=None, seed=1, method="plain")
     monkeypatch.setattr(kcenter_fast, "_SPARE_SLOTS", 0.01)  # pack the slot arrays often
-    np.testing.assert_array_equal(greedy_kcenter(x, 900, projection_dim=None, seed=1, method="skip"), expected)
+    np.testing.assert_array_equal(
+        greedy_kcenter(x, 900, projection_dim=None, seed=1, method="skip"), expected
+    )
     monkeypatch.setattr(kcenter_fast, "_GIVE_UP_SHARE", 0.0)  # give up at once: plain from there
     monkeypatch.setattr(kcenter_fast, "_WARMUP", 10)
     work = coreset._prepare_cpu(x, None, 1, np.float32)
