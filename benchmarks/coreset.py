@@ -151,9 +151,14 @@ def todays_loop(vectors: np.ndarray, k: int, *, projection_dim, seed: int, alrea
     return chosen
 
 
-def timed(fn):
-    started = time.perf_counter()
+CPU_SECONDS: dict[str, float] = {}
+
+
+def timed(fn, name: str = ""):
+    """Result and wall seconds of ``fn()``; its process CPU seconds go to ``CPU_SECONDS[name]``."""
+    started, cpu = time.perf_counter(), time.process_time()
     result = fn()
+    CPU_SECONDS[name] = time.process_time() - cpu
     return result, time.perf_counter() - started
 
 
@@ -208,12 +213,13 @@ def main(argv: list[str] | None = None) -> None:
     for name in compare:
         if name == "today":
             steps = args.today_steps if args.today_steps and args.today_steps < k else None
-            chosen, seconds = timed(lambda steps=steps: todays_loop(vectors, k, steps=steps, **kwargs))
+            chosen, seconds = timed(lambda steps=steps: todays_loop(vectors, k, steps=steps, **kwargs), name)
             if steps is not None:
                 seconds, chosen = seconds * (k - 1) / (steps - 1), None
+                CPU_SECONDS[name] *= (k - 1) / (steps - 1)
             results[name] = (chosen, seconds, steps is not None)
         elif name in ("plain", "skip", "auto"):
-            chosen, seconds = timed(lambda name=name: greedy_kcenter(vectors, k, method=name, **kwargs))
+            chosen, seconds = timed(lambda name=name: greedy_kcenter(vectors, k, method=name, **kwargs), name)
             assert len(np.unique(chosen)) == k, f"{name}: indices are not unique"
             results[name] = (chosen, seconds, False)
         elif name == "reference":
@@ -224,10 +230,11 @@ def main(argv: list[str] | None = None) -> None:
                 torch.set_num_threads(args.threads)
             steps = args.reference_steps if args.reference_steps and args.reference_steps < k else None
             chosen, seconds = timed(
-                lambda steps=steps, ref=reference: ref.select(original, steps or k, seed=args.seed)
+                lambda steps=steps, ref=reference: ref.select(original, steps or k, seed=args.seed), name
             )
             if steps is not None:
                 seconds, chosen = seconds * (k - 1) / (steps - 1), None
+                CPU_SECONDS[name] *= (k - 1) / (steps - 1)
             results[name] = (chosen, seconds, steps is not None)
         else:
             sys.exit(f"unknown --compare entry {name!r}")
@@ -235,13 +242,13 @@ def main(argv: list[str] | None = None) -> None:
     today = results.get("today", (None, math.nan, False))
     radii: dict[str, float] = {}
     measure_radius = "reference" in results and results["reference"][0] is not None
-    print(f"{'loop':<10}{'seconds':>10}  {'vs today':>9}  identical to today  radius")
+    print(f"{'loop':<10}{'seconds':>10}{'cpu s':>10}  {'vs today':>9}  identical to today  radius")
     for name, (chosen, seconds, extrapolated) in results.items():
         if measure_radius and chosen is not None and name in ("reference", "auto", "skip", "plain", "today"):
             radii[name] = load_reference().covering_radius(original, chosen)
         same = "-" if chosen is None or today[0] is None or name == "today" else str(np.array_equal(chosen, today[0]))
         print(
-            f"{name:<10}{seconds:>10.2f}  {today[1] / seconds:>8.2f}x  {same:>18}  "
+            f"{name:<10}{seconds:>10.2f}{CPU_SECONDS.get(name, math.nan):>10.2f}  {today[1] / seconds:>8.2f}x  {same:>18}  "
             f"{radii.get(name, math.nan):.4f}{'  (extrapolated)' if extrapolated else ''}"
         )
     ours = results.get("auto") or results.get("skip") or results.get("plain")

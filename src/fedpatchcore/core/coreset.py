@@ -31,6 +31,7 @@ import sys
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from fedpatchcore.core import kcenter_fast
 
@@ -310,7 +311,11 @@ def _greedy_numpy(work: np.ndarray, k: int, starts: np.ndarray, method: str = "a
         return _plain_loop(work, half_norms, k, starts, np.dot)
     with kcenter_fast.RowDots(work.shape[1]) as dots:
         if method == "skip":
-            return kcenter_fast.greedy_skipping(work, half_norms, k, starts, dots)
+            # Its BLAS calls are small (centre distances, projections of a few rows): with more
+            # than one BLAS thread they spend more time waking threads than computing. The big
+            # row dots run on RowDots' own threads.
+            with threadpool_limits(limits=1, user_api="blas"):
+                return kcenter_fast.greedy_skipping(work, half_norms, k, starts, dots)
         return _plain_loop(work, half_norms, k, starts, dots)
 
 

@@ -41,12 +41,13 @@ __all__ = ["RowDots", "choose_method", "greedy_skipping", "rounding_margin"]
 _GATHER_ROWS = 65536
 #: A step whose examined rows exceed this share of all rows computes every row in one pass in
 #: their own order (no gather); the values are the same.
-_DENSE_SHARE = 0.25
+_DENSE_SHARE = 0.6
 #: Below this many rows one thread computes the dots (thread hand-off costs more than it saves).
 _THREAD_MIN_ROWS = 32768
 #: Offsets (fractions of a group's size) probed to bound how many of its rows, sorted by
 #: decreasing distance, the new centre has to look at.
 _PROBES = np.array([1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2])
+_BISECTIONS = 3
 #: Principal components kept per row for the cheap lower bound of a distance (rows of more
 #: dimensions only); rows sampled to estimate them.
 _FILTER_DIM = 32
@@ -250,60 +251,90 @@ def greedy_skipping(
     n_rows, dim = work.shape
     f32 = np.float32
     minus_inf = f32(-np.inf)
+    unit = 2.0**-24
     max_half = float(half_norms.max(initial=0.0))
     delta = rounding_margin(dim, max_half)
-    gamma = dim * 2.0**-24 / (1.0 - dim * 2.0**-24)
-    max_norm = float(np.sqrt(2.0 * max_half * (1.0 + 2.0 * gamma)))
+    gamma = dim * unit / (1.0 - dim * unit)
+    max_norm = float(np.sqrt(2.0 * max_half * (1.0 + 2.0 * gamma))) + 1e-30
     # centre-to-centre squared distances come from a float32 BLAS dot and float64 norms
     eps_cross = 8.0 * gamma * max_norm**2 + 1e-12 * max_norm**2 + 1e-30
     dense_limit = _DENSE_SHARE * n_rows
+    q = min(_FILTER_DIM, dim)
+    basis = _principal_basis(work, q)
+    # Error allowance of a computed cross-term bound res·pu + rn·rcn against the true
+    # (x - c_j)·(c - c_j): projections of vectors of norm <= 2B are off by <= (gamma + 3u) 2B per
+    # coordinate, the float32 basis is orthonormal to ~1e-6; generous by a factor of 4.
+    eta = 4.0 * (4.0 * np.sqrt(q) * (gamma + 3.0 * unit) + 4e-6) * (2.0 * max_norm) ** 2
+    # ... plus the two float32 dots res·P^T c and res·P^T c_j that make up res·P^T w per row
+    eta += 4.0 * (q * unit / (1.0 - q * unit) + unit * np.sqrt(q)) * 2.0 * max_norm**2
+    res_slack = 4.0 * np.sqrt(q) * (gamma + 3.0 * unit) * 2.0 * max_norm  # for the complement norms
     values = np.empty(n_rows, dtype=f32)
     chosen = np.empty(k, dtype=np.int64)
+    min_dist = np.full(n_rows, np.inf, dtype=f32)  # the plain loop's array, in row order
 
-    # Group g (the rows nearest to centre g) occupies slots start[g] : start[g] + count[g] of the
-    # slot arrays, sorted by decreasing min distance, then increasing row index. A row that
-    # leaves a group leaves a hole (slot_row = -1) whose old value stays, so the group stays
-    # sorted; a group starts with a live row. New groups are appended after ``end``; when the
-    # arrays are full they are packed (holes dropped).
+    # Group g (the rows nearest to centre g) occupies slots start[g] : start[g] + count[g],
+    # sorted by decreasing min distance, then increasing row index. A row that leaves a group
+    # leaves a hole (slot_row = -1) whose old value stays, so the group stays sorted; a group
+    # starts with a live row. New groups are appended after ``end``; when the slot arrays are
+    # full they are packed (holes dropped). Per slot also: the row's residual to its centre in
+    # principal coordinates (res = P^T (x - c_g)) and a bound of the rest of it (rn >= |(I - PP^T)(x - c_g)|).
     capacity = n_rows + max(1, int(_SPARE_SLOTS * n_rows))
     slot_row = np.empty(capacity, dtype=np.intp)
-    slot_dist = np.empty(capacity, dtype=f32)  # the plain loop's min distance of the slot's row
-    use_filter = dim > _FILTER_DIM
-    if use_filter:  # principal coordinates: cheap, contiguous lower bounds of distances
-        basis = _principal_basis(work, _FILTER_DIM)
-        slot_coords = np.empty((capacity, _FILTER_DIM), dtype=f32)
-        coord_slack = 2.0 * np.sqrt(_FILTER_DIM) * (gamma + 1e-6) * max_norm + 1e-12
+    slot_dist = np.empty(capacity, dtype=f32)
+    slot_res = np.empty((capacity, q), dtype=f32)
+    slot_rn = np.empty(capacity, dtype=f32)
+    slot_rc = np.empty(capacity, dtype=f32)  # res · P^T c_g
     where = np.empty(n_rows, dtype=np.intp)  # slot of each row
     group_of = np.zeros(n_rows, dtype=np.intp)
     start = np.zeros(k, dtype=np.intp)
     count = np.zeros(k, dtype=np.intp)
     group_max = np.full(k, -np.inf, dtype=f32)  # min distance of the group's first (live) row
     group_arg = np.zeros(k, dtype=np.intp)  # that row
+    box_low = np.zeros((k, q), dtype=f32)  # per group: bounding box of its rows' res
+    box_high = np.zeros((k, q), dtype=f32)
+    rn_max = np.zeros(k, dtype=f32)
     centres = np.empty((k, dim), dtype=f32)
     centre_sq = np.empty(k, dtype=np.float64)
+    centre_proj = np.empty((k, q), dtype=np.float64)
     end = 0
     looked = computed = dense_steps = groups_examined = 0
-    recent = np.zeros(_WINDOW, dtype=np.int64)  # slots looked at in the last steps
+    recent = np.zeros(_WINDOW, dtype=np.int64)  # rows looked at in the last steps
     give_up_after = max(_WARMUP, k // 8)
     plain_from = k
 
-    def row_values(index: int, rows: np.ndarray) -> np.ndarray:
-        """The plain loop's values for ``rows``: ``(h - x·c) + h_c``, same ops, same kernel."""
-        centre = work[index]
-        if len(rows) > dense_limit:
-            dots(work, centre, values)
-            np.subtract(half_norms, values, out=values)
-            np.add(values, half_norms[index], out=values)
-            return values[rows]
-        out = np.empty(len(rows), dtype=f32)
+    def residuals(rows: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """res = P^T (x - c) and an upper bound of |(I - P P^T)(x - c)| for ``rows``."""
+        res = np.empty((len(rows), q), dtype=f32)
+        rest = np.empty(len(rows), dtype=f32)
         for lo in range(0, len(rows), _GATHER_ROWS):
-            part = rows[lo : lo + _GATHER_ROWS]
-            block = work[part]  # fancy indexing copies whole rows (np.take(axis=0) is ~5x slower)
-            piece = out[lo : lo + len(part)]
-            dots(block, centre, piece)
-            np.subtract(half_norms[part], piece, out=piece)
-            np.add(piece, half_norms[index], out=piece)
-        return out
+            diff = work[rows[lo : lo + _GATHER_ROWS]]
+            diff -= centre
+            part = res[lo : lo + len(diff)]
+            np.matmul(diff, basis, out=part)
+            full = np.einsum("ij,ij->i", diff, diff).astype(np.float64) * (1.0 + 4.0 * gamma)
+            full -= np.einsum("ij,ij->i", part, part).astype(np.float64) * (1.0 - 4.0 * gamma)
+            np.maximum(full, 0.0, out=full)
+            rest[lo : lo + len(diff)] = np.sqrt(full) + res_slack
+        return res, rest
+
+    def new_group(g: int, rows: np.ndarray, dist: np.ndarray, centre: np.ndarray, at: int) -> int:
+        """Put ``rows`` (sorted) in slots ``at...`` as group ``g``; returns the new end."""
+        res, rest = residuals(rows, centre)
+        slots = np.arange(at, at + len(rows))
+        slot_row[slots] = rows
+        slot_dist[slots] = dist
+        slot_res[slots] = res
+        slot_rn[slots] = rest
+        slot_rc[slots] = res @ centre_proj[g].astype(f32)
+        where[rows] = slots
+        group_of[rows] = g
+        start[g], count[g] = at, len(rows)
+        if len(rows):
+            box_low[g], box_high[g], rn_max[g] = res.min(axis=0), res.max(axis=0), rest.max()
+            group_max[g], group_arg[g] = dist[0], rows[0]
+        else:
+            group_max[g] = minus_inf
+        return at + len(rows)
 
     for t in range(k):
         if t < len(starts):
@@ -317,7 +348,9 @@ def greedy_skipping(
             break
         centre = work[index]
         centres[t] = centre
-        centre_sq[t] = float(np.dot(centre.astype(np.float64), centre.astype(np.float64)))
+        centre64 = centre.astype(np.float64)
+        centre_sq[t] = float(centre64 @ centre64)
+        centre_proj[t] = centre64 @ basis.astype(np.float64)
 
         if t == 0:  # every row joins the first centre's group
             dense_steps += 1
@@ -326,107 +359,119 @@ def greedy_skipping(
             dots(work, centre, values)
             np.subtract(half_norms, values, out=values)
             np.add(values, half_norms[index], out=values)
-            values[index] = minus_inf
-            rows = np.lexsort((np.arange(n_rows), -values))
-            slot_row[:n_rows] = rows
-            slot_dist[:n_rows] = values[rows]
-            if use_filter:
-                for lo in range(0, n_rows, _GATHER_ROWS):
-                    part = rows[lo : lo + _GATHER_ROWS]
-                    np.matmul(work[part], basis, out=slot_coords[lo : lo + len(part)])
-            where[rows] = np.arange(n_rows)
-            start[0], count[0], end = 0, n_rows, n_rows
-            group_max[0], group_arg[0] = slot_dist[0], rows[0]
+            np.minimum(min_dist, values, out=min_dist)
+            min_dist[index] = minus_inf
+            rows = np.lexsort((np.arange(n_rows), -min_dist))
+            end = new_group(0, rows, min_dist[rows], centre, 0)
             continue
 
-        # Groups the new centre may take rows from: a row x of group j (centre c_j) at true
-        # distance e_x <= D/2 from c_j, D = d(c, c_j), has d(x, c) >= D - e_x >= e_x, so its value
-        # stays; rows are sorted by decreasing value, so only a prefix of a group can change.
+        # 1. Groups the new centre may take rows from. A row x of group j (centre c_j) changes
+        #    only if (x - c_j)·w > |w|²/2, w = c - c_j (the bisecting hyperplane). Cheap bounds of
+        #    the left side: e_x |w| (triangle inequality: so only rows with e_x > |w|/2, a prefix of
+        #    the sorted group), and P^T(x - c_j)·P^T w + |rest of x - c_j| |rest of w| (principal
+        #    coordinates; over a group, from its bounding box).
         cross = np.dot(centres[:t], centre).astype(np.float64)
-        d2 = centre_sq[:t] + centre_sq[t] - 2.0 * cross - eps_cross
-        np.maximum(d2, 0.0, out=d2)
-        # Largest value a row may have and provably keep: e_up = sqrt(2 (m + delta)) <= D / 2.
-        keep_below = d2 / 8.0 - delta
+        d2 = centre_sq[:t] + centre_sq[t] - 2.0 * cross
+        d2_low = np.maximum(d2 - eps_cross, 0.0)
+        keep_below = d2_low / 8.0 - delta  # rows with a value <= this keep it (triangle)
         home = group_of[index]
         groups = np.flatnonzero(group_max[:t] > keep_below)
         slot = int(np.searchsorted(groups, home))
         if slot == len(groups) or groups[slot] != home:
             groups = np.insert(groups, slot, home)  # the new centre itself always leaves its group
+        pu = centre_proj[t] - centre_proj[groups]  # P^T w per group
+        rest_w = np.sqrt(np.maximum(d2[groups] + eps_cross - (pu * pu).sum(axis=1) * (1.0 - 1e-6), 0.0))
+        rest_w += res_slack  # >= |rest of w|
+        half_gap = d2_low[groups] / 2.0 - 2.0 * delta - eta  # (x - c_j)·w below this: x keeps its value
+        box = np.maximum(box_low[groups] * pu, box_high[groups] * pu).sum(axis=1)
+        open_groups = box + rn_max[groups] * rest_w > half_gap
+        open_groups[slot] = True
+        groups, pu, rest_w, half_gap = groups[open_groups], pu[open_groups], rest_w[open_groups], half_gap[open_groups]
+        slot = int(np.searchsorted(groups, home))
         sizes, firsts, limit = count[groups], start[groups], keep_below[groups]
-        # Bound each prefix by probing the sorted group at a few offsets.
+
+        # 2. The prefix of each group above its triangle limit: probes, then a few bisections.
         offsets = (sizes[:, None] * _PROBES).astype(np.intp)
         below = slot_dist[firsts[:, None] + offsets] <= limit[:, None]
-        prefix = np.where(below.any(axis=1), offsets[np.arange(len(groups)), below.argmax(axis=1)], sizes)
+        first_below = below.argmax(axis=1)
+        prefix = np.where(below.any(axis=1), offsets[np.arange(len(groups)), first_below], sizes)
+        low = np.where(first_below > 0, offsets[np.arange(len(groups)), first_below - 1] + 1, 1)
+        np.minimum(low, prefix, out=low)
+        for _ in range(_BISECTIONS):
+            middle = (low + prefix) // 2
+            drop = slot_dist[firsts + np.minimum(middle, sizes - 1)] <= limit
+            prefix = np.where(drop & (middle < prefix), middle, prefix)
+            low = np.where(drop, low, np.minimum(middle + 1, prefix))
         prefix[slot] = max(prefix[slot], where[index] - firsts[slot] + 1)
         np.maximum(prefix, 1, out=prefix)
-
-        positions = _ranges(firsts, prefix)
-        rows = slot_row[positions]
-        current = slot_dist[positions]
-        need = np.flatnonzero((current > np.repeat(limit, prefix)) & (rows >= 0))
-        looked += len(need)
-        if use_filter and len(need):  # drop rows whose principal part is already far enough
-            diff = slot_coords[positions[need]]
-            diff -= slot_coords[where[index]]
-            bound = np.sqrt(np.einsum("ij,ij->i", diff, diff).astype(np.float64))
-            bound *= 1.0 - 1e-5
-            bound -= coord_slack
-            need = need[~((bound > 0.0) & (bound * bound >= 2.0 * (current[need] + delta)))]
-        candidates = rows[need]
-        computed += len(candidates)
-        dense_steps += len(candidates) > dense_limit
-        got = row_values(index, candidates)
-        smaller = got < current[need]
+        total = int(prefix.sum())
         groups_examined += len(groups)
+        recent[t % _WINDOW] = total
 
-        # Movers leave holes (their old value stays as a sort key, so the group stays sorted);
-        # a group whose first slot became a hole starts at its next live slot.
-        mover_slots = positions[need[smaller]]
-        mover_values = got[smaller]
-        home_slot = where[index]
-        is_home = mover_slots == home_slot
-        if is_home.any():
-            mover_values[is_home] = minus_inf
-        else:  # the new centre leaves its group even when its value did not drop (duplicates)
-            mover_slots = np.append(mover_slots, home_slot)
-            mover_values = np.append(mover_values, minus_inf)
-        movers = slot_row[mover_slots]
-        if use_filter:
-            mover_coords = slot_coords[mover_slots]
+        if total > dense_limit:
+            # 3a. Dense step: every row's value in one pass in row order (the plain loop's step).
+            dense_steps += 1
+            looked += n_rows
+            computed += n_rows
+            dots(work, centre, values)
+            np.subtract(half_norms, values, out=values)
+            np.add(values, half_norms[index], out=values)
+            values[index] = minus_inf
+            movers = np.flatnonzero(values < min_dist)
+            mover_values = values[movers]
+        else:
+            # 3b. Sparse step: rows of the prefixes that no bound rules out get their exact value.
+            positions = _ranges(firsts, prefix)
+            current = slot_dist[positions]
+            need = np.flatnonzero(current > np.repeat(limit, prefix))
+            rows = slot_row[positions[need]]
+            live = rows >= 0
+            need, rows = need[live], rows[live]
+            looked += len(need)
+            if len(need):  # the same bound per row, from the row's own residual
+                member = np.repeat(np.arange(len(groups)), prefix)[need]
+                at = positions[need]
+                # res·P^T w = res·P^T c - res·P^T c_j; the second term was stored with the row
+                lhs = (slot_res[at] @ centre_proj[t].astype(f32)).astype(np.float64)
+                lhs -= slot_rc[at]
+                lhs += slot_rn[at] * rest_w[member]
+                open_rows = lhs > half_gap[member]
+                need, rows = need[open_rows], rows[open_rows]
+            computed += len(rows)
+            got = np.empty(len(rows), dtype=f32)
+            for lo in range(0, len(rows), _GATHER_ROWS):
+                part = rows[lo : lo + _GATHER_ROWS]
+                piece = got[lo : lo + len(part)]
+                dots(work[part], centre, piece)
+                np.subtract(half_norms[part], piece, out=piece)
+                np.add(piece, half_norms[index], out=piece)
+            smaller = got < current[need]
+            movers, mover_values = rows[smaller], got[smaller]
+            if not (movers == index).any():
+                movers = np.append(movers, index)  # the new centre leaves its group in any case
+                mover_values = np.append(mover_values, minus_inf)
+            mover_values[movers == index] = minus_inf
+
+        # 4. Movers leave holes; a group whose first slot became a hole starts at its next live
+        #    slot. They form the new centre's group, sorted, appended after ``end``.
+        min_dist[movers] = mover_values
+        mover_slots = where[movers]
         slot_row[mover_slots] = -1
-        ends = firsts + sizes
-        for g in np.flatnonzero(slot_row[firsts] < 0):
-            firsts[g] = _next_live(slot_row, int(firsts[g]), int(ends[g]))
-        start[groups] = firsts
-        count[groups] = ends - firsts
-
-        # The moved rows become the new centre's group, sorted, appended at the end.
+        touched = np.unique(group_of[movers])
+        for g in touched[slot_row[start[touched]] < 0]:
+            first, stop = int(start[g]), int(start[g] + count[g])
+            first = _next_live(slot_row, first, stop)
+            start[g], count[g] = first, stop - first
+        heads = np.minimum(start[touched], capacity - 1)
+        group_max[touched] = np.where(count[touched] > 0, slot_dist[heads], minus_inf)
+        group_arg[touched] = slot_row[heads]
         order = np.lexsort((movers, -mover_values))
         movers, mover_values = movers[order], mover_values[order]
         if end + len(movers) > capacity:
-            end = _pack(slot_row, slot_dist, slot_coords if use_filter else None, where, start, count, t)
-        new_slots = np.arange(end, end + len(movers))
-        slot_row[new_slots] = movers
-        slot_dist[new_slots] = mover_values
-        if use_filter:
-            slot_coords[new_slots] = mover_coords[order]
-        where[movers] = new_slots
-        group_of[movers] = t
-        start[t], count[t] = end, len(movers)
-        end += len(movers)
+            end = _pack(slot_row, (slot_dist, slot_res, slot_rn, slot_rc), where, start, count, t)
+        end = new_group(t, movers, mover_values, centre, end)
 
-        touched = np.append(groups, t)
-        alive = count[touched] > 0
-        group_max[touched[~alive]] = minus_inf
-        heads = start[touched[alive]]
-        group_max[touched[alive]] = slot_dist[heads]
-        group_arg[touched[alive]] = slot_row[heads]
-
-        recent[t % _WINDOW] = len(positions)
         if t >= give_up_after and recent.sum() > _GIVE_UP_SHARE * _WINDOW * n_rows:
-            min_dist = np.empty(n_rows, dtype=f32)
-            live = np.flatnonzero(slot_row[:end] >= 0)
-            min_dist[slot_row[live]] = slot_dist[live]
             _plain_steps(work, half_norms, min_dist, chosen, t + 1, dots)
             plain_from = t + 1
             break
@@ -472,8 +517,7 @@ def _next_live(slot_row: np.ndarray, first: int, end: int, chunk: int = 256) -> 
 
 def _pack(
     slot_row: np.ndarray,
-    slot_dist: np.ndarray,
-    slot_coords: np.ndarray | None,
+    slot_data: tuple[np.ndarray, ...],
     where: np.ndarray,
     start: np.ndarray,
     count: np.ndarray,
@@ -483,13 +527,12 @@ def _pack(
     sizes = count[:t]
     positions = _ranges(start[:t], sizes)
     live = slot_row[positions] >= 0
+    group = np.repeat(np.arange(t), sizes)[live]
     positions = positions[live]
-    kept = np.add.reduceat(live.astype(np.intp), np.cumsum(sizes) - sizes) if len(live) else sizes
-    kept = np.where(sizes > 0, kept, 0)
+    kept = np.bincount(group, minlength=t)
     rows = slot_row[positions]
-    slot_dist[: len(rows)] = slot_dist[positions]
-    if slot_coords is not None:
-        slot_coords[: len(rows)] = slot_coords[positions]
+    for array in slot_data:
+        array[: len(rows)] = array[positions]
     slot_row[: len(rows)] = rows
     where[rows] = np.arange(len(rows))
     start[:t] = np.cumsum(kept) - kept
