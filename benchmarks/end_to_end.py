@@ -100,7 +100,9 @@ def write_autovi_like(root: Path, fraction: float, seed: int = 0, categories=Non
         for split, count in (("train/good", n_train), ("test/good", n_test - n_test // 2)):
             (folder / split).mkdir(parents=True, exist_ok=True)
             for i in range(count):
-                Image.fromarray(_shaded_image(rng, width, height)).save(folder / split / f"{i:04d}.png", compress_level=1)
+                Image.fromarray(_shaded_image(rng, width, height)).save(
+                    folder / split / f"{i:04d}.png", compress_level=1
+                )
         (folder / "test" / "missing").mkdir(parents=True, exist_ok=True)
         for i in range(n_test // 2):
             image = _shaded_image(rng, width, height)
@@ -187,7 +189,9 @@ def print_result(result: dict, label: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scale", choices=["default", "autovi"], default="default")
     parser.add_argument("--pipeline", default=None, help="default scale: the pipeline (default federated)")
     parser.add_argument("--params", default="", help='Kedro-style "a.b=1,c=x" overrides, added last')
@@ -195,7 +199,9 @@ def main() -> None:
     parser.add_argument("--categories", default="", help="autovi: comma list of categories (default: all 6)")
     parser.add_argument("--clients", type=int, default=2, help="autovi: IID clients of the federated run")
     parser.add_argument("--device", default="auto", help="autovi: backbone/coreset device")
-    parser.add_argument("--keep-data", type=Path, default=None, help="autovi: write the dataset here and keep it")
+    parser.add_argument(
+        "--keep-data", type=Path, default=None, help="autovi: write the dataset here and keep it"
+    )
     parser.add_argument(
         "--random-init-timing-only",
         action="store_true",
@@ -225,7 +231,9 @@ def main() -> None:
             label = "wide_resnet50_2, ImageNet weights"
         except BackboneWeightsMissing as error:
             if not args.random_init_timing_only:
-                sys.exit(f"{error}\n(or pass --random-init-timing-only to time a randomly initialised network)")
+                sys.exit(
+                    f"{error}\n(or pass --random-init-timing-only to time a randomly initialised network)"
+                )
             weights = str(random_wrn50_weights(tmp / "wrn50_random_init.pth"))
             label = "wide_resnet50_2, RANDOM-INIT weights: timings only"
         root = args.keep_data or tmp / "autovi_like"

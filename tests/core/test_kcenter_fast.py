@@ -64,6 +64,7 @@ def test_slot_packing_and_hand_over_to_plain(monkeypatch):
     x = low_rank(3000, 64, 7)
     expected = greedy_kcenter(x, 900, projection_dim=None, seed=1, method="plain")
     monkeypatch.setattr(kcenter_fast, "_SPARE_SLOTS", 0.01)  # pack the slot arrays often
+    monkeypatch.setattr(kcenter_fast, "_SPLIT_ROWS", 0)  # every sparse step on two threads
     np.testing.assert_array_equal(
         greedy_kcenter(x, 900, projection_dim=None, seed=1, method="skip"), expected
     )

@@ -57,6 +57,8 @@ _FILTER_DIM = 32
 _GIVE_UP_SHARE = 0.6
 _WARMUP = 64
 _WINDOW = 32
+#: A sparse step looking at more prefix rows than this splits them over two threads.
+_SPLIT_ROWS = 16384
 #: Slots beyond N for appended groups (as a share of N) before the slot arrays are packed.
 _SPARE_SLOTS = 1.0
 _PCA_SAMPLE = 20000
@@ -267,6 +269,7 @@ def greedy_skipping(
     eta = 4.0 * (4.0 * np.sqrt(q) * (gamma + 3.0 * unit) + 4e-6) * (2.0 * max_norm) ** 2
     # ... plus the two float32 dots res·P^T c and res·P^T c_j that make up res·P^T w per row
     eta += 4.0 * (q * unit / (1.0 - q * unit) + unit * np.sqrt(q)) * 2.0 * max_norm**2
+    eta += 1e-5 * (2.0 * max_norm) ** 2  # ... and their sum, kept in float32
     res_slack = 4.0 * np.sqrt(q) * (gamma + 3.0 * unit) * 2.0 * max_norm  # for the complement norms
     values = np.empty(n_rows, dtype=f32)
     chosen = np.empty(k, dtype=np.int64)
@@ -336,6 +339,7 @@ def greedy_skipping(
             group_max[g] = minus_inf
         return at + len(rows)
 
+    side_pool = ThreadPoolExecutor(1) if dots.threads > 1 else None  # second half of big steps
     for t in range(k):
         if t < len(starts):
             index = int(starts[t])
@@ -386,7 +390,7 @@ def greedy_skipping(
         box = np.maximum(box_low[groups] * pu, box_high[groups] * pu).sum(axis=1)
         open_groups = box + rn_max[groups] * rest_w > half_gap
         open_groups[slot] = True
-        groups, pu, rest_w, half_gap = groups[open_groups], pu[open_groups], rest_w[open_groups], half_gap[open_groups]
+        groups, rest_w, half_gap = groups[open_groups], rest_w[open_groups], half_gap[open_groups]
         slot = int(np.searchsorted(groups, home))
         sizes, firsts, limit = count[groups], start[groups], keep_below[groups]
 
@@ -420,33 +424,36 @@ def greedy_skipping(
             movers = np.flatnonzero(values < min_dist)
             mover_values = values[movers]
         else:
-            # 3b. Sparse step: rows of the prefixes that no bound rules out get their exact value.
-            positions = _ranges(firsts, prefix)
-            current = slot_dist[positions]
-            need = np.flatnonzero(current > np.repeat(limit, prefix))
-            rows = slot_row[positions[need]]
-            live = rows >= 0
-            need, rows = need[live], rows[live]
-            looked += len(need)
-            if len(need):  # the same bound per row, from the row's own residual
-                member = np.repeat(np.arange(len(groups)), prefix)[need]
-                at = positions[need]
-                # res·P^T w = res·P^T c - res·P^T c_j; the second term was stored with the row
-                lhs = (slot_res[at] @ centre_proj[t].astype(f32)).astype(np.float64)
-                lhs -= slot_rc[at]
-                lhs += slot_rn[at] * rest_w[member]
-                open_rows = lhs > half_gap[member]
-                need, rows = need[open_rows], rows[open_rows]
-            computed += len(rows)
-            got = np.empty(len(rows), dtype=f32)
-            for lo in range(0, len(rows), _GATHER_ROWS):
-                part = rows[lo : lo + _GATHER_ROWS]
-                piece = got[lo : lo + len(part)]
-                dots(work[part], centre, piece)
-                np.subtract(half_norms[part], piece, out=piece)
-                np.add(piece, half_norms[index], out=piece)
-            smaller = got < current[need]
-            movers, mover_values = rows[smaller], got[smaller]
+            # 3b. Sparse step: rows of the prefixes that no bound rules out get their exact value
+            #     (large steps in two halves on two threads: numpy and faiss release the GIL).
+            centre_p = centre_proj[t].astype(f32)
+            parts = [(firsts, prefix, limit, rest_w, half_gap)]
+            if side_pool is not None and total > _SPLIT_ROWS and len(groups) > 1:
+                cut = int(np.searchsorted(np.cumsum(prefix), total // 2)) + 1
+                cut = min(max(cut, 1), len(groups) - 1)
+                parts = [tuple(a[:cut] for a in parts[0]), tuple(a[cut:] for a in parts[0])]
+            args = (
+                slot_row,
+                slot_dist,
+                slot_res,
+                slot_rc,
+                slot_rn,
+                work,
+                half_norms,
+                index,
+                centre,
+                centre_p,
+                dots,
+            )
+            if len(parts) == 1:
+                results = [_sparse_rows(*parts[0], *args)]
+            else:
+                later = side_pool.submit(_sparse_rows, *parts[1], *args)
+                results = [_sparse_rows(*parts[0], *args), later.result()]
+            movers = np.concatenate([r[0] for r in results])
+            mover_values = np.concatenate([r[1] for r in results])
+            looked += sum(r[2] for r in results)
+            computed += sum(r[3] for r in results)
             if not (movers == index).any():
                 movers = np.append(movers, index)  # the new centre leaves its group in any case
                 mover_values = np.append(mover_values, minus_inf)
@@ -476,6 +483,8 @@ def greedy_skipping(
             plain_from = t + 1
             break
 
+    if side_pool is not None:
+        side_pool.shutdown()
     if stats is not None:
         stats.update(
             rows_looked_at=looked,
@@ -486,6 +495,42 @@ def greedy_skipping(
             plain_from_step=plain_from,
         )
     return chosen
+
+
+def _sparse_rows(
+    firsts, prefix, limit, rest_w, half_gap,
+    slot_row, slot_dist, slot_res, slot_rc, slot_rn, work, half_norms, index, centre, centre_p, dots,
+):  # fmt: skip
+    """Rows of the given group prefixes whose value drops for the new centre, and their values.
+
+    Filters: the triangle limit on the row's current value, then the principal-coordinate bound
+    of ``(x - c_j)·w``; the rest get the exact value. Returns (rows, values, looked, computed).
+    """
+    positions = _ranges(firsts, prefix)
+    current = slot_dist[positions]
+    keep = current > np.repeat(limit, prefix)
+    rows = slot_row[positions]
+    keep &= rows >= 0
+    at = positions[keep]
+    looked = len(at)
+    if not looked:
+        return at, current[:0], 0, 0
+    rows, current = rows[keep], current[keep]
+    # res·P^T w = res·P^T c - res·P^T c_j; the second term was stored with the row
+    lhs = slot_res[at] @ centre_p
+    lhs -= slot_rc[at]
+    lhs += slot_rn[at] * np.repeat(rest_w, prefix)[keep]
+    open_rows = lhs > np.repeat(half_gap, prefix)[keep]
+    rows, current = rows[open_rows], current[open_rows]
+    got = np.empty(len(rows), dtype=np.float32)
+    for lo in range(0, len(rows), _GATHER_ROWS):
+        part = rows[lo : lo + _GATHER_ROWS]
+        piece = got[lo : lo + len(part)]
+        dots(work[part], centre, piece)
+        np.subtract(half_norms[part], piece, out=piece)
+        np.add(piece, half_norms[index], out=piece)
+    smaller = got < current
+    return rows[smaller], got[smaller], looked, len(rows)
 
 
 def _plain_steps(
