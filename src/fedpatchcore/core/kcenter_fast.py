@@ -58,7 +58,7 @@ _GIVE_UP_SHARE = 0.6
 _WARMUP = 64
 _WINDOW = 32
 #: A sparse step looking at more prefix rows than this splits them over two threads.
-_SPLIT_ROWS = 16384
+_SPLIT_ROWS = 4096
 #: Slots beyond N for appended groups (as a share of N) before the slot arrays are packed.
 _SPARE_SLOTS = 1.0
 _PCA_SAMPLE = 20000
@@ -517,7 +517,7 @@ def _sparse_rows(
         return at, current[:0], 0, 0
     rows, current = rows[keep], current[keep]
     # res·P^T w = res·P^T c - res·P^T c_j; the second term was stored with the row
-    lhs = slot_res[at] @ centre_p
+    lhs = np.take(slot_res, at, axis=0) @ centre_p
     lhs -= slot_rc[at]
     lhs += slot_rn[at] * np.repeat(rest_w, prefix)[keep]
     open_rows = lhs > np.repeat(half_gap, prefix)[keep]
