@@ -106,9 +106,10 @@ def test_row_kernel_value_does_not_depend_on_the_other_rows(dim):
 
 
 def test_auto_choice_and_method_errors():
-    assert choose_method(100_000, 10, np.float32) == "plain"
-    assert choose_method(100_000, 1000, np.float64) == "plain"
-    assert choose_method(100_000, 1000, np.float32) == "skip"
+    assert choose_method(200_000, 1000, np.float32) == "plain"  # too few centres to pay off
+    assert choose_method(20_000, 5000, np.float32) == "plain"  # too few rows
+    assert choose_method(200_000, 5000, np.float64) == "plain"
+    assert choose_method(200_000, 5000, np.float32) == "skip"
     x = low_rank(500, 16, 0)
     with pytest.raises(ValueError, match="method"):
         greedy_kcenter(x, 10, method="fast")

@@ -11,9 +11,9 @@ patch banks. This module implements the approximate variant that PatchCore uses:
    row norms (``||x||² - 2 x·c + ||c||²``). Memory is O(N·projection_dim) for the
    projected copy plus a few O(N) vectors; there is no N×N matrix and no N×d temporary
    per step, and no Python work per candidate row.
-3. for float32 on the CPU and ``k >= kcenter_fast.AUTO_MIN_K`` the same loop skips the rows a new
-   centre provably cannot change (:mod:`fedpatchcore.core.kcenter_fast`): identical indices,
-   a fraction of the work once the centres' groups are small.
+3. for float32 on the CPU with many centres (``k >= kcenter_fast.AUTO_MIN_K``) the same loop
+   skips the rows a new centre provably cannot change (:mod:`fedpatchcore.core.kcenter_fast`):
+   identical indices, a fraction of the work once the centres' groups are small.
 
 Both loops compute the dot products with a kernel whose value for a row does not depend on
 the other rows in the call (:class:`~fedpatchcore.core.kcenter_fast.RowDots`); BLAS ``sgemv``,
@@ -151,9 +151,9 @@ def greedy_kcenter(
             C-contiguous, writeable numpy input of the loop dtype: saves one N×p copy,
             but the input is centred and rescaled (its contents change).
         method: CPU loop: ``"plain"`` (every row, every step), ``"skip"`` (only the rows the new
-            centre can change; float32 only) or ``"auto"`` (skip for float32 and
-            ``k >= kcenter_fast.AUTO_MIN_K``, else plain). Both give identical indices; only the
-            time differs. Ignored on torch devices.
+            centre can change; float32 only) or ``"auto"`` (skip for float32 with
+            ``k >= kcenter_fast.AUTO_MIN_K`` and ``N >= kcenter_fast.AUTO_MIN_ROWS``, else plain).
+            Both give identical indices; only the time differs. Ignored on torch devices.
 
     The result depends only on the data, ``k``, ``projection_dim``, ``seed``,
     ``num_starts``, ``device`` and ``dtype`` (not on ``method`` nor on thread counts):

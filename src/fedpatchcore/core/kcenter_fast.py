@@ -2,24 +2,29 @@
 
 The plain loop (:func:`fedpatchcore.core.coreset._greedy_numpy`) computes, at every step,
 the distance from *every* row to the newest centre: N·p work per step, N·k·p in all. Late in
-the loop almost none of those distances matters: a row only changes when the new centre is
-nearer than its current one. This module keeps
+the loop almost none of those distances matters: a row only changes when the new centre c is
+nearer than its current centre c_j, i.e. when ``(x - c_j)·w > |w|²/2`` with ``w = c - c_j``
+(x lies beyond the bisecting hyperplane). This module keeps
 
-* each row's current centre (its *group*; a group's rows sit in one contiguous segment of an
-  index array, so a group that is skipped costs nothing),
-* each group's radius (the largest half squared distance of its rows, and the first row that
-  attains it, which also gives the next farthest point without scanning all N rows),
-* the centres themselves, to get the distance from the newest centre to every older one,
+* each row's current centre (its *group*): a group's rows sit in one contiguous run of slots,
+  sorted by decreasing distance, so a group that is skipped costs nothing and the group's
+  first row is its farthest (the next centre is the best group head, no scan of all N rows);
+* the centres and their distances to the newest one (one ``t x p`` product per step);
+* per row, its residual ``x - c_j`` in the rows' leading principal coordinates (32 of them)
+  and a bound of the rest of the residual.
 
-and skips a whole group when the triangle inequality proves that no row of it can be nearer
-to the new centre than to its own: ``d(c, c_j) >= 2 r_j`` (plus a margin for float rounding,
-see :func:`rounding_margins`). This is the pruning that fast farthest-point samplers for point
-clouds use, here with a row layout grouped by centre.
+A step then looks only at the groups whose farthest row could cross the hyperplane, only at
+the prefix of such a group whose distance exceeds ``|w|/2`` (triangle inequality), and
+only computes the rows whose principal-coordinate bound of ``(x - c_j)·w`` does not rule them
+out (Cauchy-Schwarz on the remainder). Every bound carries a margin for float rounding (see
+:func:`rounding_margin`). The first steps, which would look at most rows anyway, are one plain
+pass; on data whose rows have no low-dimensional structure the loop hands over to the plain
+loop by itself.
 
-**Same indices as the plain loop.** Every row that is examined gets exactly the float32 value
+**Same indices as the plain loop.** Every row that is computed gets exactly the float32 value
 the plain loop computes for it, ``(||x||²/2 - x·c) + ||c||²/2`` with the same half norms and the
 same dot-product kernel (:class:`RowDots`, whose result for a row does not depend on which
-other rows are in the call); a skipped group provably keeps its values (the margin covers the
+other rows are in the call); a skipped row provably keeps its value (the margins cover the
 worst-case rounding of both loops); and the next centre is the largest value with the
 *smallest row index* among ties, as ``np.argmax`` picks it. So the selection is identical, not
 merely as good, and duplicate rows and exact ties are broken the same way.
@@ -59,13 +64,16 @@ _WARMUP = 64
 _WINDOW = 32
 #: A sparse step looking at more prefix rows than this splits them over two threads.
 _SPLIT_ROWS = 4096
-#: Slots beyond N for appended groups (as a share of N) before the slot arrays are packed.
-_SPARE_SLOTS = 1.0
+#: Slots beyond N for appended groups (as a share of N) before the slot arrays are packed
+#: (which also drops the holes that make prefixes longer).
+_SPARE_SLOTS = 0.25
 _PCA_SAMPLE = 20000
-#: ``method="auto"`` uses the plain loop for k below this (measured on 200k x 128 rows, 2 cores:
-#: the skipping loop's first steps examine nearly every row and cost a little more than plain
-#: ones; from a few dozen centres on the skipped groups pay for that).
-AUTO_MIN_K = 64
+#: ``method="auto"`` uses the skipping loop from this many centres and rows on (measured on CNN
+#: patch features projected to 128 dims, 2 cores: its first few hundred steps cost about a plain
+#: step each, so it pays off from a few thousand centres: 200k rows -> 2000 centres 0.8x,
+#: 100k -> 3000 1.1x, 200k -> 3000 1.7x, 470k -> 4700 2.4x, 470k -> 20000 3.7x).
+AUTO_MIN_K = 2500
+AUTO_MIN_ROWS = 50_000
 
 
 # --------------------------------------------------------------------------------------
@@ -203,8 +211,8 @@ def rounding_margin(dim: int, max_half_norm: float, unit: float = 2.0**-24) -> f
 
 
 def choose_method(n_rows: int, k: int, dtype: np.dtype) -> str:
-    """``"skip"`` or ``"plain"`` for ``method="auto"``: plain for float64 and for small k."""
-    if np.dtype(dtype) != np.float32 or k < AUTO_MIN_K or n_rows < 2 * AUTO_MIN_K:
+    """``"skip"`` or ``"plain"`` for ``method="auto"``: skip for float32 and large k and N."""
+    if np.dtype(dtype) != np.float32 or k < AUTO_MIN_K or n_rows < AUTO_MIN_ROWS:
         return "plain"
     return "skip"
 
@@ -293,9 +301,6 @@ def greedy_skipping(
     count = np.zeros(k, dtype=np.intp)
     group_max = np.full(k, -np.inf, dtype=f32)  # min distance of the group's first (live) row
     group_arg = np.zeros(k, dtype=np.intp)  # that row
-    box_low = np.zeros((k, q), dtype=f32)  # per group: bounding box of its rows' res
-    box_high = np.zeros((k, q), dtype=f32)
-    rn_max = np.zeros(k, dtype=f32)
     centres = np.empty((k, dim), dtype=f32)
     centre_sq = np.empty(k, dtype=np.float64)
     centre_proj = np.empty((k, q), dtype=np.float64)
@@ -333,7 +338,6 @@ def greedy_skipping(
         group_of[rows] = g
         start[g], count[g] = at, len(rows)
         if len(rows):
-            box_low[g], box_high[g], rn_max[g] = res.min(axis=0), res.max(axis=0), rest.max()
             group_max[g], group_arg[g] = dist[0], rows[0]
         else:
             group_max[g] = minus_inf
@@ -372,8 +376,8 @@ def greedy_skipping(
         # 1. Groups the new centre may take rows from. A row x of group j (centre c_j) changes
         #    only if (x - c_j)·w > |w|²/2, w = c - c_j (the bisecting hyperplane). Cheap bounds of
         #    the left side: e_x |w| (triangle inequality: so only rows with e_x > |w|/2, a prefix of
-        #    the sorted group), and P^T(x - c_j)·P^T w + |rest of x - c_j| |rest of w| (principal
-        #    coordinates; over a group, from its bounding box).
+        #    the sorted group, and only groups whose farthest row passes), then per row
+        #    P^T(x - c_j)·P^T w + |rest of x - c_j| |rest of w| (principal coordinates).
         cross = np.dot(centres[:t], centre).astype(np.float64)
         d2 = centre_sq[:t] + centre_sq[t] - 2.0 * cross
         d2_low = np.maximum(d2 - eps_cross, 0.0)
@@ -387,11 +391,6 @@ def greedy_skipping(
         rest_w = np.sqrt(np.maximum(d2[groups] + eps_cross - (pu * pu).sum(axis=1) * (1.0 - 1e-6), 0.0))
         rest_w += res_slack  # >= |rest of w|
         half_gap = d2_low[groups] / 2.0 - 2.0 * delta - eta  # (x - c_j)·w below this: x keeps its value
-        box = np.maximum(box_low[groups] * pu, box_high[groups] * pu).sum(axis=1)
-        open_groups = box + rn_max[groups] * rest_w > half_gap
-        open_groups[slot] = True
-        groups, rest_w, half_gap = groups[open_groups], rest_w[open_groups], half_gap[open_groups]
-        slot = int(np.searchsorted(groups, home))
         sizes, firsts, limit = count[groups], start[groups], keep_below[groups]
 
         # 2. The prefix of each group above its triangle limit: probes, then a few bisections.
