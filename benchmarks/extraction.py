@@ -7,7 +7,10 @@ Prints images/s of
   and the copy to numpy;
 and the ratio embed/bare (target >= 0.85). The two are timed interleaved, batch by batch,
 on the same batches, so load from other processes hits both alike; the median and best
-of ``--repeats`` rounds are reported.
+of ``--repeats`` rounds are reported. On CUDA (``--device cuda``) it also times
+``PatchEmbedder.embed_batches`` over all batches (features copied to the host as float16,
+each copy overlapped with the next batch) against the bare backbone on the same batches;
+``--precision`` picks the embedding's arithmetic (``auto``: float16 on CUDA, float32 on CPU).
 
     python benchmarks/extraction.py --threads 1 --batch-size 8 --image-size 224
 """
@@ -41,7 +44,7 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | No
 
         print(f"[{name}] weights absent: RANDOM-INIT network, timings only (--random-init-timing-only)")
         backbone = WideResNet50Features(wide_resnet50_2(weights=None)).to(args.device)
-    embedder = PatchEmbedder(backbone, neighbourhood=3, device=args.device)
+    embedder = PatchEmbedder(backbone, neighbourhood=3, device=args.device, precision=args.precision)
     device = embedder.device
     rng = np.random.default_rng(args.seed)
     batches = [
@@ -55,13 +58,16 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | No
         ((torch.from_numpy(b).permute(0, 3, 1, 2).float() / 255.0 - mean) / std).contiguous().to(device)
         for b in batches
     ]
+    if device.type == "cuda":
+        bare_inputs = [x.contiguous(memory_format=torch.channels_last) for x in bare_inputs]
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
     def run_bare(i: int) -> None:
-        with torch.inference_mode():
+        # the same arithmetic as the embedding (autocast for half precision), network only
+        with torch.inference_mode(), embedder._autocast():
             backbone(bare_inputs[i])
         sync()
 
@@ -101,13 +107,36 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | No
     res["ratio_best"] = res["embed_best"] / res["bare_best"]
     h, w = embedder.grid_size(args.image_size)
     print(
-        f"[{name}] device={device} threads={torch.get_num_threads()} batch={args.batch_size} "
-        f"image={args.image_size} grid={h}x{w} dim={embedder.feature_dim}\n"
+        f"[{name}] device={device} precision={embedder.precision} threads={torch.get_num_threads()} "
+        f"batch={args.batch_size} image={args.image_size} grid={h}x{w} dim={embedder.feature_dim}\n"
         f"  bare backbone : {res['bare_med']:8.2f} img/s median  {res['bare_best']:8.2f} best\n"
         f"  full embedding: {res['embed_med']:8.2f} img/s median  {res['embed_best']:8.2f} best\n"
         f"  ratio         : {res['ratio_med']:8.3f} median        {res['ratio_best']:8.3f} best  "
         f"(target >= 0.85: {'met' if res['ratio_med'] >= 0.85 else 'NOT met'})"
     )
+    if device.type == "cuda":
+        # The whole stream: host uint8 batches in, host float16 features out, copies overlapped.
+        streamed_t, bare_all_t = [], []
+        for r in range(args.repeats):
+            for fn in ("bare", "stream") if r % 2 == 0 else ("stream", "bare"):
+                t0 = time.perf_counter()
+                if fn == "bare":
+                    with torch.inference_mode(), embedder._autocast():
+                        for x in bare_inputs:
+                            backbone(x)
+                    sync()
+                    bare_all_t.append(time.perf_counter() - t0)
+                else:
+                    for _ in embedder.embed_batches(iter(batches)):
+                        pass
+                    sync()
+                    streamed_t.append(time.perf_counter() - t0)
+        res["stream_med"] = n_img / statistics.median(streamed_t)
+        res["bare_all_med"] = n_img / statistics.median(bare_all_t)
+        print(
+            f"  streamed (embed_batches, fp16 to host): {res['stream_med']:8.2f} img/s median vs bare "
+            f"{res['bare_all_med']:8.2f}: ratio {res['stream_med'] / res['bare_all_med']:.3f}"
+        )
     return res
 
 
@@ -130,7 +159,7 @@ def bench_feature_stage(name: str, args: argparse.Namespace) -> dict[str, float]
     except BackboneWeightsMissing as err:
         print(f"[{name}] stage benchmark skipped: {err}")
         return None
-    embedder = PatchEmbedder(backbone, neighbourhood=3, device=args.device)
+    embedder = PatchEmbedder(backbone, neighbourhood=3, device=args.device, precision=args.precision)
     n_images = args.batch_size * args.batches
     with tempfile.TemporaryDirectory(prefix="fedpatchcore_extract_") as workdir:
         root = Path(workdir) / "images"
@@ -196,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch/faiss CPU threads (0: leave default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto", help="auto | float32 | float16 | bfloat16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="image-loading threads of the feature stage")
     parser.add_argument(

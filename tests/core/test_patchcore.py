@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedpatchcore.core.backbones import load_backbone
+from fedpatchcore.core.backbones import FeatureBackbone, load_backbone
 from fedpatchcore.core.patchcore import (
     PatchEmbedder,
     build_index,
@@ -151,3 +151,70 @@ def test_reweighting_follows_the_paper():
     # stable for huge distances (no overflow to nan)
     big = reweight_scores(index, bank, bank[:1] + 1e4, np.array([1e4]), np.array([0]), num_neighbours=5)
     assert np.isfinite(big).all()
+
+
+# ------------------------------------------------------------------ precision / device
+class _TinyBackbone(FeatureBackbone):
+    """Two small conv stages (strides 8 and 16) with BatchNorm: fast, deterministic."""
+
+    name = "tiny"
+    channels = (6, 10)
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stage_shallow = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 6, 3, stride=8, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU()
+        )
+        self.stage_deep = torch.nn.Sequential(
+            torch.nn.Conv2d(6, 10, 3, stride=2, padding=1), torch.nn.BatchNorm2d(10), torch.nn.ReLU()
+        )
+        self.freeze()
+
+    def forward(self, images):
+        shallow = self.stage_shallow(images)
+        return shallow, self.stage_deep(shallow)
+
+
+def _tiny_images(n: int = 3, seed: int = 0) -> np.ndarray:
+    return np.stack([_normal_image(seed + i) for i in range(n)])
+
+
+def test_precision_names_and_cpu_default_is_float32():
+    embedder = PatchEmbedder(_TinyBackbone(), device="cpu")
+    assert embedder.precision == "float32"
+    feats = embedder.embed(_tiny_images())
+    assert feats.dtype == np.float32 and feats.shape == (3, 8, 8, 16)
+    with pytest.raises(ValueError, match="precision"):
+        PatchEmbedder(_TinyBackbone(), precision="int8")
+
+
+@pytest.mark.parametrize(("precision", "tolerance"), [("float16", 5e-3), ("bfloat16", 4e-2)])
+def test_half_precision_agrees_with_float32(precision, tolerance):
+    images = _tiny_images()
+    reference = PatchEmbedder(_TinyBackbone(), device="cpu").embed(images)
+    half = PatchEmbedder(_TinyBackbone(), device="cpu", precision=precision)
+    feats = half.embed(images)
+    assert feats.dtype == np.float16 and feats.shape == reference.shape
+    scale = np.abs(reference).max()
+    assert np.abs(feats.astype(np.float32) - reference).max() <= tolerance * scale
+
+
+def test_embed_batches_yields_what_embed_returns():
+    embedder = PatchEmbedder(_TinyBackbone(), device="cpu")
+    batches = [_tiny_images(2, seed) for seed in (0, 5, 9)]
+    streamed = list(embedder.embed_batches(iter(batches)))
+    assert len(streamed) == 3
+    for images, feats in zip(batches, streamed, strict=True):
+        np.testing.assert_array_equal(feats, embedder.embed(images))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["float32", "float16"])
+def test_cuda_embedding_agrees_with_cpu(precision):  # pragma: no cover - GPU machines only
+    images = _tiny_images(4)
+    reference = PatchEmbedder(_TinyBackbone(), device="cpu").embed(images)
+    gpu = PatchEmbedder(_TinyBackbone(), device="cuda", precision=precision)
+    tolerance = 1e-4 if precision == "float32" else 5e-3
+    for feats in [gpu.embed(images), *gpu.embed_batches([images, images])]:
+        assert np.abs(feats.astype(np.float32) - reference).max() <= tolerance * np.abs(reference).max()

@@ -11,6 +11,14 @@ patch banks. This module implements the approximate variant that PatchCore uses:
    row norms (``||x||² - 2 x·c + ||c||²``). Memory is O(N·projection_dim) for the
    projected copy plus a few O(N) vectors; there is no N×N matrix and no N×d temporary
    per step, and no Python work per candidate row.
+3. for float32 on the CPU with many centres (``k >= kcenter_fast.AUTO_MIN_K``) the same loop
+   skips the rows a new centre provably cannot change (:mod:`fedpatchcore.core.kcenter_fast`):
+   identical indices, a fraction of the work once the centres' groups are small.
+
+Both loops compute the dot products with a kernel whose value for a row does not depend on
+the other rows in the call (:class:`~fedpatchcore.core.kcenter_fast.RowDots`); BLAS ``sgemv``,
+which the loop used before, gives a row a different last bit depending on its position and on
+the BLAS thread count, so the two loops could not have agreed exactly.
 
 Everything here is plain numpy / torch and takes explicit seeds; nothing imports Kedro.
 """
@@ -23,6 +31,9 @@ import sys
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
+
+from fedpatchcore.core import kcenter_fast
 
 __all__ = [
     "DEFAULT_PROJECTION_DIM",
@@ -43,6 +54,7 @@ _ROW_BLOCK = 65536
 
 _CPU_DTYPES = {"float32": np.float32, "float64": np.float64}
 _TORCH_DTYPE_NAMES = ("float32", "float64", "float16", "bfloat16")
+_METHODS = ("auto", "plain", "skip")
 
 
 # --------------------------------------------------------------------------------------
@@ -116,6 +128,7 @@ def greedy_kcenter(
     dtype: str = "float32",
     already_projected: bool = False,
     copy: bool = True,
+    method: str = "auto",
 ) -> np.ndarray:
     """Indices (int64, shape ``(min(k, N),)``, selection order, unique) of a greedy k-center coreset.
 
@@ -137,9 +150,14 @@ def greedy_kcenter(
         copy: ``False`` lets a CPU run that needs no projection work *in place* on a
             C-contiguous, writeable numpy input of the loop dtype: saves one N×p copy,
             but the input is centred and rescaled (its contents change).
+        method: CPU loop: ``"plain"`` (every row, every step), ``"skip"`` (only the rows the new
+            centre can change; float32 only) or ``"auto"`` (skip for float32 with
+            ``k >= kcenter_fast.AUTO_MIN_K`` and ``N >= kcenter_fast.AUTO_MIN_ROWS``, else plain).
+            Both give identical indices; only the time differs. Ignored on torch devices.
 
     The result depends only on the data, ``k``, ``projection_dim``, ``seed``,
-    ``num_starts``, ``device`` and ``dtype``: identical inputs give identical indices.
+    ``num_starts``, ``device`` and ``dtype`` (not on ``method`` nor on thread counts):
+    identical inputs give identical indices.
     """
     k = int(k)
     if k < 0:
@@ -148,6 +166,8 @@ def greedy_kcenter(
         raise ValueError(f"coreset.num_starts must be >= 1, got {num_starts}")
     if projection_dim is not None and projection_dim < 1:
         raise ValueError(f"coreset.projection_dim must be >= 1 or None, got {projection_dim}")
+    if method not in _METHODS:
+        raise ValueError(f"coreset method must be one of {list(_METHODS)}, got {method!r}")
     if not hasattr(vectors, "shape"):
         vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim != 2:
@@ -172,7 +192,7 @@ def greedy_kcenter(
         work = _prepare_cpu(
             vectors, projection_dim if use_projection else None, seed, _CPU_DTYPES[dtype], copy=copy
         )
-        return _greedy_numpy(work, k, starts)
+        return _greedy_numpy(work, k, starts, method=method)
 
     device_obj = _check_torch_device(device)
     if dtype not in _TORCH_DTYPE_NAMES:
@@ -269,13 +289,39 @@ def _prepare_cpu(
     return work
 
 
-def _greedy_numpy(work: np.ndarray, k: int, starts: np.ndarray) -> np.ndarray:
-    """Farthest-point loop on a C-contiguous (N, p) array. Tracks *half* squared distances."""
+def _greedy_numpy(work: np.ndarray, k: int, starts: np.ndarray, method: str = "auto") -> np.ndarray:
+    """Farthest-point loop on a C-contiguous (N, p) array. Tracks *half* squared distances.
+
+    ``method``: ``"plain"`` computes every row's distance at every step; ``"skip"`` (float32
+    only) examines only rows the new centre can change, with identical indices; ``"auto"``
+    picks by :func:`~fedpatchcore.core.kcenter_fast.choose_method`.
+    """
     n_rows = work.shape[0]
     half_norms = np.empty(n_rows, dtype=work.dtype)
     for start in range(0, n_rows, _ROW_BLOCK):
         block = work[start : start + _ROW_BLOCK]
         half_norms[start : start + len(block)] = 0.5 * np.einsum("ij,ij->i", block, block)
+    if method == "auto":
+        method = kcenter_fast.choose_method(n_rows, k, work.dtype)
+    finite = bool(np.isfinite(half_norms).all())
+    if method == "skip" and (work.dtype != np.float32 or not finite):
+        # The skipping proof needs finite float32 rows; non-finite rows make every choice moot.
+        method = "plain"
+    if work.dtype != np.float32:
+        return _plain_loop(work, half_norms, k, starts, np.dot)
+    with kcenter_fast.RowDots(work.shape[1]) as dots:
+        if method == "skip":
+            # Its BLAS calls are small (centre distances, projections of a few rows): with more
+            # than one BLAS thread they spend more time waking threads than computing. The big
+            # row dots run on RowDots' own threads.
+            with threadpool_limits(limits=1, user_api="blas"):
+                return kcenter_fast.greedy_skipping(work, half_norms, k, starts, dots)
+        return _plain_loop(work, half_norms, k, starts, dots)
+
+
+def _plain_loop(work: np.ndarray, half_norms: np.ndarray, k: int, starts: np.ndarray, dots) -> np.ndarray:
+    """Every row's distance to the newest centre at every step (N·p work per step)."""
+    n_rows = work.shape[0]
     min_dist = np.full(n_rows, np.inf, dtype=work.dtype)
     buffer = np.empty(n_rows, dtype=work.dtype)
     chosen = np.empty(k, dtype=np.int64)
@@ -283,7 +329,7 @@ def _greedy_numpy(work: np.ndarray, k: int, starts: np.ndarray) -> np.ndarray:
 
     def absorb(index: int) -> None:
         # buffer = ||x||²/2 - x·c + ||c||²/2 = ||x - c||² / 2, for every row, no N×p temporary.
-        np.dot(work, work[index], out=buffer)
+        dots(work, work[index], buffer)
         np.subtract(half_norms, buffer, out=buffer)
         np.add(buffer, half_norms[index], out=buffer)
         np.minimum(min_dist, buffer, out=min_dist)

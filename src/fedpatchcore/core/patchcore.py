@@ -4,8 +4,13 @@
   features ``(B, h, w, d)``: ImageNet normalisation, the frozen backbone's two stages,
   3x3 neighbourhood averaging on each stage, the deeper stage bilinearly upsampled to the
   shallower stage's grid, channels concatenated (``d = sum(backbone.channels)``).
+  On CUDA the whole embedding runs on the device, by default in float16 (autocast), and the
+  features come back in one pinned, non-blocking float16 copy per batch;
+  :meth:`PatchEmbedder.embed_batches` overlaps that copy with the next batch's network pass.
 * :func:`build_index` / :func:`nearest_distances`: exact (``IndexFlatL2``) or IVF search,
-  returning Euclidean (not squared) distances.
+  returning Euclidean (not squared) distances. With CUDA present, exact searches run on the
+  GPU with torch (:func:`torch_nearest_neighbours`: blocked matmul + ``topk``, exact); the
+  index itself stays a faiss index (it is what the catalog persists).
 * :func:`score_images`: patch score = distance to the nearest bank vector; anomaly map =
   patch-score grid upsampled bilinearly to the image size, then Gaussian-smoothed; image
   score (``image_score``) = max of that RAW map (``"max"``, the default; never normalised
@@ -18,6 +23,8 @@ This module does not import kedro.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
 
 import faiss
 import numpy as np
@@ -32,6 +39,7 @@ __all__ = [
     "PatchEmbedder",
     "build_index",
     "nearest_neighbours",
+    "torch_nearest_neighbours",
     "nearest_distances",
     "score_images",
     "anomaly_maps",
@@ -65,6 +73,19 @@ def _image_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
+#: ``precision`` names accepted by :class:`PatchEmbedder` and the torch dtypes they compute in.
+PRECISIONS = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` -> ``"float16"`` on CUDA, ``"float32"`` elsewhere; other names are checked."""
+    if precision == "auto":
+        return "float16" if device.type == "cuda" else "float32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 class PatchEmbedder:
     """Locally aware patch features from a frozen :class:`FeatureBackbone`.
 
@@ -72,19 +93,35 @@ class PatchEmbedder:
         backbone: from :func:`fedpatchcore.core.backbones.load_backbone`.
         neighbourhood: side of the square local-averaging window (PatchCore's p=3); 1 = none.
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``; the backbone is moved there.
+        precision: arithmetic of the network and the aggregation: ``"auto"`` (float16 on CUDA,
+            float32 elsewhere), ``"float32"``, ``"float16"`` or ``"bfloat16"`` (autocast; the
+            features agree with float32 within the half type's rounding). Features come back as
+            float32 in float32 mode and as float16 otherwise (half the bytes to copy and store).
     """
 
-    def __init__(self, backbone: FeatureBackbone, neighbourhood: int = 3, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        backbone: FeatureBackbone,
+        neighbourhood: int = 3,
+        device: str = "cpu",
+        precision: str = "auto",
+    ) -> None:
         if neighbourhood < 1 or neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be a positive odd integer, got {neighbourhood}")
         self.device = torch.device(resolve_device(device))
+        self.precision = resolve_precision(precision, self.device)
+        self.compute_dtype = PRECISIONS[self.precision]
+        self.output_dtype = torch.float32 if self.precision == "float32" else torch.float16
         self.backbone = backbone.to(self.device).eval()
+        if self.device.type == "cuda":  # NHWC convolutions (tensor cores) on the GPU
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.neighbourhood = int(neighbourhood)
         mean = torch.tensor(backbone.mean, dtype=torch.float32, device=self.device)
         std = torch.tensor(backbone.std, dtype=torch.float32, device=self.device)
         # x_norm = (x/255 - mean)/std = x * scale - shift   (one fused multiply-add per pixel)
         self._scale = (1.0 / (255.0 * std)).view(1, 3, 1, 1)
         self._shift = (mean / std).view(1, 3, 1, 1)
+        self._copy_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     @property
     def feature_dim(self) -> int:
@@ -104,14 +141,24 @@ class PatchEmbedder:
         """uint8 ``(B, H, W, 3)`` -> normalised float ``(B, 3, H, W)`` (channels_last memory)."""
         if images.ndim != 4 or images.shape[-1] != 3:
             raise ValueError(f"expected images of shape (B, H, W, 3), got {images.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        x = torch.from_numpy(np.ascontiguousarray(images))
+        if self.device.type == "cuda":
+            x = x.pin_memory()  # uint8 upload: a quarter of the float bytes, asynchronous
+        x = x.to(self.device, non_blocking=True)
         # NHWC storage viewed as NCHW is exactly the channels_last layout: no copy here.
         x = x.permute(0, 3, 1, 2).to(torch.float32)
         return torch.addcmul(-self._shift, x, self._scale)
 
+    def _autocast(self):
+        if self.precision == "float32":
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.compute_dtype)
+
     def _aggregate(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
-        """Neighbourhood averaging + upsample + concat -> ``(B, h, w, d)`` float32 tensor."""
+        """Neighbourhood averaging + upsample + concat -> ``(B, h, w, d)`` tensor (output dtype)."""
         p = self.neighbourhood
+        if self.precision != "float32":
+            shallow, deep = shallow.to(self.compute_dtype), deep.to(self.compute_dtype)
         if p > 1:
             shallow = F.avg_pool2d(shallow, p, stride=1, padding=p // 2, count_include_pad=False)
             deep = F.avg_pool2d(deep, p, stride=1, padding=p // 2, count_include_pad=False)
@@ -120,7 +167,7 @@ class PatchEmbedder:
             deep = F.interpolate(deep, size=(h, w), mode="bilinear", align_corners=False)
         c1 = shallow.shape[1]
         out = torch.empty(
-            (shallow.shape[0], h, w, c1 + deep.shape[1]), dtype=torch.float32, device=shallow.device
+            (shallow.shape[0], h, w, c1 + deep.shape[1]), dtype=self.output_dtype, device=shallow.device
         )
         # permute(0, 2, 3, 1) of a channels_last tensor is a contiguous view: plain memcpy-like writes.
         out[..., :c1] = shallow.permute(0, 2, 3, 1)
@@ -128,15 +175,58 @@ class PatchEmbedder:
         return out
 
     def embed_tensor(self, images: np.ndarray) -> torch.Tensor:
-        """Like :meth:`embed` but returns the torch tensor on ``self.device``."""
-        with torch.inference_mode():
+        """Like :meth:`embed` but returns the torch tensor on ``self.device`` (output dtype)."""
+        with torch.inference_mode(), self._autocast():
             shallow, deep = self.backbone(self.to_tensor(images))
             return self._aggregate(shallow, deep)
 
+    def _start_copy(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event]:
+        """Queue one non-blocking device->host copy of ``feats`` into pinned memory."""
+        ready = torch.cuda.Event()
+        ready.record()  # the network's work on the current stream
+        host = torch.empty(feats.shape, dtype=feats.dtype, pin_memory=True)
+        with torch.cuda.stream(self._copy_stream):
+            self._copy_stream.wait_event(ready)
+            host.copy_(feats, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(self._copy_stream)
+        feats.record_stream(self._copy_stream)  # keep the device memory until the copy is done
+        return host, done
+
     def embed(self, images: np.ndarray) -> np.ndarray:
-        """uint8 RGB ``(B, H, W, 3)`` -> float32 patch features ``(B, h, w, feature_dim)``."""
+        """uint8 RGB ``(B, H, W, 3)`` -> patch features ``(B, h, w, feature_dim)``.
+
+        float32 in float32 precision (the CPU default), float16 otherwise.
+        """
         feats = self.embed_tensor(images)
-        return feats.numpy() if feats.device.type == "cpu" else feats.cpu().numpy()
+        if feats.device.type == "cpu":
+            return feats.numpy()
+        if feats.device.type != "cuda":  # pragma: no cover - e.g. mps
+            return feats.cpu().numpy()
+        host, done = self._start_copy(feats)
+        done.synchronize()
+        return host.numpy()
+
+    def embed_batches(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """:meth:`embed` for a stream of batches; on CUDA each batch's copy to the host runs
+        on a side stream while the network already works on the next batch.
+
+        Every yielded array has its own (pinned) memory and stays valid after the next one.
+        """
+        if self.device.type != "cuda":
+            for images in batches:
+                yield self.embed(images)
+            return
+        pending = None
+        for images in batches:
+            copy = self._start_copy(self.embed_tensor(images))
+            if pending is not None:
+                pending[1].synchronize()
+                yield pending[0].numpy()
+            pending = copy
+        if pending is not None:
+            pending[1].synchronize()
+            yield pending[0].numpy()
 
 
 # ----------------------------------------------------------------------------------------
@@ -182,11 +272,133 @@ def build_index(
     return index
 
 
-def nearest_neighbours(
-    index: faiss.Index, patches: np.ndarray, k: int = 1, batch_size: int = 65536
+#: Entries of one query-by-bank distance tile of :func:`torch_nearest_neighbours` (64 Mi floats
+#: = 256 MiB on a GPU; the CPU default is a sixteenth of that).
+_KNN_TILE_CUDA = 1 << 26
+_KNN_TILE_CPU = 1 << 22
+#: Exact faiss indexes whose bank was copied to the GPU: id(index) -> (index, bank, squared norms).
+_DEVICE_BANKS: dict[int, tuple[faiss.Index, torch.Tensor, torch.Tensor]] = {}
+_DEVICE_BANKS_MAX = 4
+
+
+class _ExactFloat32Matmul:
+    """Plain float32 matrix products for the duration (no TF32 on Ampere+ GPUs): exact search."""
+
+    def __enter__(self):
+        self._tf32 = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return self
+
+    def __exit__(self, *exc) -> None:
+        torch.backends.cuda.matmul.allow_tf32 = self._tf32
+
+
+def _device_bank(bank, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    bank_t = bank if isinstance(bank, torch.Tensor) else torch.from_numpy(_as_f32(bank))
+    bank_t = bank_t.to(device=device, dtype=torch.float32).contiguous()
+    return bank_t, (bank_t * bank_t).sum(dim=1)
+
+
+def torch_nearest_neighbours(
+    bank: np.ndarray | torch.Tensor,
+    queries: np.ndarray | torch.Tensor,
+    k: int = 1,
+    device: str | torch.device = "cpu",
+    block: int | None = None,
+    *,
+    bank_sq: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Euclidean distances ``(P, k)`` float32 and bank row ids ``(P, k)`` int64, in batches."""
+    """Exact ``k`` nearest bank rows of every query, with torch on ``device``.
+
+    The squared distances are ``||q||² - 2 q·b + ||b||²`` in float32 (what faiss'
+    ``IndexFlatL2`` computes for batched queries), tiled so that one query-block x bank-block
+    tile has at most ``block`` entries, with ``topk`` per tile and an exact merge across bank
+    blocks. Returns Euclidean distances ``(P, k)`` float32 and bank row ids ``(P, k)`` int64,
+    nearest first (the same contract as :func:`nearest_neighbours`).
+    """
+    device = torch.device(device)
+    if bank_sq is None:
+        bank_t, bank_sq = _device_bank(bank, device)
+    else:
+        bank_t = bank
+    m, d = bank_t.shape
+    if m == 0:
+        raise ValueError("the bank is empty")
+    k = int(k)
+    if not 1 <= k <= m:
+        raise ValueError(f"k must be in [1, {m}] for a bank of {m} rows, got {k}")
+    q_all = queries if isinstance(queries, torch.Tensor) else torch.from_numpy(_as_f32(queries).reshape(-1, d))
+    n = q_all.shape[0]
+    tile = int(block or (_KNN_TILE_CUDA if device.type == "cuda" else _KNN_TILE_CPU))
+    bank_rows = max(k, min(m, tile))  # bank rows per tile (all of it when it fits)
+    query_rows = max(1, tile // bank_rows)
+    dist = torch.empty((n, k), dtype=torch.float32, device=device)
+    ids = torch.empty((n, k), dtype=torch.int64, device=device)
+    with torch.inference_mode(), _ExactFloat32Matmul():
+        for qs in range(0, n, query_rows):
+            q = q_all[qs : qs + query_rows].to(device=device, dtype=torch.float32, non_blocking=True)
+            q_sq = (q * q).sum(dim=1, keepdim=True)
+            best_d = best_i = None
+            for bs in range(0, m, bank_rows):
+                part = bank_t[bs : bs + bank_rows]
+                scores = torch.addmm(bank_sq[bs : bs + bank_rows].unsqueeze(0), q, part.T, alpha=-2.0)
+                scores += q_sq
+                kk = min(k, part.shape[0])
+                vals, idx = torch.topk(scores, kk, dim=1, largest=False, sorted=True)
+                idx += bs
+                if best_d is None:
+                    best_d, best_i = vals, idx
+                else:  # exact merge of two sorted candidate lists
+                    both_d = torch.cat([best_d, vals], dim=1)
+                    both_i = torch.cat([best_i, idx], dim=1)
+                    best_d, order = torch.topk(both_d, k, dim=1, largest=False, sorted=True)
+                    best_i = torch.gather(both_i, 1, order)
+            dist[qs : qs + len(q)] = best_d.clamp_min_(0.0).sqrt_()
+            ids[qs : qs + len(q)] = best_i
+    return dist.cpu().numpy(), ids.cpu().numpy()
+
+
+def _search_device(index: faiss.Index, device: str | None) -> torch.device | None:
+    """The torch device an exact search of ``index`` should run on, or None for faiss."""
+    name = resolve_device(device or "auto")
+    if not name.startswith("cuda"):
+        return None
+    if not (isinstance(index, faiss.IndexFlat) and index.metric_type == faiss.METRIC_L2):
+        return None  # IVF and other approximate indexes stay on faiss
+    return torch.device(name)
+
+
+def _cached_device_bank(index: faiss.Index, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    key = id(index)
+    hit = _DEVICE_BANKS.get(key)
+    if hit is not None and hit[0] is index and hit[1].shape[0] == index.ntotal and hit[1].device == device:
+        return hit[1], hit[2]
+    bank_t, bank_sq = _device_bank(index.reconstruct_n(0, index.ntotal), device)
+    if len(_DEVICE_BANKS) >= _DEVICE_BANKS_MAX:
+        _DEVICE_BANKS.pop(next(iter(_DEVICE_BANKS)))
+    _DEVICE_BANKS[key] = (index, bank_t, bank_sq)
+    return bank_t, bank_sq
+
+
+def nearest_neighbours(
+    index: faiss.Index,
+    patches: np.ndarray,
+    k: int = 1,
+    batch_size: int = 65536,
+    device: str | None = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances ``(P, k)`` float32 and bank row ids ``(P, k)`` int64, in batches.
+
+    ``device``: ``"auto"`` searches an exact (``IndexFlatL2``) index on the GPU with
+    :func:`torch_nearest_neighbours` when CUDA is available (same distances within float32
+    rounding; the bank is copied to the GPU once per index), and with faiss otherwise;
+    ``"cpu"`` always uses faiss.
+    """
     patches = _as_f32(patches).reshape(-1, index.d)
+    target = _search_device(index, device)
+    if target is not None:
+        bank_t, bank_sq = _cached_device_bank(index, target)
+        return torch_nearest_neighbours(bank_t, patches, k=k, device=target, bank_sq=bank_sq)
     n = patches.shape[0]
     dist = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)

@@ -1,0 +1,584 @@
+"""Farthest-point (greedy k-center) selection that skips the rows a new centre cannot change.
+
+The plain loop (:func:`fedpatchcore.core.coreset._greedy_numpy`) computes, at every step,
+the distance from *every* row to the newest centre: N·p work per step, N·k·p in all. Late in
+the loop almost none of those distances matters: a row only changes when the new centre c is
+nearer than its current centre c_j, i.e. when ``(x - c_j)·w > |w|²/2`` with ``w = c - c_j``
+(x lies beyond the bisecting hyperplane). This module keeps
+
+* each row's current centre (its *group*): a group's rows sit in one contiguous run of slots,
+  sorted by decreasing distance, so a group that is skipped costs nothing and the group's
+  first row is its farthest (the next centre is the best group head, no scan of all N rows);
+* the centres and their distances to the newest one (one ``t x p`` product per step);
+* per row, its residual ``x - c_j`` in the rows' leading principal coordinates (32 of them)
+  and a bound of the rest of the residual.
+
+A step then looks only at the groups whose farthest row could cross the hyperplane, only at
+the prefix of such a group whose distance exceeds ``|w|/2`` (triangle inequality), and
+only computes the rows whose principal-coordinate bound of ``(x - c_j)·w`` does not rule them
+out (Cauchy-Schwarz on the remainder). Every bound carries a margin for float rounding (see
+:func:`rounding_margin`). The first steps, which would look at most rows anyway, are one plain
+pass; on data whose rows have no low-dimensional structure the loop hands over to the plain
+loop by itself.
+
+**Same indices as the plain loop.** Every row that is computed gets exactly the float32 value
+the plain loop computes for it, ``(||x||²/2 - x·c) + ||c||²/2`` with the same half norms and the
+same dot-product kernel (:class:`RowDots`, whose result for a row does not depend on which
+other rows are in the call); a skipped row provably keeps its value (the margins cover the
+worst-case rounding of both loops); and the next centre is the largest value with the
+*smallest row index* among ties, as ``np.argmax`` picks it. So the selection is identical, not
+merely as good, and duplicate rows and exact ties are broken the same way.
+
+Nothing here imports Kedro or torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+__all__ = ["RowDots", "choose_method", "greedy_skipping", "rounding_margin"]
+
+#: Rows per gathered block when computing the examined rows' values (32 MiB at p = 128).
+_GATHER_ROWS = 65536
+#: A step whose examined rows exceed this share of all rows computes every row in one pass in
+#: their own order (no gather); the values are the same.
+_DENSE_SHARE = 0.6
+#: Below this many rows one thread computes the dots (thread hand-off costs more than it saves).
+_THREAD_MIN_ROWS = 32768
+#: Offsets (fractions of a group's size) probed to bound how many of its rows, sorted by
+#: decreasing distance, the new centre has to look at.
+_PROBES = np.array([1 / 64, 1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2])
+_BISECTIONS = 3
+#: Principal components kept per row for the cheap lower bound of a distance (rows of more
+#: dimensions only); rows sampled to estimate them.
+_FILTER_DIM = 32
+#: The skipping loop hands over to the plain loop (exactly: the values are the same) when,
+#: after ``max(_WARMUP, k // 8)`` steps, its last ``_WINDOW`` steps looked at more than this
+#: share of all rows per step: data without low-dimensional structure cannot be pruned.
+_GIVE_UP_SHARE = 0.6
+_WARMUP = 64
+_WINDOW = 32
+#: A sparse step looking at more prefix rows than this splits them over two threads.
+_SPLIT_ROWS = 4096
+#: Slots beyond N for appended groups (as a share of N) before the slot arrays are packed
+#: (which also drops the holes that make prefixes longer).
+_SPARE_SLOTS = 0.25
+_PCA_SAMPLE = 20000
+#: ``method="auto"`` uses the skipping loop from this many centres and rows on (measured on CNN
+#: patch features projected to 128 dims, 2 cores: its first few hundred steps cost about a plain
+#: step each, so it pays off from a few thousand centres: 200k rows -> 2000 centres 0.8x,
+#: 100k -> 3000 1.1x, 200k -> 3000 1.7x, 470k -> 4700 2.4x, 470k -> 20000 3.7x).
+AUTO_MIN_K = 2500
+AUTO_MIN_ROWS = 50_000
+
+
+# --------------------------------------------------------------------------------------
+# a dot-product kernel whose per-row result does not depend on the other rows of the call
+# --------------------------------------------------------------------------------------
+def _faiss_dots(rows: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
+    import faiss
+
+    faiss.fvec_inner_products_ny(
+        faiss.swig_ptr(out), faiss.swig_ptr(centre), faiss.swig_ptr(rows), rows.shape[1], rows.shape[0]
+    )
+
+
+def _einsum_dots(rows: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
+    np.einsum("ij,j->i", rows, centre, out=out)
+
+
+def _elementwise_dots(rows: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
+    # One IEEE multiply and one add per element and column, in column order: exactly reproducible.
+    np.multiply(rows[:, 0], centre[0], out=out)
+    for j in range(1, rows.shape[1]):
+        out += rows[:, j] * centre[j]
+
+
+_KERNELS = {"faiss": _faiss_dots, "einsum": _einsum_dots, "elementwise": _elementwise_dots}
+
+
+def _is_row_deterministic(kernel, dim: int) -> bool:
+    """Does ``kernel`` give every row the same float32 value alone, in a block and gathered?
+
+    BLAS ``sgemv`` does not (OpenBLAS: a row's result depends on its position in the call and
+    on the thread count), nor do faiss' batched kernels for p in {2, 4, 8}; this check runs
+    once per dimension, on seeded data, and a kernel that fails it is not used.
+    """
+    rng = np.random.default_rng(dim)
+    rows = rng.standard_normal((203, dim), dtype=np.float32)
+    centre = np.ascontiguousarray(rows[17] * np.float32(0.5) + np.float32(0.25))
+    try:
+        full = np.empty(len(rows), dtype=np.float32)
+        kernel(rows, centre, full)
+        for order in (np.arange(len(rows))[::-1], rng.permutation(len(rows))):
+            for lo, hi in ((0, 1), (3, 10), (5, 203), (0, 203), (100, 133)):
+                part = np.ascontiguousarray(rows[order[lo:hi]])
+                got = np.empty(len(part), dtype=np.float32)
+                kernel(part, centre, got)
+                if not np.array_equal(got, full[order[lo:hi]]):
+                    return False
+        shifted = np.empty(rows.size + 1, dtype=np.float32)[1:].reshape(rows.shape)  # misaligned copy
+        shifted[:] = rows
+        got = np.empty(len(rows), dtype=np.float32)
+        kernel(shifted, centre, got)
+        return bool(np.array_equal(got, full))
+    except (ImportError, AttributeError, TypeError):  # pragma: no cover - faiss without the helper
+        return False
+
+
+@functools.cache
+def _kernel_name(dim: int) -> str:
+    for name in ("faiss", "einsum", "elementwise"):
+        if _is_row_deterministic(_KERNELS[name], dim):
+            return name
+    return "elementwise"  # pragma: no cover - exact by construction (one IEEE op per step)
+
+
+def _blas_threads() -> int:
+    """Threads numpy's BLAS would use now (the plain loop's old sgemv used that many)."""
+    try:
+        from threadpoolctl import threadpool_info
+
+        counts = [info["num_threads"] for info in threadpool_info() if info.get("user_api") == "blas"]
+        if counts:
+            return max(1, int(min(counts)))
+    except Exception:  # pragma: no cover - threadpoolctl is a dependency; be safe anyway
+        pass
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class RowDots:
+    """``out[i] = rows[i] · centre`` in float32, the same value for a row in any call.
+
+    The faiss helper (``fvec_inner_products_ny``: one SIMD dot per row) is used where it passes
+    :func:`_is_row_deterministic`, else numpy's einsum, else an element-wise loop. Large calls
+    are split into row blocks over ``threads`` threads (the kernels release the GIL); that does
+    not change any value. Use as a context manager (or call :meth:`close`) to stop the threads.
+    """
+
+    def __init__(self, dim: int, threads: int | None = None) -> None:
+        self.dim = int(dim)
+        self.kernel_name = _kernel_name(self.dim)
+        self._kernel = _KERNELS[self.kernel_name]
+        self.threads = max(1, int(threads if threads is not None else _blas_threads()))
+        self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+
+    def __call__(self, rows: np.ndarray, centre: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``rows``: C-contiguous ``(n, dim)`` float32; ``centre``: contiguous ``(dim,)`` float32."""
+        n = rows.shape[0]
+        if self._pool is None or n < _THREAD_MIN_ROWS:
+            self._kernel(rows, centre, out)
+            return out
+        step = -(-n // self.threads)
+        futures = [
+            self._pool.submit(self._kernel, rows[lo : lo + step], centre, out[lo : lo + step])
+            for lo in range(0, n, step)
+        ]
+        for future in futures:
+            future.result()
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> RowDots:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------
+# the skipping loop
+# --------------------------------------------------------------------------------------
+def rounding_margin(dim: int, max_half_norm: float, unit: float = 2.0**-24) -> float:
+    """How far a computed row value can be from the true half squared distance (float32 rows).
+
+    The plain loop computes ``(h_x - x·c) + h_c`` with ``h = ||·||²/2``. The dot and each half
+    norm are sums of ``dim`` products, each off by at most ``gamma * B²`` in any summation
+    order, fused or not (``gamma = dim·u / (1 - dim·u)``, ``B`` the largest row norm); the two
+    additions add at most ``5 u B²``. The bound is doubled for safety.
+    """
+    gamma = dim * unit / (1.0 - dim * unit)
+    b2 = 2.0 * float(max_half_norm) * (1.0 + 2.0 * gamma) + 1e-30
+    return 2.0 * (3.0 * gamma + 5.0 * unit) * b2 + 1e-30
+
+
+def choose_method(n_rows: int, k: int, dtype: np.dtype) -> str:
+    """``"skip"`` or ``"plain"`` for ``method="auto"``: skip for float32 and large k and N."""
+    if np.dtype(dtype) != np.float32 or k < AUTO_MIN_K or n_rows < AUTO_MIN_ROWS:
+        return "plain"
+    return "skip"
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Concatenation of ``arange(s, s + n)`` for each ``(s, n)``, vectorised."""
+    offsets = np.cumsum(sizes) - sizes
+    return np.repeat(starts - offsets, sizes) + np.arange(int(sizes.sum()), dtype=np.intp)
+
+
+def _principal_basis(work: np.ndarray, dims: int) -> np.ndarray:
+    """``(p, dims)`` float32 leading principal directions of a seeded sample of the rows.
+
+    Any orthonormal basis gives valid lower bounds (``||V^T (x - c)|| <= ||x - c||``); the
+    principal one makes them tight, because patch features keep most of their variance in a
+    few directions. Only the speed depends on this estimate, never the selection.
+    """
+    n_rows = len(work)
+    rng = np.random.default_rng(0)
+    sample = work[np.sort(rng.choice(n_rows, size=min(n_rows, _PCA_SAMPLE), replace=False))]
+    sample = sample.astype(np.float64)
+    sample -= sample.mean(axis=0)
+    _, vectors = np.linalg.eigh(sample.T @ sample)
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dims], dtype=np.float32)
+
+
+def greedy_skipping(
+    work: np.ndarray,
+    half_norms: np.ndarray,
+    k: int,
+    starts: np.ndarray,
+    dots: RowDots,
+    *,
+    stats: dict | None = None,
+) -> np.ndarray:
+    """The plain loop's selection (same indices), examining only rows that can change.
+
+    Args:
+        work: C-contiguous float32 ``(N, p)`` rows, as prepared for the plain loop.
+        half_norms: ``||x||² / 2`` per row, float32, computed exactly as the plain loop does.
+        k: number of centres, ``1 <= k < N``.
+        starts: the first centre(s) (row indices), taken in this order.
+        dots: the row kernel shared with the plain loop.
+        stats: if a dict, receives counters (rows looked at, rows computed, dense steps, ...).
+    """
+    n_rows, dim = work.shape
+    f32 = np.float32
+    minus_inf = f32(-np.inf)
+    unit = 2.0**-24
+    max_half = float(half_norms.max(initial=0.0))
+    delta = rounding_margin(dim, max_half)
+    gamma = dim * unit / (1.0 - dim * unit)
+    max_norm = float(np.sqrt(2.0 * max_half * (1.0 + 2.0 * gamma))) + 1e-30
+    # centre-to-centre squared distances come from a float32 BLAS dot and float64 norms
+    eps_cross = 8.0 * gamma * max_norm**2 + 1e-12 * max_norm**2 + 1e-30
+    dense_limit = _DENSE_SHARE * n_rows
+    q = min(_FILTER_DIM, dim)
+    basis = _principal_basis(work, q)
+    # Error allowance of a computed cross-term bound res·pu + rn·rcn against the true
+    # (x - c_j)·(c - c_j): projections of vectors of norm <= 2B are off by <= (gamma + 3u) 2B per
+    # coordinate, the float32 basis is orthonormal to ~1e-6; generous by a factor of 4.
+    eta = 4.0 * (4.0 * np.sqrt(q) * (gamma + 3.0 * unit) + 4e-6) * (2.0 * max_norm) ** 2
+    # ... plus the two float32 dots res·P^T c and res·P^T c_j that make up res·P^T w per row
+    eta += 4.0 * (q * unit / (1.0 - q * unit) + unit * np.sqrt(q)) * 2.0 * max_norm**2
+    eta += 1e-5 * (2.0 * max_norm) ** 2  # ... and their sum, kept in float32
+    res_slack = 4.0 * np.sqrt(q) * (gamma + 3.0 * unit) * 2.0 * max_norm  # for the complement norms
+    values = np.empty(n_rows, dtype=f32)
+    chosen = np.empty(k, dtype=np.int64)
+    min_dist = np.full(n_rows, np.inf, dtype=f32)  # the plain loop's array, in row order
+
+    # Group g (the rows nearest to centre g) occupies slots start[g] : start[g] + count[g],
+    # sorted by decreasing min distance, then increasing row index. A row that leaves a group
+    # leaves a hole (slot_row = -1) whose old value stays, so the group stays sorted; a group
+    # starts with a live row. New groups are appended after ``end``; when the slot arrays are
+    # full they are packed (holes dropped). Per slot also: the row's residual to its centre in
+    # principal coordinates (res = P^T (x - c_g)) and a bound of the rest of it (rn >= |(I - PP^T)(x - c_g)|).
+    capacity = n_rows + max(1, int(_SPARE_SLOTS * n_rows))
+    slot_row = np.empty(capacity, dtype=np.intp)
+    slot_dist = np.empty(capacity, dtype=f32)
+    slot_res = np.empty((capacity, q), dtype=f32)
+    slot_rn = np.empty(capacity, dtype=f32)
+    slot_rc = np.empty(capacity, dtype=f32)  # res · P^T c_g
+    where = np.empty(n_rows, dtype=np.intp)  # slot of each row
+    group_of = np.zeros(n_rows, dtype=np.intp)
+    start = np.zeros(k, dtype=np.intp)
+    count = np.zeros(k, dtype=np.intp)
+    group_max = np.full(k, -np.inf, dtype=f32)  # min distance of the group's first (live) row
+    group_arg = np.zeros(k, dtype=np.intp)  # that row
+    centres = np.empty((k, dim), dtype=f32)
+    centre_sq = np.empty(k, dtype=np.float64)
+    centre_proj = np.empty((k, q), dtype=np.float64)
+    end = 0
+    looked = computed = dense_steps = groups_examined = 0
+    recent = np.zeros(_WINDOW, dtype=np.int64)  # rows looked at in the last steps
+    give_up_after = max(_WARMUP, k // 8)
+    plain_from = k
+
+    def residuals(rows: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """res = P^T (x - c) and an upper bound of |(I - P P^T)(x - c)| for ``rows``."""
+        res = np.empty((len(rows), q), dtype=f32)
+        rest = np.empty(len(rows), dtype=f32)
+        for lo in range(0, len(rows), _GATHER_ROWS):
+            diff = work[rows[lo : lo + _GATHER_ROWS]]
+            diff -= centre
+            part = res[lo : lo + len(diff)]
+            np.matmul(diff, basis, out=part)
+            full = np.einsum("ij,ij->i", diff, diff).astype(np.float64) * (1.0 + 4.0 * gamma)
+            full -= np.einsum("ij,ij->i", part, part).astype(np.float64) * (1.0 - 4.0 * gamma)
+            np.maximum(full, 0.0, out=full)
+            rest[lo : lo + len(diff)] = np.sqrt(full) + res_slack
+        return res, rest
+
+    def new_group(g: int, rows: np.ndarray, dist: np.ndarray, centre: np.ndarray, at: int) -> int:
+        """Put ``rows`` (sorted) in slots ``at...`` as group ``g``; returns the new end."""
+        res, rest = residuals(rows, centre)
+        slots = np.arange(at, at + len(rows))
+        slot_row[slots] = rows
+        slot_dist[slots] = dist
+        slot_res[slots] = res
+        slot_rn[slots] = rest
+        slot_rc[slots] = res @ centre_proj[g].astype(f32)
+        where[rows] = slots
+        group_of[rows] = g
+        start[g], count[g] = at, len(rows)
+        if len(rows):
+            group_max[g], group_arg[g] = dist[0], rows[0]
+        else:
+            group_max[g] = minus_inf
+        return at + len(rows)
+
+    side_pool = ThreadPoolExecutor(1) if dots.threads > 1 else None  # second half of big steps
+    for t in range(k):
+        if t < len(starts):
+            index = int(starts[t])
+        else:
+            best = group_max[:t].max()
+            ties = np.flatnonzero(group_max[:t] == best)
+            index = int(group_arg[ties[0]] if len(ties) == 1 else group_arg[ties].min())
+        chosen[t] = index
+        if t + 1 == k:
+            break
+        centre = work[index]
+        centres[t] = centre
+        centre64 = centre.astype(np.float64)
+        centre_sq[t] = float(centre64 @ centre64)
+        centre_proj[t] = centre64 @ basis.astype(np.float64)
+
+        if t == 0:  # every row joins the first centre's group
+            dense_steps += 1
+            looked += n_rows
+            computed += n_rows
+            dots(work, centre, values)
+            np.subtract(half_norms, values, out=values)
+            np.add(values, half_norms[index], out=values)
+            np.minimum(min_dist, values, out=min_dist)
+            min_dist[index] = minus_inf
+            rows = np.lexsort((np.arange(n_rows), -min_dist))
+            end = new_group(0, rows, min_dist[rows], centre, 0)
+            continue
+
+        # 1. Groups the new centre may take rows from. A row x of group j (centre c_j) changes
+        #    only if (x - c_j)·w > |w|²/2, w = c - c_j (the bisecting hyperplane). Cheap bounds of
+        #    the left side: e_x |w| (triangle inequality: so only rows with e_x > |w|/2, a prefix of
+        #    the sorted group, and only groups whose farthest row passes), then per row
+        #    P^T(x - c_j)·P^T w + |rest of x - c_j| |rest of w| (principal coordinates).
+        cross = np.dot(centres[:t], centre).astype(np.float64)
+        d2 = centre_sq[:t] + centre_sq[t] - 2.0 * cross
+        d2_low = np.maximum(d2 - eps_cross, 0.0)
+        keep_below = d2_low / 8.0 - delta  # rows with a value <= this keep it (triangle)
+        home = group_of[index]
+        groups = np.flatnonzero(group_max[:t] > keep_below)
+        slot = int(np.searchsorted(groups, home))
+        if slot == len(groups) or groups[slot] != home:
+            groups = np.insert(groups, slot, home)  # the new centre itself always leaves its group
+        pu = centre_proj[t] - centre_proj[groups]  # P^T w per group
+        rest_w = np.sqrt(np.maximum(d2[groups] + eps_cross - (pu * pu).sum(axis=1) * (1.0 - 1e-6), 0.0))
+        rest_w += res_slack  # >= |rest of w|
+        half_gap = d2_low[groups] / 2.0 - 2.0 * delta - eta  # (x - c_j)·w below this: x keeps its value
+        sizes, firsts, limit = count[groups], start[groups], keep_below[groups]
+
+        # 2. The prefix of each group above its triangle limit: probes, then a few bisections.
+        offsets = (sizes[:, None] * _PROBES).astype(np.intp)
+        below = slot_dist[firsts[:, None] + offsets] <= limit[:, None]
+        first_below = below.argmax(axis=1)
+        prefix = np.where(below.any(axis=1), offsets[np.arange(len(groups)), first_below], sizes)
+        low = np.where(first_below > 0, offsets[np.arange(len(groups)), first_below - 1] + 1, 1)
+        np.minimum(low, prefix, out=low)
+        for _ in range(_BISECTIONS):
+            middle = (low + prefix) // 2
+            drop = slot_dist[firsts + np.minimum(middle, sizes - 1)] <= limit
+            prefix = np.where(drop & (middle < prefix), middle, prefix)
+            low = np.where(drop, low, np.minimum(middle + 1, prefix))
+        prefix[slot] = max(prefix[slot], where[index] - firsts[slot] + 1)
+        np.maximum(prefix, 1, out=prefix)
+        total = int(prefix.sum())
+        groups_examined += len(groups)
+        recent[t % _WINDOW] = total
+
+        if total > dense_limit:
+            # 3a. Dense step: every row's value in one pass in row order (the plain loop's step).
+            dense_steps += 1
+            looked += n_rows
+            computed += n_rows
+            dots(work, centre, values)
+            np.subtract(half_norms, values, out=values)
+            np.add(values, half_norms[index], out=values)
+            values[index] = minus_inf
+            movers = np.flatnonzero(values < min_dist)
+            mover_values = values[movers]
+        else:
+            # 3b. Sparse step: rows of the prefixes that no bound rules out get their exact value
+            #     (large steps in two halves on two threads: numpy and faiss release the GIL).
+            centre_p = centre_proj[t].astype(f32)
+            parts = [(firsts, prefix, limit, rest_w, half_gap)]
+            if side_pool is not None and total > _SPLIT_ROWS and len(groups) > 1:
+                cut = int(np.searchsorted(np.cumsum(prefix), total // 2)) + 1
+                cut = min(max(cut, 1), len(groups) - 1)
+                parts = [tuple(a[:cut] for a in parts[0]), tuple(a[cut:] for a in parts[0])]
+            args = (
+                slot_row,
+                slot_dist,
+                slot_res,
+                slot_rc,
+                slot_rn,
+                work,
+                half_norms,
+                index,
+                centre,
+                centre_p,
+                dots,
+            )
+            if len(parts) == 1:
+                results = [_sparse_rows(*parts[0], *args)]
+            else:
+                later = side_pool.submit(_sparse_rows, *parts[1], *args)
+                results = [_sparse_rows(*parts[0], *args), later.result()]
+            movers = np.concatenate([r[0] for r in results])
+            mover_values = np.concatenate([r[1] for r in results])
+            looked += sum(r[2] for r in results)
+            computed += sum(r[3] for r in results)
+            if not (movers == index).any():
+                movers = np.append(movers, index)  # the new centre leaves its group in any case
+                mover_values = np.append(mover_values, minus_inf)
+            mover_values[movers == index] = minus_inf
+
+        # 4. Movers leave holes; a group whose first slot became a hole starts at its next live
+        #    slot. They form the new centre's group, sorted, appended after ``end``.
+        min_dist[movers] = mover_values
+        mover_slots = where[movers]
+        slot_row[mover_slots] = -1
+        touched = np.unique(group_of[movers])
+        for g in touched[slot_row[start[touched]] < 0]:
+            first, stop = int(start[g]), int(start[g] + count[g])
+            first = _next_live(slot_row, first, stop)
+            start[g], count[g] = first, stop - first
+        heads = np.minimum(start[touched], capacity - 1)
+        group_max[touched] = np.where(count[touched] > 0, slot_dist[heads], minus_inf)
+        group_arg[touched] = slot_row[heads]
+        order = np.lexsort((movers, -mover_values))
+        movers, mover_values = movers[order], mover_values[order]
+        if end + len(movers) > capacity:
+            end = _pack(slot_row, (slot_dist, slot_res, slot_rn, slot_rc), where, start, count, t)
+        end = new_group(t, movers, mover_values, centre, end)
+
+        if t >= give_up_after and recent.sum() > _GIVE_UP_SHARE * _WINDOW * n_rows:
+            _plain_steps(work, half_norms, min_dist, chosen, t + 1, dots)
+            plain_from = t + 1
+            break
+
+    if side_pool is not None:
+        side_pool.shutdown()
+    if stats is not None:
+        stats.update(
+            rows_looked_at=looked,
+            rows_computed=computed,
+            plain_rows=n_rows * max(k - 1, 0),
+            groups_examined=groups_examined,
+            dense_steps=dense_steps,
+            plain_from_step=plain_from,
+        )
+    return chosen
+
+
+def _sparse_rows(
+    firsts, prefix, limit, rest_w, half_gap,
+    slot_row, slot_dist, slot_res, slot_rc, slot_rn, work, half_norms, index, centre, centre_p, dots,
+):  # fmt: skip
+    """Rows of the given group prefixes whose value drops for the new centre, and their values.
+
+    Filters: the triangle limit on the row's current value, then the principal-coordinate bound
+    of ``(x - c_j)·w``; the rest get the exact value. Returns (rows, values, looked, computed).
+    """
+    positions = _ranges(firsts, prefix)
+    current = slot_dist[positions]
+    keep = current > np.repeat(limit, prefix)
+    rows = slot_row[positions]
+    keep &= rows >= 0
+    at = positions[keep]
+    looked = len(at)
+    if not looked:
+        return at, current[:0], 0, 0
+    rows, current = rows[keep], current[keep]
+    # res·P^T w = res·P^T c - res·P^T c_j; the second term was stored with the row
+    lhs = np.take(slot_res, at, axis=0) @ centre_p
+    lhs -= slot_rc[at]
+    lhs += slot_rn[at] * np.repeat(rest_w, prefix)[keep]
+    open_rows = lhs > np.repeat(half_gap, prefix)[keep]
+    rows, current = rows[open_rows], current[open_rows]
+    got = np.empty(len(rows), dtype=np.float32)
+    for lo in range(0, len(rows), _GATHER_ROWS):
+        part = rows[lo : lo + _GATHER_ROWS]
+        piece = got[lo : lo + len(part)]
+        dots(work[part], centre, piece)
+        np.subtract(half_norms[part], piece, out=piece)
+        np.add(piece, half_norms[index], out=piece)
+    smaller = got < current
+    return rows[smaller], got[smaller], looked, len(rows)
+
+
+def _plain_steps(
+    work: np.ndarray, half_norms: np.ndarray, min_dist: np.ndarray, chosen: np.ndarray, first: int, dots
+) -> None:
+    """The plain loop's steps ``first..k-1`` from the min distances after step ``first - 1``."""
+    buffer = np.empty_like(min_dist)
+    minus_inf = min_dist.dtype.type(-np.inf)
+    for i in range(first, len(chosen)):
+        index = int(np.argmax(min_dist))
+        chosen[i] = index
+        if i + 1 < len(chosen):
+            dots(work, work[index], buffer)
+            np.subtract(half_norms, buffer, out=buffer)
+            np.add(buffer, half_norms[index], out=buffer)
+            np.minimum(min_dist, buffer, out=min_dist)
+            min_dist[index] = minus_inf
+
+
+def _next_live(slot_row: np.ndarray, first: int, end: int, chunk: int = 256) -> int:
+    """First slot in ``[first, end)`` that holds a row (``end`` if none)."""
+    while first < end:
+        live = np.flatnonzero(slot_row[first : min(end, first + chunk)] >= 0)
+        if len(live):
+            return first + int(live[0])
+        first += chunk
+    return end
+
+
+def _pack(
+    slot_row: np.ndarray,
+    slot_data: tuple[np.ndarray, ...],
+    where: np.ndarray,
+    start: np.ndarray,
+    count: np.ndarray,
+    t: int,
+) -> int:
+    """Move the live slots of groups ``0..t-1`` to the front, in group order; return the new end."""
+    sizes = count[:t]
+    positions = _ranges(start[:t], sizes)
+    live = slot_row[positions] >= 0
+    group = np.repeat(np.arange(t), sizes)[live]
+    positions = positions[live]
+    kept = np.bincount(group, minlength=t)
+    rows = slot_row[positions]
+    for array in slot_data:
+        array[: len(rows)] = array[positions]
+    slot_row[: len(rows)] = rows
+    where[rows] = np.arange(len(rows))
+    start[:t] = np.cumsum(kept) - kept
+    count[:t] = kept
+    return len(rows)
