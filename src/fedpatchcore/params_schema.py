@@ -183,19 +183,28 @@ class DatasetParams(Block):
         return self
 
 
+Layers = Annotated[list[str | int], Field(min_length=2, max_length=2)]
+
+
+def _known_backbone_name(value: str) -> str:
+    from fedpatchcore.core.backbones import available_backbones, is_known_backbone
+
+    if not is_known_backbone(value):
+        raise ValueError(
+            f"unknown backbone {value!r}; choose one of {sorted(available_backbones())} or timm:<model_name>"
+        )
+    return value
+
+
 @block("backbone")
 class BackboneParams(Block):
     name: str
     weights_path: str | None = None
     allow_download: bool = False
     device: str = "auto"
+    layers: Layers | None = None
 
-    @field_validator("name")
-    @classmethod
-    def _known_backbone(cls, value: str) -> str:
-        from fedpatchcore.core.backbones import available_backbones
-
-        return _one_of("backbone", value, available_backbones())
+    _known_backbone = field_validator("name")(classmethod(lambda cls, value: _known_backbone_name(value)))
 
     _device = field_validator("device")(classmethod(lambda cls, value: _device(value)))
 
@@ -235,6 +244,115 @@ class ScoringParams(Block):
     reweight_neighbours: PositiveInt
     batch_size: PositiveInt
     approximate_index_above: PositiveInt | None = None
+    image_score: str = "max"
+    topk: PositiveInt = 10
+
+    @field_validator("image_score")
+    @classmethod
+    def _known_image_score(cls, value: str) -> str:
+        return _one_of("image score", value, ("max", "topk_mean"))
+
+    @model_validator(mode="after")
+    def _reweight_needs_max(self) -> ScoringParams:
+        if self.reweight and self.image_score != "max":
+            raise ValueError("scoring.reweight applies to image_score 'max' only")
+        return self
+
+
+@block("validation")
+class ValidationParams(Block):
+    enabled: bool = False
+    fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+
+
+class TunedBackbone(Block):
+    name: str
+    layers: Layers | None = None
+    weights_path: str | None = None
+
+    _known_backbone = field_validator("name")(classmethod(lambda cls, value: _known_backbone_name(value)))
+
+
+class TunedExtraction(Block):
+    neighbourhood: PositiveInt = 3
+
+
+class TunedScoring(Block):
+    image_score: str = "max"
+    topk: PositiveInt = 10
+    reweight: bool = False
+    reweight_neighbours: PositiveInt = 9
+
+
+class TunedEntry(Block):
+    """One category's setting as the tune pipeline writes it (conf/tuned/parameters.yml)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)  # val_auroc may be written as 1
+
+    setting: str | None = None  # its readable name (informative)
+    val_auroc: float | None = None  # its validation AUROC (informative)
+    backbone: TunedBackbone
+    image_size: Size | None = None
+    extraction: TunedExtraction = TunedExtraction()
+    scoring: TunedScoring = TunedScoring()
+
+    @model_validator(mode="after")
+    def _valid_setting(self) -> TunedEntry:
+        from fedpatchcore.core.validation import Setting
+
+        Setting.from_tuned(self.model_dump())  # raises ValueError on an impossible combination
+        return self
+
+
+register_block("tuned", dict[str, TunedEntry])
+
+
+class TuneScoring(Block):
+    image_score: str = "max"
+    topk: PositiveInt = 10
+    reweight: bool = False
+    num_neighbours: PositiveInt = 9
+
+
+@block("tune")
+class TuneParams(Block):
+    backbones: Annotated[list[str], Field(min_length=1)]
+    layers: dict[str, list[Layers | None]] = {}
+    weights_paths: dict[str, str] = {}
+    image_sizes: Annotated[list[Size | None], Field(min_length=1)] = [None]
+    neighbourhoods: Annotated[list[PositiveInt], Field(min_length=1)] = [3]
+    scorings: Annotated[list[TuneScoring], Field(min_length=1)]
+    pseudo_anomalies_per_image: PositiveInt = 4
+    min_gain: Annotated[float, Field(ge=0)] = 0.0
+    categories: list[str] | None = None
+
+    @field_validator("backbones")
+    @classmethod
+    def _known_backbones(cls, value: list[str]) -> list[str]:
+        for name in value:
+            _known_backbone_name(name)
+        return value
+
+
+@block("predict")
+class PredictParams(Block):
+    input: str | None = None
+    pattern: str | None = None
+    category: str | None = None
+    variant: str = "federated"
+    max_false_alarm_rate: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    calibration: str = "conformal"
+    tile: Size | None = None
+    tile_overlap: Annotated[float, Field(ge=0, lt=1)] = 0.25
+    overlays: bool = True
+    output_dir: Annotated[str, Field(min_length=1)] = "data/08_reporting/predict"
+
+    @field_validator("calibration")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        from fedpatchcore.core.thresholds import CALIBRATION_METHODS
+
+        return _one_of("calibration method", value, CALIBRATION_METHODS)
 
 
 @block("export")

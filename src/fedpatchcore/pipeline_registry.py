@@ -9,6 +9,11 @@
                  (data/08_reporting/report.html) from persisted results
 ``explain``      one image (explain.image) against a variant's persisted global bank: nearest
                  bank rows with client and patch position, Grad-CAM, SHAP
+``tune``         ingest + a validation split of the training images + every candidate setting
+                 scored on it alone -> data/08_reporting/tune.csv, tune_report.md and
+                 conf/tuned/parameters.yml (``kedro run --env tuned`` applies the choice)
+``predict``      every image under predict.input against a variant's persisted bank, at
+                 thresholds calibrated on its validation split -> predictions.csv, masks, overlays
 ``export``       anomaly maps in the official AutoVI/MVTec layout from persisted maps
                  (also appended to ``centralized``/``federated`` when export.enabled)
 ``__default__``  federated
@@ -31,9 +36,11 @@ from fedpatchcore.pipelines.federated.pipeline import (
     published_metrics_name,
 )
 from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
+from fedpatchcore.pipelines.predict.pipeline import create_pipeline as predict
 from fedpatchcore.pipelines.report.pipeline import experiment_summary, html_report, report
 from fedpatchcore.pipelines.training import nodes as training_nodes
 from fedpatchcore.pipelines.training.pipeline import centralized_training
+from fedpatchcore.pipelines.tune.pipeline import create_pipeline as tune
 
 
 def centralized_evaluation() -> Pipeline:
@@ -41,7 +48,7 @@ def centralized_evaluation() -> Pipeline:
         [
             node(
                 evaluation_nodes.summarise_centralized_run,
-                ["metrics", "memory_bank"],
+                ["metrics", "memory_bank", "params:tuned"],
                 "run_summary",
                 name="summarise_run",
             ),
@@ -108,5 +115,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "report": reporting,
         "explain": explain(parameters),
         "export": exporting,
+        "tune": ingest().only_nodes("prepare_raw_dataset", "index_dataset") + tune(),
+        "predict": predict(parameters),
         "__default__": federated,
     }

@@ -45,8 +45,11 @@ CENTRALIZED = "centralized"
 # The parameter key under which the config loader publishes every variant's resolved parameters.
 VARIANTS_KEY = "variants"
 # Blocks a variant cannot override: ingest is shared by all variants, the experiment's own
-# description cannot vary inside it, and `explain` chooses a variant itself.
-NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain"}
+# description cannot vary inside it, `explain` and `predict` choose a variant themselves, the
+# validation split is held out of every variant's training images alike, and the tuned
+# per-category settings apply to the centralized baseline only (README "Tuning and inspecting
+# new images").
+NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned"}
 # Dict-valued parameters keyed by names the user chose (client ids, variant names,
 # categories): an override replaces them whole rather than adding its keys to the base ones.
 REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
@@ -58,6 +61,7 @@ REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
         ("dataset", "image_sizes"),
         ("dataset", "train_fraction"),
         ("heterogeneity",),
+        ("tuned",),
     }
 )
 # Parameters that decide which images the clients hold (label noise swaps some of them).

@@ -46,6 +46,7 @@ def make_embedder(backbone: Mapping[str, Any], extraction: Mapping[str, Any]) ->
         weights_path=backbone.get("weights_path"),
         device=device,
         allow_download=bool(backbone.get("allow_download", False)),
+        layers=backbone.get("layers"),
     )
     return PatchEmbedder(network, neighbourhood=extraction["neighbourhood"], device=device)
 

@@ -22,6 +22,7 @@ not import kedro.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -324,8 +325,13 @@ def predict_folder(
     tile: tuple[int, int] | None = None,
     tile_overlap: float = 0.25,
     batch_size: int = 8,
+    pattern: str | None = None,
 ) -> list[Prediction]:
-    """:func:`predict_image` for every image under ``input_dir`` (see the module doc for categories)."""
+    """:func:`predict_image` for every image under ``input_dir`` (see the module doc for categories).
+
+    ``pattern``: only images whose path below ``input_dir`` (posix) matches this
+    :func:`fnmatch.fnmatch` glob, e.g. ``"*/test/*/*"`` (``*`` also matches ``/``).
+    """
     input_dir = Path(input_dir)
     missing = sorted(set(models) - set(calibrations))
     if missing:
@@ -336,6 +342,8 @@ def predict_folder(
     predictions = []
     for path in list_images(input_dir):
         relative = path.relative_to(input_dir)
+        if pattern is not None and not fnmatch.fnmatch(relative.as_posix(), pattern):
+            continue
         chosen = category or _category_from_path(relative, models)
         if chosen is None and len(models) == 1:
             chosen = next(iter(models))

@@ -37,8 +37,14 @@ def score_category(
     bank: np.ndarray | None = None,
     reweight_neighbours: int = 9,
     num_workers: int = 2,
+    image_score: str = "max",
+    topk: int = 10,
 ) -> CategoryScores:
-    """Anomaly map and image score of every readable test image of ``info.name``."""
+    """Anomaly map and image score of every readable test image of ``info.name``.
+
+    ``image_score`` / ``topk``: parameters ``scoring.image_score`` / ``scoring.topk``
+    (:func:`~fedpatchcore.core.patchcore.score_images`); the default ``"max"`` is unchanged.
+    """
     width, height = info.image_size
     maps = np.empty((len(samples), height, width), dtype=np.float32)
     scores = np.empty(len(samples), dtype=np.float32)
@@ -55,6 +61,8 @@ def score_category(
             reweight=reweight,
             bank=bank,
             num_neighbours=reweight_neighbours,
+            image_score=image_score,
+            topk=topk,
         )
         rows = slice(len(kept), len(kept) + len(batch.samples))
         maps[rows] = batch_maps

@@ -31,6 +31,7 @@ from fedpatchcore.core.patchcore import build_index
 from fedpatchcore.core.privacy import PrivacySettings, with_public_transform
 from fedpatchcore.core.scoring import score_category
 from fedpatchcore.datasets.arrays import FaissIndexes
+from fedpatchcore.pipelines import settings as run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def score_test_images(
     scoring: dict[str, Any],
     privacy: dict[str, Any],
     seed: int,
+    tuned: dict[str, Any] | None = None,
 ) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
     """Raw anomaly maps (one scale per category, never per image) and image scores.
 
@@ -111,28 +113,44 @@ def score_test_images(
     ``{"path", "reason"}``) and the ``bank_fingerprint`` it was scored against.
     With ``privacy.enabled`` the bank holds released rows: test patches go through the same
     public map (projection, clipping) before they are compared with it.
+    ``tuned`` (the centralized baseline only): a category with an entry is scored with its
+    own setting, at its own input size; its maps are then resized to ``category_info``'s size,
+    where the ground truth and the report read them (the image scores are taken before that).
     """
     fingerprint = bank_fingerprint(memory_bank)
     faiss_index = index_for_bank(faiss_index, memory_bank, scoring, fingerprint)
     banks = CategoryBanks.from_arrays(memory_bank)
-    embedder = with_public_transform(make_embedder(backbone, extraction), PrivacySettings.from_parameters(privacy, seed))
+    privacy_settings = PrivacySettings.from_parameters(privacy, seed)
     test_samples = [s for s in frame_to_samples(evaluation_index) if s.split == TEST]
+    by_category = group_by_category(test_samples)
+    per_category = run_settings.category_settings(by_category, backbone, extraction, scoring, tuned)
+    embedders: dict[Any, Any] = {}
     maps, rows = {}, []
-    for category, samples in group_by_category(test_samples).items():
+    for category, samples in by_category.items():
         if category not in faiss_index:
             raise KeyError(f"no memory bank for category '{category}': no client held its training images")
+        setting = per_category[category]
+        key = None if setting is None else setting.embedding_key
+        cat_backbone, cat_extraction, cat_scoring = run_settings.blocks_for(setting, backbone, extraction, scoring)
+        if key not in embedders:
+            embedders[key] = with_public_transform(make_embedder(cat_backbone, cat_extraction), privacy_settings)
+        info = category_info_from_dict(category_info[category])
         scores = score_category(
             samples,
-            category_info_from_dict(category_info[category]),
-            embedder,
+            run_settings.info_for(setting, info),
+            embedders[key],
             faiss_index[category],
             batch_size=scoring["batch_size"],
             sigma=scoring["sigma"],
-            reweight=scoring["reweight"],
-            bank=banks.banks[category] if scoring["reweight"] else None,
-            reweight_neighbours=scoring["reweight_neighbours"],
+            reweight=cat_scoring["reweight"],
+            bank=banks.banks[category] if cat_scoring["reweight"] else None,
+            reweight_neighbours=cat_scoring["reweight_neighbours"],
             num_workers=extraction["num_workers"],
+            image_score=cat_scoring.get("image_score", "max"),
+            topk=int(cat_scoring.get("topk", 10)),
         )
+        if setting is not None:
+            scores.maps = resize_maps(scores.maps, info.image_size)
         if scores.skipped:
             logger.warning(
                 "%s: %d unreadable test image(s) left out of scoring and metrics (listed in the metrics "
@@ -157,6 +175,18 @@ def score_test_images(
             for s, score in zip(scores.samples, scores.image_scores, strict=True)
         )
     return maps, pd.DataFrame(rows, columns=["key", "category", "defect_type", "label", "image_score"])
+
+
+def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Raw maps ``(n, H, W)`` bilinearly resized to ``size`` = (width, height) (values keep their scale)."""
+    import torch
+    import torch.nn.functional as F
+
+    width, height = int(size[0]), int(size[1])
+    if maps.shape[1:] == (height, width):
+        return maps
+    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(maps))[:, None], size=(height, width), mode="bilinear", align_corners=False)
+    return resized[:, 0].numpy().astype(np.float32)
 
 
 def _ground_truth(sample: Sample, info: CategoryInfo) -> tuple[np.ndarray, list[DefectRegion]]:
@@ -230,12 +260,22 @@ def compute_metrics(
     return metrics
 
 
-def summarise_centralized_run(metrics: dict[str, Any], memory_bank: dict[str, np.ndarray]) -> dict[str, Any]:
-    """The published metrics of the centralized baseline (one client holding every image)."""
+def summarise_centralized_run(
+    metrics: dict[str, Any], memory_bank: dict[str, np.ndarray], tuned: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The published metrics of the centralized baseline (one client holding every image).
+
+    With tuned settings, ``tuned`` says which setting each tuned category ran with and its
+    validation AUROC (the why is in data/08_reporting/tune_report.md).
+    """
     n_images = CategoryBanks.from_arrays(memory_bank).n_images
-    return {
+    summary = {
         **metrics,
         "fairness": fairness_metrics(metrics["categories"], {"all": sorted(n_images)}),
         "partition": "centralized",
         "clients": {"all": {"n_images": int(sum(n_images.values()))}},
     }
+    if tuned:
+        settings = run_settings.category_settings(metrics["categories"], {}, {}, {}, tuned)
+        summary["tuned"] = run_settings.describe(settings, tuned)
+    return summary

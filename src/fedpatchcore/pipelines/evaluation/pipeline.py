@@ -4,9 +4,11 @@ from kedro.pipeline import Pipeline, node
 
 from fedpatchcore.pipelines import in_variant
 from fedpatchcore.pipelines.evaluation import nodes
+from fedpatchcore.structure import CENTRALIZED
 
 
-def evaluation_template() -> Pipeline:
+def evaluation_template(per_category: bool = False) -> Pipeline:
+    """``per_category``: score each category with its ``params:tuned`` setting (centralized only)."""
     return Pipeline(
         [
             node(
@@ -27,6 +29,7 @@ def evaluation_template() -> Pipeline:
                     "params:scoring",
                     "params:privacy",
                     "params:seed",
+                    *(["params:tuned"] if per_category else []),
                 ],
                 ["anomaly_maps", "image_scores"],
                 name="score_test_images",
@@ -47,4 +50,5 @@ def evaluation(variant: str) -> Pipeline:
     Every variant is scored on ``evaluation_index``: the test images minus any that label
     noise put into a training set.
     """
-    return in_variant(evaluation_template(), variant, inputs={"evaluation_index", "category_info"})
+    template = evaluation_template(per_category=variant == CENTRALIZED)
+    return in_variant(template, variant, inputs={"evaluation_index", "category_info"})

@@ -26,6 +26,7 @@ from fedpatchcore.core.metrics import fairness_metrics
 from fedpatchcore.core.partition import make_partition, partition_statistics
 from fedpatchcore.core.privacy import PrivacySettings, with_public_transform
 from fedpatchcore.core.privacy_audit import membership_audit
+from fedpatchcore.pipelines.ingest.nodes import validation_keys
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,9 @@ def reserve_label_noise_images(
         specs = parse_heterogeneity(parameters.get("heterogeneity"))
         if not any(spec.label_noise for spec in specs.values()):
             continue
-        for client_id, keys in _partition(samples, parameters["federation"], parameters["seed"]).items():
+        held_out = validation_keys(dataset_index, parameters.get("validation"), parameters["seed"])
+        partitioned = [s for s in samples if s.key not in held_out]
+        for client_id, keys in _partition(partitioned, parameters["federation"], parameters["seed"]).items():
             spec = specs.get(str(client_id))
             if spec is None or not spec.label_noise:
                 continue
@@ -85,6 +88,7 @@ def partition_clients(
     federation: dict[str, Any],
     heterogeneity: dict[str, Any],
     seed: int,
+    validation: dict[str, Any] | None = None,
     *,
     client_ids: list[str],
 ) -> tuple:
@@ -92,10 +96,12 @@ def partition_clients(
 
     With ``heterogeneity.<client>.label_noise``, a share of that client's images is swapped for
     defective ones from the label-noise pool (its "good" folder holds defective parts).
+    With ``validation.enabled`` the validation split's training images go to no client.
     Returns the partition (client -> image keys), its statistics, then one training-image
     table per client in ``client_ids`` order.
     """
-    samples = frame_to_samples(dataset_index)
+    held_out = validation_keys(dataset_index, validation, seed)
+    samples = [s for s in frame_to_samples(dataset_index) if s.key not in held_out]
     assignment = _partition(samples, federation, seed)
     if list(assignment) != list(client_ids):
         raise RuntimeError(f"partition made clients {list(assignment)}, the pipeline was built for {client_ids}")

@@ -27,7 +27,14 @@ def partition_pipeline(variant: Variant) -> Pipeline:
         [
             node(
                 bind(nodes.partition_clients, client_ids=variant.client_ids),
-                ["dataset_index", "label_noise_pool", "params:federation", "params:heterogeneity", "params:seed"],
+                [
+                    "dataset_index",
+                    "label_noise_pool",
+                    "params:federation",
+                    "params:heterogeneity",
+                    "params:seed",
+                    "params:validation",
+                ],
                 ["partition", "partition_stats", *tables],
                 name="partition_clients",
             )

@@ -8,9 +8,13 @@ from typing import Any
 
 import pandas as pd
 
+from fedpatchcore.core.backbones import default_image_size
 from fedpatchcore.core.data.index import index_dataset, subsample_training
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
-from fedpatchcore.core.data.types import category_info_to_dict, samples_to_frame
+from fedpatchcore.core.data.types import category_info_to_dict, frame_to_samples, samples_to_frame
+from fedpatchcore.core.validation import split_validation
+
+VALIDATION_SPLIT_COLUMNS = ["key", "category", "role"]
 
 logger = logging.getLogger(__name__)
 
@@ -38,14 +42,20 @@ def prepare_raw_dataset(dataset: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def index_raw_dataset(
-    raw_dataset: dict[str, Any], dataset: dict[str, Any], seed: int = 0
+    raw_dataset: dict[str, Any], dataset: dict[str, Any], seed: int = 0, backbone: dict[str, Any] | None = None
 ) -> tuple[pd.DataFrame, dict[str, Any], list[dict[str, str]]]:
     """One row per image, the per-category facts (resize, defect configs), and skipped files.
 
     ``dataset.train_fraction`` keeps only a seeded share of some categories' training images
-    (every variant of a run then sees the same reduced dataset).
+    (every variant of a run then sees the same reduced dataset). Without ``dataset.image_sizes``
+    images are read at the backbone's own input size when it has one (EfficientNet-Lite1/2,
+    timm models), else at the dataset format's default size.
     """
     image_sizes = dataset.get("image_sizes") or None
+    preferred = default_image_size(backbone["name"]) if backbone else None
+    if image_sizes is None and preferred is not None:
+        image_sizes = {"default": list(preferred)}
+        logger.info("Images are read at %s's input size %dx%d (dataset.image_sizes is null)", backbone["name"], *preferred)
     samples, infos, skipped = index_dataset(
         raw_dataset["format"], raw_dataset["root"], dataset["categories"], image_sizes=image_sizes
     )
@@ -58,3 +68,31 @@ def index_raw_dataset(
     if skipped:
         logger.warning("Skipped %d unreadable files (listed in skipped_files.json)", len(skipped))
     return frame, {name: category_info_to_dict(info) for name, info in infos.items()}, skipped
+
+
+def validation_keys(dataset_index: pd.DataFrame, validation: dict[str, Any] | None, seed: int) -> set[str]:
+    """Keys of the training images held out as the validation split (none unless ``validation.enabled``)."""
+    if not validation or not validation.get("enabled", False):
+        return set()
+    split = split_validation(frame_to_samples(dataset_index), float(validation["fraction"]), int(seed))
+    return {s.key for s in split.validation}
+
+
+def make_validation_split(
+    dataset_index: pd.DataFrame, validation: dict[str, Any], seed: int, *, always: bool = False
+) -> pd.DataFrame:
+    """``key, category, role`` of every training image (role ``bank`` | ``validation``).
+
+    Empty unless ``validation.enabled`` (or ``always``: the tune pipeline splits in any case).
+    Only training images are looked at (core.validation.split_validation drops test rows unread).
+    """
+    if not (always or validation.get("enabled", False)):
+        return pd.DataFrame(columns=VALIDATION_SPLIT_COLUMNS)
+    split = split_validation(frame_to_samples(dataset_index), float(validation["fraction"]), int(seed))
+    logger.info(
+        "Validation split: %d of %d training images held out (validation.fraction=%s)",
+        len(split.validation),
+        len(split.validation) + len(split.train),
+        validation["fraction"],
+    )
+    return split.to_frame()

@@ -15,9 +15,15 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             node(
                 nodes.index_raw_dataset,
-                ["raw_dataset", "params:dataset", "params:seed"],
+                ["raw_dataset", "params:dataset", "params:seed", "params:backbone"],
                 ["dataset_index", "category_info", "skipped_files"],
                 name="index_dataset",
+            ),
+            node(
+                nodes.make_validation_split,
+                ["dataset_index", "params:validation", "params:seed"],
+                "validation_split",
+                name="split_validation",
             ),
             node(
                 federated_nodes.reserve_label_noise_images,

@@ -15,6 +15,8 @@ from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
 from fedpatchcore.core.extraction import ExtractedFeatures, make_embedder
 from fedpatchcore.core.federation import client
+from fedpatchcore.pipelines import settings as run_settings
+from fedpatchcore.pipelines.ingest.nodes import validation_keys
 
 CENTRALIZED_CLIENT = "all"
 
@@ -34,9 +36,14 @@ def _settings(
     )
 
 
-def hold_all_training_images(dataset_index: pd.DataFrame) -> pd.DataFrame:
-    """The centralized baseline's single client holds every training image."""
-    return dataset_index.loc[dataset_index["split"] == TRAIN].sort_values("key").reset_index(drop=True)
+def hold_all_training_images(
+    dataset_index: pd.DataFrame, validation: dict[str, Any] | None = None, seed: int = 0
+) -> pd.DataFrame:
+    """The centralized baseline's single client holds every training image (but the validation
+    split's, with ``validation.enabled``)."""
+    held_out = validation_keys(dataset_index, validation, seed)
+    training = dataset_index.loc[(dataset_index["split"] == TRAIN) & ~dataset_index["key"].isin(held_out)]
+    return training.sort_values("key").reset_index(drop=True)
 
 
 def extract_client_features(
@@ -61,6 +68,59 @@ def extract_client_features(
         frame_to_samples(training_images), infos, make_embedder(backbone, extraction), extraction["scratch_dir"], settings
     )
     return features, {"client": client_id, "heterogeneity": settings.heterogeneity.describe(), "images": applied}
+
+
+def extract_centralized_features(
+    training_images: pd.DataFrame,
+    category_info: dict[str, Any],
+    backbone: dict[str, Any],
+    coreset: dict[str, Any],
+    federation: dict[str, Any],
+    extraction: dict[str, Any],
+    seed: int,
+    heterogeneity: dict[str, Any],
+    tuned: dict[str, Any],
+    *,
+    client_id: str,
+) -> tuple[ExtractedFeatures, dict[str, Any]]:
+    """:func:`extract_client_features`, each category with its ``tuned`` setting (if it has one).
+
+    Without ``tuned`` entries this is exactly :func:`extract_client_features`. Otherwise the
+    categories are extracted in groups sharing one network, each at its setting's input size;
+    the categories' feature files may then differ in dimension (one bank per category).
+    """
+    args = (coreset, federation, extraction, seed, heterogeneity)
+    if not tuned:
+        return extract_client_features(training_images, category_info, backbone, *args, client_id=client_id)
+    infos = {name: category_info_from_dict(info) for name, info in category_info.items()}
+    samples = frame_to_samples(training_images)
+    per_category = run_settings.category_settings(
+        {s.category for s in samples}, backbone, extraction, {}, tuned
+    )
+    settings = _settings(client_id, coreset, federation, extraction, seed, heterogeneity)
+    merged: ExtractedFeatures | None = None
+    applied_all: list = []
+    for setting, categories in run_settings.groups(per_category):
+        group_backbone, group_extraction, _ = run_settings.blocks_for(setting, backbone, extraction, {})
+        group_infos = {c: run_settings.info_for(setting, infos[c]) for c in categories}
+        features, applied = client.extract_features(
+            [s for s in samples if s.category in group_infos],
+            group_infos,
+            make_embedder(group_backbone, group_extraction),
+            extraction["scratch_dir"],
+            settings,
+        )
+        applied_all.extend(applied)
+        if merged is None:
+            merged = features
+            continue
+        merged.files.update(features.files)
+        merged.image_keys.update(features.image_keys)
+        merged.grid.update(features.grid)
+        merged.skipped.extend(features.skipped)
+        merged.numbers.update(features.numbers)
+    manifest = {"client": client_id, "heterogeneity": settings.heterogeneity.describe(), "images": applied_all}
+    return merged, manifest
 
 
 def select_local_coreset(

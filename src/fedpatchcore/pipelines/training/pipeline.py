@@ -67,12 +67,33 @@ def client_lanes(variant: Variant) -> Pipeline:
 
 
 def centralized_training() -> Pipeline:
-    """The baseline: one client holding every training image; its coreset is the memory bank."""
+    """The baseline: one client holding every training image; its coreset is the memory bank.
+
+    Unlike a federated client it reads ``params:tuned``: each category with a tuned entry is
+    extracted with its own setting.
+    """
     client_id = nodes.CENTRALIZED_CLIENT
     template = Pipeline(
         [
-            node(nodes.hold_all_training_images, "dataset_index", "training_images", name="hold_all_training_images"),
-            extraction_node(client_id),
+            node(
+                nodes.hold_all_training_images,
+                ["dataset_index", "params:validation", "params:seed"],
+                "training_images",
+                name="hold_all_training_images",
+            ),
+            node(
+                bind(nodes.extract_centralized_features, client_id=client_id),
+                [
+                    "training_images",
+                    "category_info",
+                    "params:backbone",
+                    *CLIENT_SETTINGS,
+                    "params:heterogeneity",
+                    "params:tuned",
+                ],
+                ["patch_features", "heterogeneity_manifest"],
+                name="extract_features",
+            ),
             coreset_node(client_id),
             node(nodes.coreset_as_memory_bank, "local_coreset", "memory_bank", name="publish_memory_bank"),
         ]

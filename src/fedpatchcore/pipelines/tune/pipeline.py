@@ -1,0 +1,40 @@
+"""``tune``: ingest -> split_validation -> tune (every candidate on the validation split alone).
+
+Outputs ``tune_table`` (data/08_reporting/tune.csv), ``tune_report`` (tune_report.md) and
+``tuned_parameters`` (conf/tuned/parameters.yml: ``kedro run --env tuned`` applies it).
+"""
+
+from kedro.pipeline import Pipeline, node
+
+from fedpatchcore.pipelines import bind
+from fedpatchcore.pipelines.ingest import nodes as ingest_nodes
+from fedpatchcore.pipelines.tune import nodes
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                bind(ingest_nodes.make_validation_split, always=True),
+                ["dataset_index", "params:validation", "params:seed"],
+                "validation_split",
+                name="split_validation",
+            ),
+            node(
+                nodes.tune_settings,
+                [
+                    "dataset_index",
+                    "validation_split",
+                    "category_info",
+                    "params:tune",
+                    "params:backbone",
+                    "params:extraction",
+                    "params:coreset",
+                    "params:scoring",
+                    "params:seed",
+                ],
+                ["tune_table", "tune_report", "tuned_parameters"],
+                name="tune",
+            ),
+        ]
+    )
