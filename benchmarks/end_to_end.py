@@ -36,6 +36,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from fedpatchcore.core.data.autovi import AUTOVI_IMAGE_SIZES
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Stage of a node, from the last part of its (namespaced) name.
@@ -52,14 +54,7 @@ STAGES = {
 }
 
 #: AutoVI's categories and the (width, height) its images have and are processed at.
-AUTOVI_SHAPES = {
-    "engine_wiring": (400, 400),
-    "pipe_clip": (400, 400),
-    "pipe_staple": (400, 400),
-    "tank_screw": (1000, 750),
-    "underbody_pipes": (1000, 750),
-    "underbody_screw": (1000, 750),
-}
+AUTOVI_SHAPES = AUTOVI_IMAGE_SIZES
 AUTOVI_TRAIN, AUTOVI_TEST = 300, 150
 
 
