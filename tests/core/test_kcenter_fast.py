@@ -10,6 +10,15 @@ from fedpatchcore.core.coreset import greedy_kcenter
 from fedpatchcore.core.kcenter_fast import RowDots, choose_method, greedy_skipping, rounding_margin
 
 
+@pytest.fixture(autouse=True, params=["compiled", "numpy"])
+def sparse_step_code(request, monkeypatch):
+    """Every test runs with the numba kernels of a sparse step and with the numpy code."""
+    if request.param == "compiled" and not kcenter_fast.COMPILED:
+        pytest.skip("numba is not installed")
+    monkeypatch.setattr(kcenter_fast, "COMPILED", request.param == "compiled")
+    return request.param
+
+
 def low_rank(n: int, dim: int, seed: int, latent: int = 5) -> np.ndarray:
     """Rows on a curved low-dimensional set plus a little noise: like CNN patch features,
     which is where the skipping loop prunes most (and its principal-coordinate filter runs)."""

@@ -29,6 +29,11 @@ worst-case rounding of both loops); and the next centre is the largest value wit
 *smallest row index* among ties, as ``np.argmax`` picks it. So the selection is identical, not
 merely as good, and duplicate rows and exact ties are broken the same way.
 
+**Compiled sparse steps.** With numba installed (a dependency), the groups and rows a sparse
+step looks at are found by two compiled kernels that evaluate the same bounds without numpy's
+temporaries (:data:`COMPILED`); the exact values still come from :class:`RowDots`. The numpy
+code stays as the fallback and is tested alongside.
+
 Nothing here imports Kedro or torch.
 """
 
@@ -192,6 +197,176 @@ class RowDots:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --------------------------------------------------------------------------------------
+# compiled kernels of a sparse step (numba): the same bounds as the numpy code below, without
+# its temporaries; each step touches a few thousand slots, where numpy's per-call overhead and
+# index arrays cost more than the arithmetic.
+# --------------------------------------------------------------------------------------
+try:
+    import numba as _numba
+except ImportError:  # pragma: no cover - numba is a dependency; the numpy path stays correct
+    _numba = None
+
+#: Use the compiled kernels for sparse steps (tests switch it off to check the numpy path).
+COMPILED = _numba is not None
+
+
+def _jit(function):
+    # reassoc/contract only (no "finite math"): the sums may be reordered and fused, which the
+    # error allowances cover (they hold in any summation order), while -inf (chosen rows, empty
+    # groups) keeps its meaning in the comparisons. nogil: two halves of a step run on two threads.
+    if _numba is None:
+        return function
+    return _numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(function)
+
+
+@_jit
+def _open_groups_kernel(
+    t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
+    eps_cross, delta, eta, res_slack,
+):  # fmt: skip
+    """Groups the new centre ``t`` may take rows from, their prefix lengths and bounds.
+
+    The numpy version's steps 1-2, with centre-to-centre distances only where they matter (the
+    distance in principal coordinates, a lower bound, already rules most groups out) and each
+    group's size in place of its prefix: :func:`_open_rows_kernel` walks a group's slots (sorted
+    by decreasing distance, holes included) only down to its limit, and
+    :func:`_prefix_total_kernel` counts the true prefixes where a step may be dense.
+    """
+    q = centre_proj.shape[1]
+    lead = min(q, 8)
+    dim = centres.shape[1]
+    groups = np.empty(t, np.int64)
+    prefix = np.empty(t, np.int64)
+    limit = np.empty(t, np.float64)
+    rest_w = np.empty(t, np.float64)
+    half_gap = np.empty(t, np.float64)
+    m = 0
+    total = 0
+    for j in range(t):
+        farthest = np.float64(group_max[j])
+        if farthest == -np.inf and j != home:
+            continue  # an empty group
+        # |P^T w|² <= |w|² (1 + 2e-5) for the float32 basis, and so is any part of the sum: lower
+        # bounds of the distance, from the leading coordinates first (one cache line a centre)
+        squares = 0.0
+        for a in range(lead):
+            u = centre_proj[t, a] - centre_proj[j, a]
+            squares += u * u
+        if j != home and not (farthest > max(squares * (1.0 - 1e-4) - eps_cross, 0.0) / 8.0 - delta):
+            continue
+        for a in range(lead, q):
+            u = centre_proj[t, a] - centre_proj[j, a]
+            squares += u * u
+        if j != home and not (farthest > max(squares * (1.0 - 1e-4) - eps_cross, 0.0) / 8.0 - delta):
+            continue
+        cross = 0.0
+        for a in range(dim):
+            cross += np.float64(centres[j, a]) * np.float64(centres[t, a])
+        d2 = centre_sq[j] + centre_sq[t] - 2.0 * cross
+        d2_low = max(d2 - eps_cross, 0.0)
+        keep_below = d2_low / 8.0 - delta
+        if not (farthest > keep_below) and j != home:
+            continue
+        rest = d2 + eps_cross - squares * (1.0 - 1e-6)
+        # The whole group as its prefix: the walk stops at its first slot at or below the limit
+        # (a binary search here would cost a cache miss per probe; the walk's reads are in order).
+        length = count[j]
+        groups[m] = j
+        prefix[m] = length
+        limit[m] = keep_below
+        rest_w[m] = np.sqrt(max(rest, 0.0)) + res_slack
+        half_gap[m] = d2_low / 2.0 - 2.0 * delta - eta
+        total += length
+        m += 1
+    return groups[:m], prefix[:m], limit[:m], rest_w[:m], half_gap[:m], total
+
+
+@_jit
+def _open_rows_kernel(
+    groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p
+):
+    """Rows of the group prefixes that no bound rules out, their current values, rows looked at.
+
+    The bound of ``(x - c_j)·w`` is evaluated in float64 from the stored float32 residuals: more
+    precise than the numpy path's float32, and ``eta`` covers the float32 residuals themselves.
+    """
+    q = slot_res.shape[1]
+    total = 0
+    for g in range(len(groups)):
+        total += prefix[g]
+    rows = np.empty(total, np.int64)
+    current = np.empty(total, np.float32)
+    n = 0
+    looked = 0
+    for g in range(len(groups)):
+        first = start[groups[g]]
+        for slot in range(first, first + prefix[g]):
+            if not (np.float64(slot_dist[slot]) > limit[g]):
+                break  # sorted: the rest of the group keeps its values too
+            row = slot_row[slot]
+            if row < 0:
+                continue
+            looked += 1
+            lhs = 0.0
+            for a in range(q):
+                lhs += np.float64(slot_res[slot, a]) * np.float64(centre_p[a])
+            lhs = lhs - np.float64(slot_rc[slot]) + np.float64(slot_rn[slot]) * rest_w[g]
+            if lhs > half_gap[g]:
+                rows[n] = row
+                current[n] = slot_dist[slot]
+                n += 1
+    return rows[:n], current[:n], looked
+
+
+@_jit
+def _prefix_total_kernel(groups, limit, start, count, slot_dist):
+    """Slots above their group's limit, over ``groups`` (binary search in each sorted group)."""
+    total = 0
+    for g in range(len(groups)):
+        first = start[groups[g]]
+        lo, hi = first, first + count[groups[g]]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if np.float64(slot_dist[mid]) <= limit[g]:
+                hi = mid
+            else:
+                lo = mid + 1
+        total += max(lo - first, 1)
+    return total
+
+
+def _compiled_sparse_rows(
+    groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p,
+    work, half_norms, index, centre, dots,
+):  # fmt: skip
+    """:func:`_sparse_rows` with the compiled walk: (rows, values, looked, computed)."""
+    rows, current, looked = _open_rows_kernel(
+        groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p
+    )  # fmt: skip
+    movers, values = _exact_values(rows, current, work, half_norms, index, centre, dots)
+    return movers, values, looked, len(rows)
+
+
+def _half_cut(prefix: np.ndarray, total: int) -> int:
+    """Where to split a step's groups (at least 2) into two halves of about equal slot counts."""
+    cut = int(np.searchsorted(np.cumsum(prefix), total // 2)) + 1
+    return min(max(cut, 1), len(prefix) - 1)
+
+
+def _exact_values(rows, current, work, half_norms, index, centre, dots):
+    """The plain loop's values of ``rows`` for the new centre; those below ``current`` move."""
+    got = np.empty(len(rows), dtype=np.float32)
+    for lo in range(0, len(rows), _GATHER_ROWS):
+        part = rows[lo : lo + _GATHER_ROWS]
+        piece = got[lo : lo + len(part)]
+        dots(work[part], centre, piece)
+        np.subtract(half_norms[part], piece, out=piece)
+        np.add(piece, half_norms[index], out=piece)
+    smaller = got < current
+    return rows[smaller], got[smaller]
 
 
 # --------------------------------------------------------------------------------------
@@ -378,36 +553,16 @@ def greedy_skipping(
         #    the left side: e_x |w| (triangle inequality: so only rows with e_x > |w|/2, a prefix of
         #    the sorted group, and only groups whose farthest row passes), then per row
         #    P^T(x - c_j)·P^T w + |rest of x - c_j| |rest of w| (principal coordinates).
-        cross = np.dot(centres[:t], centre).astype(np.float64)
-        d2 = centre_sq[:t] + centre_sq[t] - 2.0 * cross
-        d2_low = np.maximum(d2 - eps_cross, 0.0)
-        keep_below = d2_low / 8.0 - delta  # rows with a value <= this keep it (triangle)
+        # 2. The prefix of each group above its triangle limit.
         home = group_of[index]
-        groups = np.flatnonzero(group_max[:t] > keep_below)
-        slot = int(np.searchsorted(groups, home))
-        if slot == len(groups) or groups[slot] != home:
-            groups = np.insert(groups, slot, home)  # the new centre itself always leaves its group
-        pu = centre_proj[t] - centre_proj[groups]  # P^T w per group
-        rest_w = np.sqrt(np.maximum(d2[groups] + eps_cross - (pu * pu).sum(axis=1) * (1.0 - 1e-6), 0.0))
-        rest_w += res_slack  # >= |rest of w|
-        half_gap = d2_low[groups] / 2.0 - 2.0 * delta - eta  # (x - c_j)·w below this: x keeps its value
-        sizes, firsts, limit = count[groups], start[groups], keep_below[groups]
-
-        # 2. The prefix of each group above its triangle limit: probes, then a few bisections.
-        offsets = (sizes[:, None] * _PROBES).astype(np.intp)
-        below = slot_dist[firsts[:, None] + offsets] <= limit[:, None]
-        first_below = below.argmax(axis=1)
-        prefix = np.where(below.any(axis=1), offsets[np.arange(len(groups)), first_below], sizes)
-        low = np.where(first_below > 0, offsets[np.arange(len(groups)), first_below - 1] + 1, 1)
-        np.minimum(low, prefix, out=low)
-        for _ in range(_BISECTIONS):
-            middle = (low + prefix) // 2
-            drop = slot_dist[firsts + np.minimum(middle, sizes - 1)] <= limit
-            prefix = np.where(drop & (middle < prefix), middle, prefix)
-            low = np.where(drop, low, np.minimum(middle + 1, prefix))
-        prefix[slot] = max(prefix[slot], where[index] - firsts[slot] + 1)
-        np.maximum(prefix, 1, out=prefix)
-        total = int(prefix.sum())
+        open_groups = _open_groups_kernel if COMPILED else _open_groups
+        groups, prefix, limit, rest_w, half_gap, total = open_groups(
+            t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
+            eps_cross, delta, eta, res_slack,
+        )  # fmt: skip
+        if COMPILED and total > dense_limit:  # group sizes; is the step dense by its prefixes?
+            total = _prefix_total_kernel(groups, limit, start, count, slot_dist)
+        firsts = start[groups]
         groups_examined += len(groups)
         recent[t % _WINDOW] = total
 
@@ -422,14 +577,29 @@ def greedy_skipping(
             values[index] = minus_inf
             movers = np.flatnonzero(values < min_dist)
             mover_values = values[movers]
-        else:
+        elif COMPILED:
             # 3b. Sparse step: rows of the prefixes that no bound rules out get their exact value
-            #     (large steps in two halves on two threads: numpy and faiss release the GIL).
+            #     (large steps in two halves on two threads: the kernel and faiss release the GIL).
+            step_bounds = (groups, prefix, limit, rest_w, half_gap)
+            step = (start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_proj[t].astype(f32))
+            step += (work, half_norms, index, centre, dots)
+            if side_pool is not None and total > _SPLIT_ROWS and len(groups) > 1:
+                cut = _half_cut(prefix, total)
+                later = side_pool.submit(_compiled_sparse_rows, *(x[cut:] for x in step_bounds), *step)
+                results = [_compiled_sparse_rows(*(x[:cut] for x in step_bounds), *step), later.result()]
+            else:
+                results = [_compiled_sparse_rows(*step_bounds, *step)]
+            movers = np.concatenate([r[0] for r in results])
+            mover_values = np.concatenate([r[1] for r in results])
+            looked += sum(r[2] for r in results)
+            computed += sum(r[3] for r in results)
+        else:
+            # 3b'. The same with numpy (large steps in two halves on two threads: numpy and faiss
+            #      release the GIL).
             centre_p = centre_proj[t].astype(f32)
             parts = [(firsts, prefix, limit, rest_w, half_gap)]
             if side_pool is not None and total > _SPLIT_ROWS and len(groups) > 1:
-                cut = int(np.searchsorted(np.cumsum(prefix), total // 2)) + 1
-                cut = min(max(cut, 1), len(groups) - 1)
+                cut = _half_cut(prefix, total)
                 parts = [tuple(a[:cut] for a in parts[0]), tuple(a[cut:] for a in parts[0])]
             args = (
                 slot_row,
@@ -453,10 +623,10 @@ def greedy_skipping(
             mover_values = np.concatenate([r[1] for r in results])
             looked += sum(r[2] for r in results)
             computed += sum(r[3] for r in results)
-            if not (movers == index).any():
-                movers = np.append(movers, index)  # the new centre leaves its group in any case
-                mover_values = np.append(mover_values, minus_inf)
-            mover_values[movers == index] = minus_inf
+        if not (movers == index).any():
+            movers = np.append(movers, index)  # the new centre leaves its group in any case
+            mover_values = np.append(mover_values, minus_inf)
+        mover_values[movers == index] = minus_inf
 
         # 4. Movers leave holes; a group whose first slot became a hole starts at its next live
         #    slot. They form the new centre's group, sorted, appended after ``end``.
@@ -496,6 +666,41 @@ def greedy_skipping(
     return chosen
 
 
+def _open_groups(
+    t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
+    eps_cross, delta, eta, res_slack,
+):  # fmt: skip
+    """numpy version of :func:`_open_groups_kernel`: probes and a few bisections bound each
+    prefix from above (rows beyond the true prefix are filtered out by their value later)."""
+    cross = np.dot(centres[:t], centres[t]).astype(np.float64)
+    d2 = centre_sq[:t] + centre_sq[t] - 2.0 * cross
+    d2_low = np.maximum(d2 - eps_cross, 0.0)
+    keep_below = d2_low / 8.0 - delta  # rows with a value <= this keep it (triangle)
+    groups = np.flatnonzero(group_max[:t] > keep_below)
+    slot = int(np.searchsorted(groups, home))
+    if slot == len(groups) or groups[slot] != home:
+        groups = np.insert(groups, slot, home)  # the new centre itself always leaves its group
+    pu = centre_proj[t] - centre_proj[groups]  # P^T w per group
+    rest_w = np.sqrt(np.maximum(d2[groups] + eps_cross - (pu * pu).sum(axis=1) * (1.0 - 1e-6), 0.0))
+    rest_w += res_slack  # >= |rest of w|
+    half_gap = d2_low[groups] / 2.0 - 2.0 * delta - eta  # (x - c_j)·w below this: x keeps its value
+    sizes, firsts, limit = count[groups], start[groups], keep_below[groups]
+    offsets = (sizes[:, None] * _PROBES).astype(np.intp)
+    below = slot_dist[firsts[:, None] + offsets] <= limit[:, None]
+    first_below = below.argmax(axis=1)
+    prefix = np.where(below.any(axis=1), offsets[np.arange(len(groups)), first_below], sizes)
+    low = np.where(first_below > 0, offsets[np.arange(len(groups)), first_below - 1] + 1, 1)
+    np.minimum(low, prefix, out=low)
+    for _ in range(_BISECTIONS):
+        middle = (low + prefix) // 2
+        drop = slot_dist[firsts + np.minimum(middle, sizes - 1)] <= limit
+        prefix = np.where(drop & (middle < prefix), middle, prefix)
+        low = np.where(drop, low, np.minimum(middle + 1, prefix))
+    prefix[slot] = max(prefix[slot], where[index] - firsts[slot] + 1)
+    np.maximum(prefix, 1, out=prefix)
+    return groups, prefix, limit, rest_w, half_gap, int(prefix.sum())
+
+
 def _sparse_rows(
     firsts, prefix, limit, rest_w, half_gap,
     slot_row, slot_dist, slot_res, slot_rc, slot_rn, work, half_norms, index, centre, centre_p, dots,
@@ -521,15 +726,8 @@ def _sparse_rows(
     lhs += slot_rn[at] * np.repeat(rest_w, prefix)[keep]
     open_rows = lhs > np.repeat(half_gap, prefix)[keep]
     rows, current = rows[open_rows], current[open_rows]
-    got = np.empty(len(rows), dtype=np.float32)
-    for lo in range(0, len(rows), _GATHER_ROWS):
-        part = rows[lo : lo + _GATHER_ROWS]
-        piece = got[lo : lo + len(part)]
-        dots(work[part], centre, piece)
-        np.subtract(half_norms[part], piece, out=piece)
-        np.add(piece, half_norms[index], out=piece)
-    smaller = got < current
-    return rows[smaller], got[smaller], looked, len(rows)
+    movers, values = _exact_values(rows, current, work, half_norms, index, centre, dots)
+    return movers, values, looked, len(rows)
 
 
 def _plain_steps(
