@@ -328,10 +328,8 @@ def _plain_loop(work: np.ndarray, half_norms: np.ndarray, k: int, starts: np.nda
     minus_inf = work.dtype.type(-np.inf)
 
     def absorb(index: int) -> None:
-        # buffer = ||x||²/2 - x·c + ||c||²/2 = ||x - c||² / 2, for every row, no N×p temporary.
-        dots(work, work[index], buffer)
-        np.subtract(half_norms, buffer, out=buffer)
-        np.add(buffer, half_norms[index], out=buffer)
+        # buffer = ||x - c||² / 2 for every row, no N×p temporary.
+        kcenter_fast.half_sq_distances(work, half_norms, work[index], half_norms[index], dots, buffer)
         np.minimum(min_dist, buffer, out=min_dist)
         min_dist[index] = minus_inf  # chosen rows can never be picked again
 

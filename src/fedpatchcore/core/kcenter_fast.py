@@ -40,8 +40,10 @@ Nothing here imports Kedro or torch.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -204,25 +206,28 @@ class RowDots:
 # its temporaries; each step touches a few thousand slots, where numpy's per-call overhead and
 # index arrays cost more than the arithmetic.
 # --------------------------------------------------------------------------------------
-try:
-    import numba as _numba
-except ImportError:  # pragma: no cover - numba is a dependency; the numpy path stays correct
-    _numba = None
-
-#: Use the compiled kernels for sparse steps (tests switch it off to check the numpy path).
-COMPILED = _numba is not None
+#: Use the compiled kernels for sparse steps (tests switch it off to check the numpy path). numba
+#: is imported only when a skipping loop first runs: every other run of the project (the plain
+#: loop) does not pay its import.
+COMPILED = importlib.util.find_spec("numba") is not None
 
 
-def _jit(function):
+@functools.cache
+def _compiled() -> SimpleNamespace:
+    """The kernels below, compiled (on first use; numba caches the machine code on disk)."""
+    import numba
+
     # reassoc/contract only (no "finite math"): the sums may be reordered and fused, which the
     # error allowances cover (they hold in any summation order), while -inf (chosen rows, empty
     # groups) keeps its meaning in the comparisons. nogil: two halves of a step run on two threads.
-    if _numba is None:
-        return function
-    return _numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})(function)
+    jit = numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    return SimpleNamespace(
+        open_groups=jit(_open_groups_kernel),
+        open_rows=jit(_open_rows_kernel),
+        prefix_total=jit(_prefix_total_kernel),
+    )
 
 
-@_jit
 def _open_groups_kernel(
     t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
     eps_cross, delta, eta, res_slack,
@@ -284,7 +289,6 @@ def _open_groups_kernel(
     return groups[:m], prefix[:m], limit[:m], rest_w[:m], half_gap[:m], total
 
 
-@_jit
 def _open_rows_kernel(
     groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p
 ):
@@ -321,7 +325,6 @@ def _open_rows_kernel(
     return rows[:n], current[:n], looked
 
 
-@_jit
 def _prefix_total_kernel(groups, limit, start, count, slot_dist):
     """Slots above their group's limit, over ``groups`` (binary search in each sorted group)."""
     total = 0
@@ -343,7 +346,7 @@ def _compiled_sparse_rows(
     work, half_norms, index, centre, dots,
 ):  # fmt: skip
     """:func:`_sparse_rows` with the compiled walk: (rows, values, looked, computed)."""
-    rows, current, looked = _open_rows_kernel(
+    rows, current, looked = _compiled().open_rows(
         groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p
     )  # fmt: skip
     movers, values = _exact_values(rows, current, work, half_norms, index, centre, dots)
@@ -356,15 +359,23 @@ def _half_cut(prefix: np.ndarray, total: int) -> int:
     return min(max(cut, 1), len(prefix) - 1)
 
 
+def half_sq_distances(rows, row_half_norms, centre, centre_half_norm, dots, out) -> np.ndarray:
+    """``out = (||x||²/2 - x·c) + ||c||²/2 = ||x - c||² / 2`` per row, in this order of float32
+    operations: the plain loop's value, which every loop here must reproduce bit for bit."""
+    dots(rows, centre, out)
+    np.subtract(row_half_norms, out, out=out)
+    np.add(out, centre_half_norm, out=out)
+    return out
+
+
 def _exact_values(rows, current, work, half_norms, index, centre, dots):
     """The plain loop's values of ``rows`` for the new centre; those below ``current`` move."""
     got = np.empty(len(rows), dtype=np.float32)
     for lo in range(0, len(rows), _GATHER_ROWS):
         part = rows[lo : lo + _GATHER_ROWS]
-        piece = got[lo : lo + len(part)]
-        dots(work[part], centre, piece)
-        np.subtract(half_norms[part], piece, out=piece)
-        np.add(piece, half_norms[index], out=piece)
+        half_sq_distances(
+            work[part], half_norms[part], centre, half_norms[index], dots, got[lo : lo + len(part)]
+        )
     smaller = got < current
     return rows[smaller], got[smaller]
 
@@ -539,9 +550,7 @@ def greedy_skipping(
             dense_steps += 1
             looked += n_rows
             computed += n_rows
-            dots(work, centre, values)
-            np.subtract(half_norms, values, out=values)
-            np.add(values, half_norms[index], out=values)
+            half_sq_distances(work, half_norms, centre, half_norms[index], dots, values)
             np.minimum(min_dist, values, out=min_dist)
             min_dist[index] = minus_inf
             rows = np.lexsort((np.arange(n_rows), -min_dist))
@@ -555,14 +564,13 @@ def greedy_skipping(
         #    P^T(x - c_j)·P^T w + |rest of x - c_j| |rest of w| (principal coordinates).
         # 2. The prefix of each group above its triangle limit.
         home = group_of[index]
-        open_groups = _open_groups_kernel if COMPILED else _open_groups
+        open_groups = _compiled().open_groups if COMPILED else _open_groups
         groups, prefix, limit, rest_w, half_gap, total = open_groups(
             t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
             eps_cross, delta, eta, res_slack,
         )  # fmt: skip
         if COMPILED and total > dense_limit:  # group sizes; is the step dense by its prefixes?
-            total = _prefix_total_kernel(groups, limit, start, count, slot_dist)
-        firsts = start[groups]
+            total = _compiled().prefix_total(groups, limit, start, count, slot_dist)
         groups_examined += len(groups)
         recent[t % _WINDOW] = total
 
@@ -571,54 +579,24 @@ def greedy_skipping(
             dense_steps += 1
             looked += n_rows
             computed += n_rows
-            dots(work, centre, values)
-            np.subtract(half_norms, values, out=values)
-            np.add(values, half_norms[index], out=values)
+            half_sq_distances(work, half_norms, centre, half_norms[index], dots, values)
             values[index] = minus_inf
             movers = np.flatnonzero(values < min_dist)
             mover_values = values[movers]
-        elif COMPILED:
+        else:
             # 3b. Sparse step: rows of the prefixes that no bound rules out get their exact value
-            #     (large steps in two halves on two threads: the kernel and faiss release the GIL).
+            #     (large steps in two halves on two threads: the kernels, numpy and faiss release
+            #     the GIL).
+            sparse_rows = _compiled_sparse_rows if COMPILED else _sparse_rows
             step_bounds = (groups, prefix, limit, rest_w, half_gap)
             step = (start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_proj[t].astype(f32))
             step += (work, half_norms, index, centre, dots)
             if side_pool is not None and total > _SPLIT_ROWS and len(groups) > 1:
                 cut = _half_cut(prefix, total)
-                later = side_pool.submit(_compiled_sparse_rows, *(x[cut:] for x in step_bounds), *step)
-                results = [_compiled_sparse_rows(*(x[:cut] for x in step_bounds), *step), later.result()]
+                later = side_pool.submit(sparse_rows, *(x[cut:] for x in step_bounds), *step)
+                results = [sparse_rows(*(x[:cut] for x in step_bounds), *step), later.result()]
             else:
-                results = [_compiled_sparse_rows(*step_bounds, *step)]
-            movers = np.concatenate([r[0] for r in results])
-            mover_values = np.concatenate([r[1] for r in results])
-            looked += sum(r[2] for r in results)
-            computed += sum(r[3] for r in results)
-        else:
-            # 3b'. The same with numpy (large steps in two halves on two threads: numpy and faiss
-            #      release the GIL).
-            centre_p = centre_proj[t].astype(f32)
-            parts = [(firsts, prefix, limit, rest_w, half_gap)]
-            if side_pool is not None and total > _SPLIT_ROWS and len(groups) > 1:
-                cut = _half_cut(prefix, total)
-                parts = [tuple(a[:cut] for a in parts[0]), tuple(a[cut:] for a in parts[0])]
-            args = (
-                slot_row,
-                slot_dist,
-                slot_res,
-                slot_rc,
-                slot_rn,
-                work,
-                half_norms,
-                index,
-                centre,
-                centre_p,
-                dots,
-            )
-            if len(parts) == 1:
-                results = [_sparse_rows(*parts[0], *args)]
-            else:
-                later = side_pool.submit(_sparse_rows, *parts[1], *args)
-                results = [_sparse_rows(*parts[0], *args), later.result()]
+                results = [sparse_rows(*step_bounds, *step)]
             movers = np.concatenate([r[0] for r in results])
             mover_values = np.concatenate([r[1] for r in results])
             looked += sum(r[2] for r in results)
@@ -702,15 +680,15 @@ def _open_groups(
 
 
 def _sparse_rows(
-    firsts, prefix, limit, rest_w, half_gap,
-    slot_row, slot_dist, slot_res, slot_rc, slot_rn, work, half_norms, index, centre, centre_p, dots,
+    groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p,
+    work, half_norms, index, centre, dots,
 ):  # fmt: skip
     """Rows of the given group prefixes whose value drops for the new centre, and their values.
 
     Filters: the triangle limit on the row's current value, then the principal-coordinate bound
     of ``(x - c_j)·w``; the rest get the exact value. Returns (rows, values, looked, computed).
     """
-    positions = _ranges(firsts, prefix)
+    positions = _ranges(start[groups], prefix)
     current = slot_dist[positions]
     keep = current > np.repeat(limit, prefix)
     rows = slot_row[positions]
@@ -740,9 +718,7 @@ def _plain_steps(
         index = int(np.argmax(min_dist))
         chosen[i] = index
         if i + 1 < len(chosen):
-            dots(work, work[index], buffer)
-            np.subtract(half_norms, buffer, out=buffer)
-            np.add(buffer, half_norms[index], out=buffer)
+            half_sq_distances(work, half_norms, work[index], half_norms[index], dots, buffer)
             np.minimum(min_dist, buffer, out=min_dist)
             min_dist[index] = minus_inf
 
