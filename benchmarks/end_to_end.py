@@ -53,8 +53,6 @@ STAGES = {
     "compute_metrics": "metrics",
 }
 
-#: AutoVI's categories and the (width, height) its images have and are processed at.
-AUTOVI_SHAPES = AUTOVI_IMAGE_SIZES
 AUTOVI_TRAIN, AUTOVI_TEST = 300, 150
 
 
@@ -87,7 +85,7 @@ def write_autovi_like(root: Path, fraction: float, seed: int = 0, categories=Non
     n_train = max(2, round(AUTOVI_TRAIN * fraction))
     n_test = max(2, round(AUTOVI_TEST * fraction))
     written = {}
-    for c_index, (category, (width, height)) in enumerate(AUTOVI_SHAPES.items()):
+    for c_index, (category, (width, height)) in enumerate(AUTOVI_IMAGE_SIZES.items()):
         if categories and category not in categories:
             continue
         rng = np.random.default_rng([seed, c_index])
@@ -237,7 +235,7 @@ def main() -> None:
         written = write_autovi_like(root, args.fraction, categories=categories)
         print(
             f"dataset: {sum(written.values())} PNGs in AutoVI layout ({args.fraction:g} of 300 train + 150 test "
-            f"per category; {', '.join(f'{c} {AUTOVI_SHAPES[c][0]}x{AUTOVI_SHAPES[c][1]}' for c in written)}) "
+            f"per category; {', '.join(f'{c} {AUTOVI_IMAGE_SIZES[c][0]}x{AUTOVI_IMAGE_SIZES[c][1]}' for c in written)}) "
             f"written in {time.perf_counter() - started:.0f}s; backbone: {label}"
         )
         base = [
