@@ -4,7 +4,7 @@ Runs on the same seeded vectors and k, in one process:
 
 * ``today``: the loop as it was before the skipping loop (BLAS ``sgemv`` per step; kept
   verbatim below as :func:`todays_loop`);
-* ``plain`` / ``skip`` / ``auto``: ``fedpatchcore.core.coreset.greedy_kcenter(method=...)``;
+* ``plain`` / ``skip`` / ``auto``: ``fedpatchcore.core.coreset.kcenter.greedy_kcenter(method=...)``;
 * ``reference``: ``select`` of ../shared/reference/kcenter_reference.py (relative to the
   repository root): sparse JL projection, ``torch.linalg.norm`` per step.
 
@@ -45,8 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpatchcore.core import coreset
-from fedpatchcore.core.coreset import DEFAULT_PROJECTION_DIM, coreset_size, greedy_kcenter, project
+from fedpatchcore.core.coreset import kcenter as coreset
+from fedpatchcore.core.coreset.kcenter import coreset_size, greedy_kcenter, project
+from fedpatchcore.core.features.projection import DEFAULT_PROJECTION_DIM
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "kcenter_reference.py"
@@ -91,9 +92,9 @@ def cnn_patch_features(
         return np.load(path, mmap_mode="r")
     import torch
 
-    from fedpatchcore.core.backbones import load_backbone
     from fedpatchcore.core.data.synthetic import render_image
-    from fedpatchcore.core.patchcore import PatchEmbedder
+    from fedpatchcore.core.features.backbones import load_backbone
+    from fedpatchcore.core.features.embedding import PatchEmbedder
 
     embedder = PatchEmbedder(load_backbone("efficientnet_lite0"), neighbourhood=3, device="cpu")
     h, w = embedder.grid_size(size)

@@ -214,7 +214,7 @@ def main() -> None:
         print_result(run_pipeline(pipeline, args.params, None), "embedded default")
         return
 
-    from fedpatchcore.core.backbones import BackboneWeightsMissing, load_backbone
+    from fedpatchcore.core.features.backbones import BackboneWeightsMissing, load_backbone
 
     with tempfile.TemporaryDirectory(prefix="fedpatchcore_autovi_") as tmp:
         tmp = Path(tmp)

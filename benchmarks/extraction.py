@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedpatchcore.core.backbones import BackboneWeightsMissing, load_backbone
-from fedpatchcore.core.patchcore import PatchEmbedder, set_threads
+from fedpatchcore.core.features.backbones import BackboneWeightsMissing, load_backbone
+from fedpatchcore.core.features.embedding import PatchEmbedder, set_threads
 
 
 def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | None:
@@ -40,7 +40,7 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | No
         # Timing only: speed does not depend on the weight values. Never used for features.
         from torchvision.models import wide_resnet50_2
 
-        from fedpatchcore.core.backbones import WideResNet50Features
+        from fedpatchcore.core.features.backbones import WideResNet50Features
 
         print(f"[{name}] weights absent: RANDOM-INIT network, timings only (--random-init-timing-only)")
         backbone = WideResNet50Features(wide_resnet50_2(weights=None)).to(args.device)
@@ -152,7 +152,7 @@ def bench_feature_stage(name: str, args: argparse.Namespace) -> dict[str, float]
     from fedpatchcore.core.data.index import index_dataset
     from fedpatchcore.core.data.loading import load_image
     from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
-    from fedpatchcore.core.extraction import extract_patch_features
+    from fedpatchcore.core.features.extraction import extract_patch_features
 
     try:
         backbone = load_backbone(name, device=args.device)

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fedpatchcore.core.coreset import DEFAULT_PROJECTION_DIM, coreset_size
-from fedpatchcore.core.feature_store import PatchFeatureWriter, select_coreset_streaming
+from fedpatchcore.core.coreset.kcenter import coreset_size
+from fedpatchcore.core.coreset.streaming import select_coreset_streaming
+from fedpatchcore.core.features.feature_store import PatchFeatureWriter
+from fedpatchcore.core.features.projection import DEFAULT_PROJECTION_DIM
 
 
 def status_kib(field: str) -> int:

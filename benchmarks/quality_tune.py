@@ -28,18 +28,16 @@ import yaml
 from fedpatchcore.core.data.index import index_dataset
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import TEST, TRAIN
-from fedpatchcore.core.metrics import evaluate_category
-from fedpatchcore.core.predict import build_category_models, calibrate_from_validation, score_samples
-from fedpatchcore.core.thresholds import CALIBRATION_METHODS, false_alarm_rate
-from fedpatchcore.core.validation import (
-    BankConfig,
-    EmbedderCache,
-    Setting,
-    build_category_bank,
-    candidate_grid,
-    split_validation,
-    tune,
+from fedpatchcore.core.evaluation.metrics import evaluate_category
+from fedpatchcore.core.features.setting import EmbedderCache, Setting
+from fedpatchcore.core.scoring.predict import (
+    build_category_models,
+    calibrate_from_validation,
+    score_samples,
 )
+from fedpatchcore.core.scoring.thresholds import CALIBRATION_METHODS, false_alarm_rate
+from fedpatchcore.core.tuning.split import split_validation
+from fedpatchcore.core.tuning.tuner import BankConfig, build_category_bank, candidate_grid, tune
 
 DATASET = {"image_size": (128, 128), "n_train": 24, "n_test_good": 16, "n_test_per_defect": 6}
 DEFAULT = Setting(image_size=(128, 128))  # efficientnet_lite0 at the dataset's size, max of the map

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from fedpatchcore.cli import main
-from tests.core.test_download import autovi_zip, free_port, zenodo  # noqa: F401  (zenodo is a fixture)
+from tests.core.data.test_download import autovi_zip, free_port, zenodo  # noqa: F401  (zenodo is a fixture)
 
 
 def _fast(*args: str) -> list[str]:

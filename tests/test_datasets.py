@@ -11,9 +11,9 @@ from kedro.io import DatasetError
 from kedro.io.core import Version
 
 from fedpatchcore.core.banks import bank_fingerprint
-from fedpatchcore.core.extraction import SCRATCH_MARKER, ExtractedFeatures
-from fedpatchcore.core.feature_store import PatchFeatureWriter
-from fedpatchcore.core.patchcore import build_index, nearest_neighbours
+from fedpatchcore.core.banks.knn import build_index, nearest_neighbours
+from fedpatchcore.core.features.extraction import SCRATCH_MARKER, ExtractedFeatures
+from fedpatchcore.core.features.feature_store import PatchFeatureWriter
 from fedpatchcore.datasets import (
     AnomalyMapsDataset,
     FaissIndexDataset,

@@ -194,7 +194,7 @@ def test_resolved_variants_are_validated_with_the_same_models():
 
 
 def test_registry_names_are_looked_up_when_validating(monkeypatch):
-    from fedpatchcore.core import aggregation
+    from fedpatchcore.core.federation import aggregation
 
     assert _problems(aggregation__strategy="trust_weighted")
     monkeypatch.setitem(aggregation.STRATEGIES, "trust_weighted", lambda *a, **k: None)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 
 import click
 
-from fedpatchcore.core.download import (
+from fedpatchcore.core.data.download import (
     AUTOVI_CATEGORIES,
     AUTOVI_LICENSE,
     AUTOVI_RECORD_ID,

@@ -10,7 +10,7 @@ from kedro.framework.hooks import hook_impl
 
 from fedpatchcore import structure
 from fedpatchcore.core.data.layout_check import check_dataset_layout
-from fedpatchcore.core.extraction import remove_stale_scratch
+from fedpatchcore.core.features.extraction import remove_stale_scratch
 from fedpatchcore.params_schema import ParameterError, parameter_problems
 from fedpatchcore.run_lock import RunLock, lock_path_for
 

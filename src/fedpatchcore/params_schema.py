@@ -187,7 +187,7 @@ Layers = Annotated[list[str | int], Field(min_length=2, max_length=2)]
 
 
 def _known_backbone_name(value: str) -> str:
-    from fedpatchcore.core.backbones import available_backbones, is_known_backbone
+    from fedpatchcore.core.features.backbones import available_backbones, is_known_backbone
 
     if not is_known_backbone(value):
         raise ValueError(
@@ -298,7 +298,7 @@ class TunedEntry(Block):
 
     @model_validator(mode="after")
     def _valid_setting(self) -> TunedEntry:
-        from fedpatchcore.core.validation import Setting
+        from fedpatchcore.core.features.setting import Setting
 
         Setting.from_tuned(self.model_dump())  # raises ValueError on an impossible combination
         return self
@@ -350,7 +350,7 @@ class PredictParams(Block):
     @field_validator("calibration")
     @classmethod
     def _known_method(cls, value: str) -> str:
-        from fedpatchcore.core.thresholds import CALIBRATION_METHODS
+        from fedpatchcore.core.scoring.thresholds import CALIBRATION_METHODS
 
         return _one_of("calibration method", value, CALIBRATION_METHODS)
 
@@ -397,7 +397,7 @@ class FederationParams(Block):
     @field_validator("partition")
     @classmethod
     def _known_partition(cls, value: str) -> str:
-        from fedpatchcore.core.partition import SCHEMES
+        from fedpatchcore.core.federation.partition import SCHEMES
 
         return _one_of("partition", value, SCHEMES)
 
@@ -440,7 +440,7 @@ class AggregationParams(Block):
     @field_validator("strategy")
     @classmethod
     def _known_strategy(cls, value: str) -> str:
-        from fedpatchcore.core.aggregation import STRATEGIES
+        from fedpatchcore.core.federation.aggregation import STRATEGIES
 
         return _one_of("strategy", value, list(STRATEGIES))
 
@@ -464,7 +464,7 @@ class ComparisonParams(Block):
     @field_validator("groups")
     @classmethod
     def _known_grouping(cls, value: str) -> str:
-        from fedpatchcore.core.experiments import GROUPINGS
+        from fedpatchcore.core.reporting.experiments import GROUPINGS
 
         return _one_of("grouping", value, GROUPINGS)
 
@@ -502,7 +502,7 @@ class TrustParams(Block):
 
 
 def _heterogeneity(value: Any) -> Any:
-    from fedpatchcore.core.heterogeneity import parse_heterogeneity
+    from fedpatchcore.core.federation.heterogeneity import parse_heterogeneity
 
     parse_heterogeneity(value)  # raises ValueError naming heterogeneity.<client>.<key>
     return value
@@ -582,14 +582,14 @@ class PrivacyParams(Block):
     @field_validator("unit")
     @classmethod
     def _known_unit(cls, value: str) -> str:
-        from fedpatchcore.core.privacy import UNITS
+        from fedpatchcore.core.privacy.release import UNITS
 
         return _one_of("privacy unit", value, UNITS)
 
     @field_validator("accountant")
     @classmethod
     def _known_accountant(cls, value: str) -> str:
-        from fedpatchcore.core.privacy import ACCOUNTANTS
+        from fedpatchcore.core.privacy.accounting import ACCOUNTANTS
 
         return _one_of("accountant", value, ACCOUNTANTS)
 
@@ -604,7 +604,7 @@ class ReportParams(Block):
     @field_validator("spro_limit", mode="before")
     @classmethod
     def _known_limit(cls, value: Any) -> Any:
-        from fedpatchcore.core.metrics import DEFAULT_INTEGRATION_LIMITS
+        from fedpatchcore.core.evaluation.metrics import DEFAULT_INTEGRATION_LIMITS
 
         known = [str(float(limit)) for limit in DEFAULT_INTEGRATION_LIMITS]
         if value not in known:

@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from fedpatchcore.core.federation.fairness import FairnessSettings
-from fedpatchcore.core.partition import client_ids_for
-from fedpatchcore.core.privacy import release_parameters
+from fedpatchcore.core.federation.partition import client_ids_for
+from fedpatchcore.core.privacy.release import release_parameters
 
 logger = logging.getLogger(__name__)
 

@@ -41,8 +41,8 @@ def _fresh_catalog(kedro_project):
 
 
 @pytest.fixture(scope="module")
-def deployment(kedro_project, tmp_path_factory):
-    """The project, its in-process reference bank, and a running loopback federation."""
+def reference(kedro_project, tmp_path_factory):
+    """The in-process reference bank and report, and one data folder per site (made once)."""
     project = kedro_project.path
     conf = project / "conf"
     (conf / "local" / "parameters.yml").write_text(yaml.safe_dump(RUN))
@@ -51,19 +51,26 @@ def deployment(kedro_project, tmp_path_factory):
 
     # In-process reference: partition, client lanes, server round (same parameters, same seed).
     _, catalog = kedro_project.run(RUN, pipeline_name="federated", to_nodes=["federated.aggregate_round_1"])
-    reference = CategoryBanks.from_arrays(catalog.load("federated.memory_bank"))
-    reference_report = catalog.load("federated.round_1_report")
-
+    bank = CategoryBanks.from_arrays(catalog.load("federated.memory_bank"))
+    report = catalog.load("federated.round_1_report")
     sites_root = tmp_path_factory.mktemp("sites")
     dataset_root = project / "data" / "01_raw" / "synthetic"
     sites = {
         cid: make_site_folder(catalog.load(f"federated.client_{cid}.training_images"), sites_root / cid, dataset_root)
         for cid in ("1", "2", "3")
     }
-    federation = LoopbackFederation(tmp_path_factory.mktemp("loopback"), project, sites, count_bytes=True)
+    return bank, report, sites
+
+
+@pytest.fixture
+def deployment(kedro_project, reference, tmp_path_factory):
+    """A running loopback federation of its own for each test (a test may kill a SuperNode), the
+    catalog reader, and the in-process reference bank and report."""
+    bank, report, sites = reference
+    federation = LoopbackFederation(tmp_path_factory.mktemp("loopback"), kedro_project.path, sites, count_bytes=True)
     try:
         federation.start()
-        yield federation, lambda: _fresh_catalog(kedro_project), reference, reference_report
+        yield federation, lambda: _fresh_catalog(kedro_project), bank, report
     finally:
         federation.stop()
 

@@ -19,8 +19,8 @@ import yaml
 from flwr.app import Message, RecordDict
 
 from fedpatchcore import structure
-from fedpatchcore.core.aggregation import AggregationError
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.federation.aggregation import AggregationError
 from fedpatchcore.core.federation.client import LocalCoreset
 from fedpatchcore.flower import records, site
 from fedpatchcore.flower.client_app import make_client_app

@@ -15,8 +15,14 @@ from PIL import Image
 from fedpatchcore import structure
 from fedpatchcore.config_loader import ProjectConfigLoader
 from fedpatchcore.core.data.types import Sample, samples_to_frame
-from fedpatchcore.core.export import PNG_MAX, SCALE_FILE, encode_uint16, read_autovi_maps, resize_map
-from fedpatchcore.core.partition import AUTOVI_DEFAULT_CLIENTS
+from fedpatchcore.core.evaluation.export import (
+    PNG_MAX,
+    SCALE_FILE,
+    encode_uint16,
+    read_autovi_maps,
+    resize_map,
+)
+from fedpatchcore.core.federation.partition import AUTOVI_DEFAULT_CLIENTS
 from fedpatchcore.datasets.exported_maps import SUMMARY_FILE, ExportedMapsDataset, MapsExport
 from fedpatchcore.pipelines.export.nodes import export_anomaly_maps
 from fedpatchcore.pipelines.export.pipeline import export_maps

@@ -1,6 +1,6 @@
 """Server nodes of the federated pipeline on small hand-made uploads (no Kedro session).
 
-The round logic itself is tested in tests/core/test_federation.py; these check the thin node layer.
+The round logic itself is tested in tests/core/federation/test_federation.py; these check the thin node layer.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedpatchcore.core.aggregation import AggregationError
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.federation.aggregation import AggregationError
 from fedpatchcore.pipelines.federated import nodes
 
 AGGREGATION = {"strategy": "federated_coreset", "global_bank_size": None, "min_clients": 1}

@@ -12,10 +12,10 @@ from PIL import Image
 
 from fedpatchcore import structure
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.banks.knn import build_index
 from fedpatchcore.core.data.types import TEST, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.extraction import make_embedder
-from fedpatchcore.core.patchcore import build_index
-from fedpatchcore.core.scoring import score_category
+from fedpatchcore.core.features.extraction import make_embedder
+from fedpatchcore.core.scoring.category import score_category
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.federated.pipeline import federated_training
 from fedpatchcore.pipelines.training.pipeline import centralized_training

@@ -15,7 +15,7 @@ import pytest
 
 from fedpatchcore.core.banks import bank_fingerprint
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
-from fedpatchcore.core.extraction import SCRATCH_MARKER
+from fedpatchcore.core.features.extraction import SCRATCH_MARKER
 from fedpatchcore.params_schema import ParameterError
 
 SCRATCH = Path("data/04_feature/.scratch")

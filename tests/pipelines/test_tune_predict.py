@@ -15,7 +15,7 @@ from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.index import index_dataset
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import TEST, TRAIN, category_info_to_dict, samples_to_frame
-from fedpatchcore.core.validation import Setting
+from fedpatchcore.core.features.setting import Setting
 from fedpatchcore.params_schema import parameter_problems
 from fedpatchcore.pipeline_registry import centralized_evaluation, register_pipelines
 from fedpatchcore.pipelines.federated.pipeline import partition_pipeline
@@ -24,7 +24,7 @@ from fedpatchcore.pipelines.predict import nodes as predict_nodes
 from fedpatchcore.pipelines.predict.pipeline import create_pipeline as predict_pipeline
 from fedpatchcore.pipelines.training.pipeline import centralized_training
 from fedpatchcore.pipelines.tune.pipeline import create_pipeline as tune_pipeline
-from tests.core.test_validation import _forbid_test_files
+from tests.core.tuning.test_tuner import _forbid_test_files
 from tests.pipelines.conftest import TINY_PARAMS, memory_catalog, merged, project_parameters, run_slice
 
 CATEGORIES = ["metal_plate", "parts_tray"]

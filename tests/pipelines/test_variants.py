@@ -12,7 +12,7 @@ import pytest
 
 from fedpatchcore import structure
 from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.coreset import coreset_size
+from fedpatchcore.core.coreset.kcenter import coreset_size
 from fedpatchcore.core.federation import client
 from fedpatchcore.pipeline_registry import register_pipelines
 from fedpatchcore.pipelines.federated.pipeline import federated_evaluation, federated_training

@@ -8,7 +8,7 @@
         <category>/test/<defect>/<image_id>.png  (autovi) or .tiff (mvtec), original image size
 
 The node hands over the raw maps and their samples (:class:`MapsExport`); this dataset's
-``_write`` runs the exporter of ``fedpatchcore.core.export`` into the fresh staging folder that
+``_write`` runs the exporter of ``fedpatchcore.core.evaluation.export`` into the fresh staging folder that
 :class:`LocalVersionedDataset` provides, so a save never touches an earlier version and an
 interrupted export never leaves a half-written folder in place. Loading returns the summary
 plus ``maps_dir``, the folder to hand to the official evaluation scripts.
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from fedpatchcore.core.data.types import Sample
-from fedpatchcore.core.export import export_autovi_maps, export_mvtec_maps
+from fedpatchcore.core.evaluation.export import export_autovi_maps, export_mvtec_maps
 from fedpatchcore.datasets._local import LocalVersionedDataset
 
 SUMMARY_FILE = "export_summary.json"

@@ -7,8 +7,8 @@ import os
 import shutil
 from pathlib import Path
 
-from fedpatchcore.core.extraction import SCRATCH_MARKER, ExtractedFeatures
-from fedpatchcore.core.feature_store import PatchFeatureFile, projected_path
+from fedpatchcore.core.features.extraction import SCRATCH_MARKER, ExtractedFeatures
+from fedpatchcore.core.features.feature_store import PatchFeatureFile, projected_path
 from fedpatchcore.datasets._local import LocalVersionedDataset
 
 

@@ -36,7 +36,7 @@ from fedpatchcore.core.data.types import (
     category_info_from_dict,
     frame_to_samples,
 )
-from fedpatchcore.core.extraction import make_embedder
+from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.federation import client
 
 logger = logging.getLogger(__name__)

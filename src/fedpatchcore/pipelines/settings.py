@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any
 
 from fedpatchcore.core.data.types import CategoryInfo
-from fedpatchcore.core.validation import Setting, settings_per_category
+from fedpatchcore.core.features.setting import Setting, settings_per_category
 
 
 def category_settings(

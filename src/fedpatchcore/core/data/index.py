@@ -11,12 +11,12 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from fedpatchcore.core.common.seeding import derive_rng
 from fedpatchcore.core.data.autovi import AUTOVI_CATEGORIES, AUTOVI_IMAGE_SIZES, index_autovi
 from fedpatchcore.core.data.loading import DatasetLayoutError, ImageReadError, MaskSizeError
 from fedpatchcore.core.data.mvtec import ALL, MVTEC_DEFAULT_IMAGE_SIZE, IndexResult, index_mvtec
 from fedpatchcore.core.data.synthetic import MANIFEST_FILE, SYNTHETIC_IMAGE_SIZE
 from fedpatchcore.core.data.types import TRAIN, Sample
-from fedpatchcore.core.seeding import derive_rng
 
 DATASET_FORMATS = ("synthetic", "autovi", "mvtec")
 

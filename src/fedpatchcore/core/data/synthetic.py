@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fedpatchcore.core.common.seeding import derive_rng
 from fedpatchcore.core.data.types import GOOD, TEST, TRAIN
-from fedpatchcore.core.seeding import derive_rng
 
 logger = logging.getLogger(__name__)
 

@@ -25,18 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from fedpatchcore.core.aggregation import covering_radius_estimate, uncovered_rows
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload, pack, unpack
-from fedpatchcore.core.coreset import coreset_size, greedy_kcenter
+from fedpatchcore.core.common.runtime import resolve_device
+from fedpatchcore.core.coreset.kcenter import coreset_size, greedy_kcenter
+from fedpatchcore.core.coreset.streaming import select_coreset_streaming
 from fedpatchcore.core.data.types import CategoryInfo, Sample
-from fedpatchcore.core.extraction import ExtractedFeatures, extract_patch_features
-from fedpatchcore.core.feature_store import select_coreset_streaming
+from fedpatchcore.core.features.embedding import PatchEmbedder
+from fedpatchcore.core.features.extraction import ExtractedFeatures, extract_patch_features
+from fedpatchcore.core.federation.aggregation import covering_radius_estimate, uncovered_rows
 from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas
+from fedpatchcore.core.federation.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
 from fedpatchcore.core.federation.trust import QualityMeter
-from fedpatchcore.core.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
-from fedpatchcore.core.patchcore import PatchEmbedder
-from fedpatchcore.core.privacy import PrivacySettings, ReleasedRows, release_category
-from fedpatchcore.core.runtime import resolve_device
+from fedpatchcore.core.privacy.release import PrivacySettings, ReleasedRows, release_category
 
 logger = logging.getLogger(__name__)
 

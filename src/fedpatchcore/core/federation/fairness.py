@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from fedpatchcore.core.quotas import capped_quotas
+from fedpatchcore.core.common.quotas import capped_quotas
 
 MODES = ("none", "proportional", "equal")
 GROUP_BY = ("category", "client")

@@ -23,8 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from fedpatchcore.core.aggregation import STRATEGIES, AggregationError, aggregate, split_valid_uploads
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
+from fedpatchcore.core.federation.aggregation import (
+    STRATEGIES,
+    AggregationError,
+    aggregate,
+    split_valid_uploads,
+)
 from fedpatchcore.core.federation.fairness import FairnessSettings
 from fedpatchcore.core.federation.trust import TrustSettings, trust_scores
 

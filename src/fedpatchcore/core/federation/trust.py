@@ -39,9 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from fedpatchcore.core.aggregation import confirmed_rows
 from fedpatchcore.core.banks import ClientUpload
-from fedpatchcore.core.seeding import derive_rng
+from fedpatchcore.core.common.seeding import derive_rng
+from fedpatchcore.core.federation.aggregation import confirmed_rows
 
 logger = logging.getLogger(__name__)
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, bank_fingerprint
+from fedpatchcore.core.banks.knn import build_index
 from fedpatchcore.core.data.loading import load_defect_channels, original_size
 from fedpatchcore.core.data.types import (
     TEST,
@@ -18,8 +19,7 @@ from fedpatchcore.core.data.types import (
     frame_to_samples,
     group_by_category,
 )
-from fedpatchcore.core.extraction import make_embedder
-from fedpatchcore.core.metrics import (
+from fedpatchcore.core.evaluation.metrics import (
     DefectRegion,
     evaluate_category,
     fairness_metrics,
@@ -27,9 +27,9 @@ from fedpatchcore.core.metrics import (
     metrics_table,
     saturation_area,
 )
-from fedpatchcore.core.patchcore import build_index
-from fedpatchcore.core.privacy import PrivacySettings, with_public_transform
-from fedpatchcore.core.scoring import score_category
+from fedpatchcore.core.features.extraction import make_embedder
+from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
+from fedpatchcore.core.scoring.category import score_category
 from fedpatchcore.datasets.arrays import FaissIndexes
 from fedpatchcore.pipelines import settings as run_settings
 

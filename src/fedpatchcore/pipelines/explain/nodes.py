@@ -26,7 +26,7 @@ import pandas as pd
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.loading import load_image, load_mask
 from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
-from fedpatchcore.core.explain import (
+from fedpatchcore.core.explain.attribution import (
     nearest_bank_rows,
     patch_crop,
     patch_window,
@@ -35,7 +35,7 @@ from fedpatchcore.core.explain import (
     shap_dimensions,
     top_patches,
 )
-from fedpatchcore.core.extraction import make_embedder
+from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.federation.client import LocalCoreset
 
 logger = logging.getLogger(__name__)

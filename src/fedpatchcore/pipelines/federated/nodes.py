@@ -1,6 +1,6 @@
 """Federated variant: partition the training images, run the server rounds, publish the run.
 
-Thin calls of :mod:`fedpatchcore.core.partition` and :mod:`fedpatchcore.core.federation.server`.
+Thin calls of :mod:`fedpatchcore.core.federation.partition` and :mod:`fedpatchcore.core.federation.server`.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
 from fedpatchcore.core.data.types import TEST, category_info_from_dict, frame_to_samples, group_by_category
-from fedpatchcore.core.extraction import make_embedder
-from fedpatchcore.core.federation.server import ServerSettings, run_round
-from fedpatchcore.core.heterogeneity import (
+from fedpatchcore.core.evaluation.membership_audit import membership_audit
+from fedpatchcore.core.evaluation.metrics import fairness_metrics
+from fedpatchcore.core.features.extraction import make_embedder
+from fedpatchcore.core.federation.heterogeneity import (
     apply_label_noise,
     label_noise_counts,
     label_noise_pool,
     parse_heterogeneity,
 )
-from fedpatchcore.core.metrics import fairness_metrics
-from fedpatchcore.core.partition import make_partition, partition_statistics
-from fedpatchcore.core.privacy import PrivacySettings, with_public_transform
-from fedpatchcore.core.privacy_audit import membership_audit
+from fedpatchcore.core.federation.partition import make_partition, partition_statistics
+from fedpatchcore.core.federation.server import ServerSettings, run_round
+from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
 from fedpatchcore.pipelines.ingest.nodes import validation_keys
 
 logger = logging.getLogger(__name__)

@@ -8,11 +8,11 @@ from typing import Any
 
 import pandas as pd
 
-from fedpatchcore.core.backbones import default_image_size
 from fedpatchcore.core.data.index import index_dataset, subsample_training
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import category_info_to_dict, frame_to_samples, samples_to_frame
-from fedpatchcore.core.validation import split_validation
+from fedpatchcore.core.features.backbones import default_image_size
+from fedpatchcore.core.tuning.split import split_validation
 
 VALIDATION_SPLIT_COLUMNS = ["key", "category", "role"]
 

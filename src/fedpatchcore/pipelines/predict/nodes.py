@@ -25,14 +25,14 @@ import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.predict import (
+from fedpatchcore.core.features.setting import EmbedderCache, Setting
+from fedpatchcore.core.scoring.predict import (
     build_category_models,
     calibrate_from_validation,
     predict_folder,
     save_predictions,
 )
-from fedpatchcore.core.thresholds import calibrations_from_dict, calibrations_to_dict
-from fedpatchcore.core.validation import EmbedderCache, Setting
+from fedpatchcore.core.scoring.thresholds import calibrations_from_dict, calibrations_to_dict
 from fedpatchcore.pipelines import settings as run_settings
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """Report nodes that compute curve points and draw figures (matplotlib, saved by the catalog).
 
-The numbers come from :mod:`fedpatchcore.core.report_data`; these nodes only unpack
+The numbers come from :mod:`fedpatchcore.core.reporting.curves`; these nodes only unpack
 parameters, call it and draw.
 """
 
@@ -19,14 +19,8 @@ import pandas as pd
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.loading import load_image, load_mask
 from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
-from fedpatchcore.core.report_data import (
-    bank_contributions as count_bank_contributions,
-)
-from fedpatchcore.core.report_data import (
-    pick_overlays,
-    roc_curve,
-    spro_curve,
-)
+from fedpatchcore.core.reporting.curves import bank_contributions as count_bank_contributions
+from fedpatchcore.core.reporting.curves import pick_overlays, roc_curve, spro_curve
 
 # Ground truth is read exactly as the metrics node reads it (same masks, same sPRO regions).
 from fedpatchcore.pipelines.evaluation.nodes import _ground_truth

@@ -24,7 +24,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
-from fedpatchcore.core.metrics import metrics_table
+from fedpatchcore.core.evaluation.metrics import metrics_table
 from fedpatchcore.structure import CENTRALIZED, VARIANTS_KEY
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,8 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from fedpatchcore.core.experiments import as_axis, experiment_table, leave_one_out_effect
-from fedpatchcore.core.metrics import metrics_table
+from fedpatchcore.core.evaluation.metrics import metrics_table
+from fedpatchcore.core.reporting.experiments import as_axis, experiment_table, leave_one_out_effect
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.extraction import ExtractedFeatures, make_embedder
+from fedpatchcore.core.features.extraction import ExtractedFeatures, make_embedder
 from fedpatchcore.core.federation import client
 from fedpatchcore.pipelines import settings as run_settings
 from fedpatchcore.pipelines.ingest.nodes import validation_keys

@@ -1,6 +1,6 @@
 """Choose PatchCore settings per category on a validation split of the training images only.
 
-Thin calls of :mod:`fedpatchcore.core.validation`: the split (``validation_split``, seeded by
+Thin calls of :mod:`fedpatchcore.core.tuning.tuner`: the split (``validation_split``, seeded by
 ``seed`` and ``validation.fraction``) and the tuner, which builds a bank per candidate from the
 split's bank images and scores the validation images and their seeded pseudo-anomalies. Test
 images are dropped from ``dataset_index`` before anything is loaded.
@@ -16,7 +16,9 @@ from typing import Any
 import pandas as pd
 
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.validation import BankConfig, Setting, ValidationSplit, candidate_grid, tune
+from fedpatchcore.core.features.setting import Setting
+from fedpatchcore.core.tuning.split import ValidationSplit
+from fedpatchcore.core.tuning.tuner import BankConfig, candidate_grid, tune
 
 logger = logging.getLogger(__name__)
 

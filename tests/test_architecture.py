@@ -1,0 +1,99 @@
+"""The structure drawn from the code: core/ stages import only down the flow, core/ stays
+framework-free, and no module imports itself back through a circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from fedpatchcore.core import STAGES
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "fedpatchcore"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module ``path`` imports (function-level imports too), as dotted names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            # `from fedpatchcore.core.features import backbones` imports a module, not a name.
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+MODULES = {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+GRAPH = {name: {m for m in _imports(path) if m in MODULES and m != name} for name, path in MODULES.items()}
+
+
+def _stage(module: str) -> str | None:
+    parts = module.split(".")
+    if len(parts) >= 3 and parts[1] == "core" and parts[2] in STAGES:
+        return parts[2]
+    return None
+
+
+def test_every_core_module_belongs_to_a_stage():
+    loose = [m for m in MODULES if m.startswith("fedpatchcore.core.") and _stage(m) is None]
+    assert not loose, f"modules of core/ outside a stage package: {loose}"
+    missing = [s for s in STAGES if f"fedpatchcore.core.{s}" not in MODULES]
+    assert not missing, f"stages without a package: {missing}"
+
+
+def test_core_imports_run_only_down_the_stages():
+    order = {stage: i for i, stage in enumerate(STAGES)}
+    upward = [
+        f"{module} ({_stage(module)}) imports {target} ({_stage(target)})"
+        for module, targets in GRAPH.items()
+        if _stage(module)
+        for target in targets
+        if _stage(target) and order[_stage(target)] > order[_stage(module)]
+    ]
+    assert not upward, "imports running back up the flow:\n" + "\n".join(upward)
+
+
+def test_core_imports_neither_kedro_nor_flower_nor_the_layers_above():
+    bad = []
+    for module, path in MODULES.items():
+        if not module.startswith("fedpatchcore.core"):
+            continue
+        for target in _imports(path):
+            top = target.split(".")[0]
+            if top in ("kedro", "flwr") or (top == "fedpatchcore" and not target.startswith("fedpatchcore.core")):
+                bad.append(f"{module} imports {target}")
+    assert not bad, "\n".join(bad)
+
+
+def _cycle_from(start: str) -> list[str] | None:
+    """A shortest import circle through ``start`` (module-level and function-level imports)."""
+    paths = {start: [start]}
+    frontier = [start]
+    while frontier:
+        nxt = []
+        for module in frontier:
+            for target in sorted(GRAPH[module]):
+                if target == start:
+                    return [*paths[module], start]
+                if target not in paths:
+                    paths[target] = [*paths[module], target]
+                    nxt.append(target)
+        frontier = nxt
+    return None
+
+
+@pytest.mark.parametrize("scope", ["fedpatchcore.core"])
+def test_no_import_circle(scope):
+    circles = {tuple(c) for m in MODULES if m.startswith(scope) and (c := _cycle_from(m))}
+    assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in sorted(circles))
