@@ -556,6 +556,13 @@ class AuditParams(Block):
         return _one_of("audit statistic", value, ("min", "mean", "max"))
 
 
+def _dp_cvae(value: Any) -> Any:
+    from fedpatchcore.core.privacy.generative import CVAESettings
+
+    CVAESettings.from_parameters(value)  # raises ValueError naming privacy.dp_cvae.<key>
+    return value
+
+
 @block("privacy")
 class PrivacyParams(Block):
     # Numbers may be written as integers in YAML (epsilon: 1): not strict for these.
@@ -571,6 +578,15 @@ class PrivacyParams(Block):
     accountant: str = "prv"
     noise_seed: NonNegativeInt | None = None
     audit: AuditParams = AuditParams()
+    mechanism: str = "rows"
+    dp_cvae: Annotated[dict[str, Any], AfterValidator(_dp_cvae)] = {}
+
+    @field_validator("mechanism")
+    @classmethod
+    def _known_mechanism(cls, value: str) -> str:
+        from fedpatchcore.core.privacy.release import MECHANISMS
+
+        return _one_of("privacy mechanism", value, MECHANISMS)
 
     @field_validator("enabled", mode="before")
     @classmethod

@@ -171,3 +171,13 @@ def test_label_noise_is_reproducible_from_the_seed():
     again = partition_clients(index, pool, federation, heterogeneity, 0, client_ids=["1", "2"])
     assert first[1]["label_noise"] == again[1]["label_noise"]
     pd.testing.assert_frame_equal(first[2], again[2])
+
+
+def test_encoder_drift_is_parsed_and_leaves_the_images_alone():
+    from fedpatchcore.core.federation.heterogeneity import parse_client
+
+    spec = parse_client("1", {"encoder_drift": 3.0})
+    assert spec.encoder_drift == 3.0 and not spec.degrades_images
+    assert spec.describe() == {"encoder_drift": 3.0}
+    with pytest.raises(ValueError, match=r"heterogeneity.1.encoder_drift must lie in"):
+        parse_client("1", {"encoder_drift": -1.0})

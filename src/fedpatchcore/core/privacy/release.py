@@ -67,7 +67,11 @@ SETTING_KEYS = (
     "accountant",
     "noise_seed",
     "audit",
+    "mechanism",
+    "dp_cvae",
 )
+# What a client releases: its rows (this module) or a DP conditional VAE of them (``generative``).
+MECHANISMS = ("rows", "dp_cvae")
 # Rows gathered and noised at a time (bounds the memory of a release, whatever the client size).
 _IMAGES_PER_CHUNK = 1024
 
@@ -111,8 +115,11 @@ class PrivacySettings:
     noise_seed: int | None = None
     seed: int = 0
     audit: AuditSettings = AuditSettings()
+    mechanism: str = "rows"
 
     def __post_init__(self) -> None:
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"privacy.mechanism must be one of {list(MECHANISMS)}, got {self.mechanism!r}")
         if self.unit not in UNITS:
             raise ValueError(f"privacy.unit must be one of {list(UNITS)}, got {self.unit!r}")
         if self.accountant not in ACCOUNTANTS:
@@ -153,6 +160,7 @@ class PrivacySettings:
             noise_seed=None if noise_seed is None else int(noise_seed),
             seed=int(seed),
             audit=AuditSettings.from_parameters(block.get("audit")),
+            mechanism=str(block.get("mechanism", defaults.mechanism)),
         )
 
     @property

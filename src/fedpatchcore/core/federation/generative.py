@@ -1,0 +1,197 @@
+"""Federated training of the DP-CVAE (``privacy.mechanism: dp_cvae``): what a client and the server do
+in each round, whatever carries the messages.
+
+    client: patch features ──client_data──► m public positions per image (+ a held-out share)
+            round r: global weights ──train_local (DP-SGD)──► ModelUpdate (weights, image counts,
+                     (R, C) reports when the averaging is trust-aware)
+    server: round r: updates ──average_round──► global weights (FedAvg, or trust-aware) + report
+            after the last round: global decoder ──synthetic_bank──► memory bank per category
+
+The Kedro lanes and the Flower apps are thin calls of these functions; the model itself, its
+privacy accounting and the sampling live in :mod:`fedpatchcore.core.privacy.generative`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedpatchcore.core.banks import pack, unpack
+from fedpatchcore.core.federation.heterogeneity import parse_client
+from fedpatchcore.core.federation.trust import TrustSettings, model_trust_scores
+from fedpatchcore.core.privacy import generative as gen
+from fedpatchcore.core.privacy.accounting import PrivacyLedger
+from fedpatchcore.core.privacy.model_averaging import fedavg_weights, weighted_average
+from fedpatchcore.core.privacy.release import PrivacySettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerativeSettings:
+    """What a site needs to train its DP-CVAE (from the run's ``privacy``, ``federation``,
+    ``heterogeneity`` blocks and seed)."""
+
+    client_id: str
+    cvae: gen.CVAESettings
+    privacy: PrivacySettings  # enabled: DP-SGD within privacy.epsilon; disabled: plain training
+    rounds: int
+    seed: int
+    drift: float = 0.0  # heterogeneity.<client>.encoder_drift
+
+    @classmethod
+    def from_parameters(
+        cls,
+        client_id: str,
+        *,
+        privacy: Mapping[str, Any] | None,
+        federation: Mapping[str, Any],
+        seed: int,
+        heterogeneity: Mapping[str, Any] | None = None,
+    ) -> GenerativeSettings:
+        privacy = dict(privacy or {})
+        rounds = int(federation.get("rounds", 1))
+        if rounds < 1:
+            raise ValueError(f"federation.rounds must be at least 1, got {rounds}")
+        return cls(
+            client_id=str(client_id),
+            cvae=gen.CVAESettings.from_parameters(privacy.get("dp_cvae")),
+            privacy=PrivacySettings.from_parameters(privacy, seed),
+            rounds=rounds,
+            seed=int(seed),
+            drift=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))).encoder_drift,
+        )
+
+    def plan(self, n_train: int, ledger: PrivacyLedger | None = None) -> gen.TrainingPlan:
+        """The client's DP-SGD schedule and budget over all rounds (not private when privacy is disabled)."""
+        epsilon = self.privacy.epsilon if self.privacy.enabled else None
+        return gen.plan_training(
+            n_train,
+            self.cvae,
+            self.rounds,
+            epsilon=epsilon,
+            delta=self.privacy.delta,
+            accountant=self.privacy.accountant,
+            ledger=ledger,
+        )
+
+
+@dataclass
+class ModelUpdate:
+    """What one client sends in a round: its weights after local training and what stands behind them."""
+
+    client_id: str
+    weights: dict[str, np.ndarray]
+    n_images: dict[str, int]  # training images per category (public, as for every release)
+    numbers: dict[str, float] = field(default_factory=dict)  # (R, C) reports per category
+
+    @property
+    def n_examples(self) -> int:
+        return int(sum(self.n_images.values()))
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(np.asarray(w).nbytes for w in self.weights.values()))
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return pack(
+            weight=self.weights,
+            n_images={c: int(n) for c, n in self.n_images.items()},
+            number={name: float(v) for name, v in self.numbers.items()},
+        )
+
+    @classmethod
+    def from_arrays(cls, client_id: str, arrays: Mapping[str, np.ndarray]) -> ModelUpdate:
+        parts = unpack(arrays, ("weight", "n_images", "number"), f"the model update of client '{client_id}'")
+        return cls(
+            str(client_id),
+            {k: np.asarray(v, np.float32) for k, v in parts["weight"].items()},
+            {c: int(n) for c, n in parts["n_images"].items()},
+            {k: float(v) for k, v in parts["number"].items()},
+        )
+
+
+def model_shape(dim: int, categories: Sequence[str], settings: gen.CVAESettings) -> gen.ModelShape:
+    """The shape every party derives from public values: the feature dimension and the run's categories."""
+    return gen.ModelShape.of(dim, categories, settings)
+
+
+def client_round(
+    data: gen.GenerativeData,
+    shape: gen.ModelShape,
+    global_weights: Mapping[str, np.ndarray] | None,
+    settings: GenerativeSettings,
+    round_number: int,
+) -> ModelUpdate:
+    """One round at a site: local training from the broadcast weights (round 1: the public initial model)."""
+    weights = gen.initial_weights(shape, settings.seed) if global_weights is None else global_weights
+    plan = settings.plan(int((~data.holdout).sum()))
+    result = gen.train_local(
+        shape,
+        weights,
+        data,
+        settings.cvae,
+        plan,
+        seed=settings.seed,
+        client_id=settings.client_id,
+        round_number=round_number,
+        noise_seed=settings.privacy.noise_seed,
+        drift=settings.drift,
+    )
+    logger.info(
+        "client %s: DP-CVAE round %d, loss per epoch %s%s",
+        settings.client_id,
+        round_number,
+        ", ".join(f"{loss:.3f}" for loss in result.losses),
+        f" (noise multiplier {plan.noise_multiplier:.3g})" if plan.private else " (not private)",
+    )
+    return ModelUpdate(settings.client_id, result.arrays, data.train_counts(shape.categories), result.numbers)
+
+
+def average_round(
+    updates: Sequence[ModelUpdate],
+    cvae: gen.CVAESettings,
+    trust: TrustSettings,
+    round_number: int,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The server's step: FedAvg (weights ∝ training images) or trust-aware (× T, clients under
+    ``trust.min_trust`` left out). Returns the global weights and a JSON-ready round report."""
+    if not updates:
+        raise ValueError(f"round {round_number}: no model update to average")
+    examples = fedavg_weights({u.client_id: u.n_examples for u in updates})
+    scores: dict[str, dict] = {}
+    weights = dict(examples)
+    if cvae.averaging == "trust":
+        scores = model_trust_scores(
+            {u.client_id: u.numbers for u in updates}, {u.client_id: u.n_images for u in updates}, trust
+        )
+        weights = {cid: w * scores[cid]["weight"] for cid, w in examples.items()}
+        if not any(weights.values()):
+            logger.warning(
+                "Round %d: trust excludes every client; averaging them all by images instead", round_number
+            )
+            weights = dict(examples)
+    averaged = weighted_average([u.weights for u in updates], [weights[u.client_id] for u in updates])
+    total = sum(weights.values())
+    report = {
+        "round": int(round_number),
+        "averaging": cvae.averaging,
+        "uploaded": {
+            u.client_id: {"n_images": dict(u.n_images), "numbers": dict(u.numbers), "bytes": u.nbytes}
+            for u in updates
+        },
+        "uploaded_bytes": int(sum(u.nbytes for u in updates)),
+        "client_weights": {cid: float(w / total) for cid, w in weights.items()},
+        "trust": scores,
+    }
+    logger.info(
+        "Round %d (%s): client weights %s",
+        round_number,
+        cvae.averaging,
+        ", ".join(f"{cid} {w:.2f}" for cid, w in report["client_weights"].items()),
+    )
+    return averaged, report

@@ -1,0 +1,361 @@
+"""The DP-CVAE: model, per-image DP-SGD and its accounting, GCR, reports, sampling a synthetic bank."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fedpatchcore.core.privacy import generative as gen
+from fedpatchcore.core.privacy.accounting import PrivacyLedger
+
+CATEGORIES = ("a", "b")
+DIM = 6
+
+
+def tiny_settings(**overrides) -> gen.CVAESettings:
+    values = dict(
+        latent_dim=3,
+        hidden_dim=16,
+        patches_per_image=4,
+        position_grid=0,
+        feature_scale=1.0,
+        local_epochs=2,
+        batch_images=8,
+        learning_rate=1e-2,
+        holdout_fraction=0.2,
+        samples_per_category=64,
+        bank_size=8,
+    )
+    values.update(overrides)
+    return gen.CVAESettings(**values)
+
+
+def tiny_data(
+    settings: gen.CVAESettings, n_images: int = 40, seed: int = 0, shift: float = 3.0
+) -> gen.GenerativeData:
+    """Two categories of images, each image m patch vectors around its category's centre."""
+    shape = gen.ModelShape.of(DIM, CATEGORIES, settings)
+    rng = np.random.default_rng(seed)
+    category = np.arange(n_images) % 2
+    centres = np.stack([np.full(DIM, shift), np.full(DIM, -shift)])
+    x = centres[category][:, None, :] + rng.normal(size=(n_images, settings.patches_per_image, DIM))
+    cells = np.zeros((n_images, settings.patches_per_image), dtype=np.int64)
+    conditions = np.stack(
+        [gen.conditions_for(shape, CATEGORIES[k], cells[i]) for i, k in enumerate(category)]
+    )
+    keys = [f"img{i:03d}" for i in range(n_images)]
+    return gen.GenerativeData(
+        x.astype(np.float32),
+        conditions,
+        category.astype(np.int64),
+        gen.is_held_out(keys, settings.holdout_fraction, 0, "c"),
+    )
+
+
+def shape_of(settings: gen.CVAESettings) -> gen.ModelShape:
+    return gen.ModelShape.of(DIM, CATEGORIES, settings)
+
+
+# --------------------------------------------------------------------------- settings and shapes
+
+
+def test_settings_reject_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match=r"privacy.dp_cvae: unknown keys \['latent'\]"):
+        gen.CVAESettings.from_parameters({"latent": 3})
+    with pytest.raises(ValueError, match="privacy.dp_cvae.bank_size"):
+        gen.CVAESettings(samples_per_category=10, bank_size=20)
+    with pytest.raises(ValueError, match="privacy.dp_cvae.averaging"):
+        gen.CVAESettings(averaging="median")
+    with pytest.raises(ValueError, match="privacy.dp_cvae.holdout_fraction"):
+        gen.CVAESettings(holdout_fraction=1.0)
+
+
+def test_conditions_are_one_hot_category_then_coarse_cell():
+    settings = tiny_settings(position_grid=2)
+    shape = shape_of(settings)
+    assert shape.n_conditions == 2 + 4
+    # 8 x 8 patch grid, 2 x 2 cells: (0, 0) -> cell 0, (0, 7) -> 1, (7, 0) -> 2, (7, 7) -> 3.
+    cells = gen.coarse_cells(np.array([0, 7, 56, 63, 27]), (8, 8), 2)
+    np.testing.assert_array_equal(cells, [0, 1, 2, 3, 0])
+    conditions = gen.conditions_for(shape, "b", cells)
+    np.testing.assert_array_equal(conditions[1], [0, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(conditions.sum(-1), 2.0)
+
+
+def test_held_out_images_are_seeded_from_keys_and_leave_a_training_image():
+    keys = [f"k{i}" for i in range(10)]
+    held = gen.is_held_out(keys, 0.3, seed=1, client_id="c")
+    assert held.sum() == 3
+    np.testing.assert_array_equal(held, gen.is_held_out(keys, 0.3, seed=1, client_id="c"))
+    assert gen.is_held_out(["only"], 0.5, 0, "c").tolist() == [False]
+
+
+def test_client_data_takes_public_positions_of_every_image(tmp_path):
+    from fedpatchcore.core.features.extraction import ExtractedFeatures
+    from fedpatchcore.core.features.feature_store import PatchFeatureWriter
+    from fedpatchcore.core.privacy.release import choose_positions
+
+    settings = tiny_settings(patches_per_image=3, position_grid=2, feature_scale=2.0)
+    grid = (4, 4)
+    rows = np.arange(2 * 16 * DIM, dtype=np.float32).reshape(2 * 16, DIM)  # 2 images, 16 positions each
+    writer = PatchFeatureWriter(tmp_path / "a.npy", dim=DIM, projection_dim=None, seed=0)
+    writer.append(rows)
+    features = ExtractedFeatures({"a": writer.close()}, {"a": ["x1", "x2"]}, {"a": grid})
+    data = gen.client_data(features, shape_of(settings), settings, seed=5, client_id="c")
+    assert data.x.shape == (2, 3, DIM)
+    for image, key in enumerate(["x1", "x2"]):
+        positions = choose_positions(grid, 3, 5, "c", key)
+        np.testing.assert_allclose(data.x[image] * 2.0, rows[image * 16 + positions], rtol=1e-3)
+        cells = gen.coarse_cells(positions, grid, 2)
+        np.testing.assert_array_equal(data.conditions[image, :, 2:].argmax(-1), cells)
+    np.testing.assert_array_equal(data.category, [0, 0])
+
+
+def test_model_weights_round_trip_and_misfits_name_the_weight():
+    settings = tiny_settings()
+    shape = shape_of(settings)
+    weights = gen.initial_weights(shape, seed=0)
+    np.testing.assert_array_equal(
+        gen.model_arrays(gen.load_model(shape, weights))["decoder.4.bias"], weights["decoder.4.bias"]
+    )
+    assert gen.arrays_to_weights(gen.weights_to_arrays(weights)).keys() == weights.keys()
+    # Public init: every party rebuilds the same round-1 model; the global RNG is untouched.
+    state = torch.random.get_rng_state()
+    np.testing.assert_array_equal(
+        gen.initial_weights(shape, 0)["encoder.0.weight"], weights["encoder.0.weight"]
+    )
+    assert torch.equal(state, torch.random.get_rng_state())
+    broken = {**weights, "encoder.0.weight": weights["encoder.0.weight"][:, :2]}
+    with pytest.raises(ValueError, match="'encoder.0.weight' has shape"):
+        gen.load_model(shape, broken)
+    with pytest.raises(ValueError, match=r"missing \['decoder.4.bias'\]"):
+        gen.load_model(shape, {k: v for k, v in weights.items() if k != "decoder.4.bias"})
+
+
+# --------------------------------------------------------------------------- GCR
+
+
+def test_closed_form_mmd_to_a_gaussian_matches_monte_carlo():
+    rng = np.random.default_rng(0)
+    k, bandwidth2 = 3, 2.0
+    z = torch.as_tensor(rng.normal(loc=0.7, size=(1, 5, k)), dtype=torch.float64)
+    mean = torch.tensor([0.5, 0.0, -0.5], dtype=torch.float64)
+    closed = float(gen.mmd2_to_gaussian(z, mean, bandwidth2)[0])
+
+    def kernel(a, b):
+        return np.exp(-((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / (2 * bandwidth2))
+
+    y = rng.normal(size=(4000, k)) + mean.numpy()
+    zs = z[0].numpy()
+    y2 = rng.normal(size=(4000, k)) + mean.numpy()
+    monte_carlo = kernel(zs, zs).mean() - 2 * kernel(zs, y).mean() + np.diag(kernel(y, y2)).mean()
+    assert closed == pytest.approx(monte_carlo, abs=0.02)
+    # Codes drawn from the prior itself are close; shifted codes are far (and MMD² <= 2).
+    many = torch.as_tensor(rng.normal(size=(1, 400, k)), dtype=torch.float64) + mean
+    assert float(gen.mmd2_to_gaussian(many, mean, bandwidth2)[0]) < 0.01
+    far = float(gen.mmd2_to_gaussian(many + 10.0, mean, bandwidth2)[0])
+    assert 0.5 < far <= gen.MMD2_BOUND
+
+
+def test_an_images_loss_depends_on_that_image_only():
+    """What per-image clipping needs: no term of the loss couples two images of a batch."""
+    settings = tiny_settings(gcr_weight=1.0)
+    model = gen.load_model(shape_of(settings), gen.initial_weights(shape_of(settings), 0))
+    data = tiny_data(settings)
+    x, c = torch.as_tensor(data.x[:5]), torch.as_tensor(data.conditions[:5])
+    eps = torch.randn(
+        5, settings.patches_per_image, settings.latent_dim, generator=torch.Generator().manual_seed(0)
+    )
+    before = gen.image_losses(model, x, c, eps, torch.zeros(3), settings)
+    changed = x.clone()
+    changed[2] += 50.0
+    after = gen.image_losses(model, changed, c, eps, torch.zeros(3), settings)
+    keep = [0, 1, 3, 4]
+    torch.testing.assert_close(before[keep], after[keep])
+    assert not torch.isclose(before[2], after[2])
+
+
+def test_opacus_clips_each_image_as_one_example():
+    """Per-sample gradients are per image (not per patch) and clipped to max_grad_norm together."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    settings = tiny_settings()
+    model = GradSampleModule(gen.load_model(shape_of(settings), gen.initial_weights(shape_of(settings), 0)))
+    optimizer = DPOptimizer(
+        torch.optim.SGD(model.parameters(), lr=1.0),
+        noise_multiplier=0.0,
+        max_grad_norm=0.5,
+        expected_batch_size=6,
+    )
+    data = tiny_data(settings)
+    x, c = torch.as_tensor(data.x[:6]) * 20.0, torch.as_tensor(data.conditions[:6])
+    eps = torch.zeros(6, settings.patches_per_image, settings.latent_dim)
+    optimizer.zero_grad()
+    gen.image_losses(model, x, c, eps, torch.zeros(3), settings).mean().backward()
+    per_image = torch.cat([p.grad_sample.reshape(6, -1) for p in model.parameters()], dim=1)
+    assert per_image.shape[0] == 6  # one gradient per image, each summing its 4 patches
+    assert (per_image.norm(dim=1) > 0.5).all()  # large inputs: every image is clipped
+    optimizer.pre_step()
+    # No noise: the step's gradient is the mean of the clipped per-image gradients, norm <= C.
+    total = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert float(total.norm()) <= 0.5 + 1e-5
+
+
+# --------------------------------------------------------------------------- training and accounting
+
+
+def test_loss_falls_on_tiny_data_without_dp():
+    settings = tiny_settings(local_epochs=30)
+    shape = shape_of(settings)
+    data = tiny_data(settings)
+    plan = gen.plan_training(
+        int((~data.holdout).sum()), settings, 1, epsilon=None, delta=1e-5, accountant="prv"
+    )
+    result = gen.train_local(
+        shape, gen.initial_weights(shape, 0), data, settings, plan, seed=0, client_id="c", round_number=1
+    )
+    assert not plan.private and plan.epsilon is None and result.accountant_history == []
+    assert result.losses[-1] < 0.5 * result.losses[0]
+
+
+def test_loss_falls_under_dp_sgd_and_opacus_accounts_the_planned_epsilon():
+    settings = tiny_settings(local_epochs=15, batch_images=16)
+    shape = shape_of(settings)
+    data = tiny_data(settings, n_images=160)
+    n_train = int((~data.holdout).sum())
+    rounds = 2
+    plan = gen.plan_training(n_train, settings, rounds, epsilon=8.0, delta=1e-5, accountant="prv")
+    assert plan.sample_rate == 1 / math.ceil(n_train / 16)
+    assert plan.epsilon == pytest.approx(8.0, abs=0.02)
+    weights, history, losses = gen.initial_weights(shape, 0), [], []
+    for round_number in range(1, rounds + 1):
+        result = gen.train_local(
+            shape, weights, data, settings, plan, seed=0, client_id="c", round_number=round_number
+        )
+        weights, history, losses = result.arrays, history + result.accountant_history, losses + result.losses
+    # Opacus' own accountant, fed what its optimisers recorded over both rounds, reports the target.
+    from opacus.accountants import PRVAccountant
+
+    accountant = PRVAccountant()
+    accountant.history = history
+    assert sum(steps for _, _, steps in history) == plan.steps_per_round * rounds
+    assert accountant.get_epsilon(delta=1e-5) == pytest.approx(8.0, abs=0.05)
+    assert losses[-1] < 0.7 * losses[0]
+
+
+def test_ledger_composes_the_training_with_earlier_releases():
+    settings = tiny_settings(averaging="trust", report_noise_multiplier=6.0)
+    alone = gen.plan_training(200, settings, 3, epsilon=4.0, delta=1e-5, accountant="rdp")
+    ledger = PrivacyLedger("rdp", 1e-5).record("patch_release", 3.0)  # something released before
+    spent_before = ledger.epsilon()
+    after = gen.plan_training(200, settings, 3, epsilon=4.0, delta=1e-5, accountant="rdp", ledger=ledger)
+    assert [name for name, *_ in after.ledger.entries] == ["patch_release", "dp_cvae_reports", "dp_cvae_sgd"]
+    assert after.epsilon == pytest.approx(4.0, abs=0.02) and 1.0 < spent_before < 4.0
+    # Less room left: more noise for the same target.
+    assert after.noise_multiplier > alone.noise_multiplier
+    budget = after.budget()
+    assert budget["steps"] == 3 * settings.local_epochs * math.ceil(200 / settings.batch_images)
+    assert budget["unit"] == "image" and budget["clipping"].startswith("per image")
+
+
+def test_fedavg_spends_nothing_on_reports():
+    fedavg = gen.plan_training(
+        200, tiny_settings(averaging="fedavg"), 2, epsilon=4.0, delta=1e-5, accountant="prv"
+    )
+    trust = gen.plan_training(
+        200, tiny_settings(averaging="trust"), 2, epsilon=4.0, delta=1e-5, accountant="prv"
+    )
+    assert [e[0] for e in fedavg.ledger.entries] == ["dp_cvae_sgd"]
+    assert fedavg.report_noise_multiplier is None
+    assert trust.noise_multiplier > fedavg.noise_multiplier  # the reports cost budget
+
+
+def test_noise_is_fresh_unless_a_noise_seed_is_fixed():
+    assert gen.noise_seed_for(None, "c", 1) != gen.noise_seed_for(None, "c", 1)
+    assert gen.noise_seed_for(3, "c", 1) == gen.noise_seed_for(3, "c", 1)
+
+
+def test_reports_are_clipped_means_per_category_and_noised_when_private():
+    settings = tiny_settings(averaging="trust", report_clip=100.0)
+    shape = shape_of(settings)
+    data = tiny_data(settings, n_images=40)
+    weights = gen.initial_weights(shape, 0)
+    exact = gen.plan_training(32, settings, 1, epsilon=None, delta=1e-5, accountant="prv")
+    numbers = gen.client_reports(shape, weights, data, settings, exact, seed=0, client_id="c", round_number=1)
+    assert sorted(numbers) == [
+        "report.consistency.a",
+        "report.consistency.b",
+        "report.reconstruction.a",
+        "report.reconstruction.b",
+    ]
+    held = np.flatnonzero(data.holdout)
+    eps = torch.randn(
+        len(held),
+        settings.patches_per_image,
+        settings.latent_dim,
+        generator=torch.Generator().manual_seed(gen.derive_seed(0, "dp_cvae_report", "c", 1)),
+    )
+    error, _ = gen.per_image_reports(shape, weights, data.x[held], data.conditions[held], settings, eps)
+    mine = data.category[held] == 0
+    assert numbers["report.reconstruction.a"] == pytest.approx(error[mine].mean(), rel=1e-6)
+    private = gen.plan_training(32, settings, 1, epsilon=1.0, delta=1e-5, accountant="prv")
+    noisy = gen.client_reports(
+        shape, weights, data, settings, private, seed=0, client_id="c", round_number=1, noise_seed=0
+    )
+    assert noisy["report.reconstruction.a"] != pytest.approx(numbers["report.reconstruction.a"], rel=1e-6)
+    assert all(0.0 <= v <= 100.0 for k, v in noisy.items() if "reconstruction" in k)
+
+
+def test_encoder_drift_moves_the_latent_codes():
+    settings = tiny_settings(local_epochs=30, gcr_weight=1.0)
+    shape = shape_of(settings)
+    data = tiny_data(settings)
+    plan = gen.plan_training(
+        int((~data.holdout).sum()), settings, 1, epsilon=None, delta=1e-5, accountant="prv"
+    )
+    start = gen.initial_weights(shape, 0)
+    codes = {}
+    for drift in (0.0, 4.0):
+        result = gen.train_local(
+            shape, start, data, settings, plan, seed=0, client_id="c", round_number=1, drift=drift
+        )
+        model = gen.load_model(shape, result.arrays)
+        with torch.no_grad():
+            codes[drift] = model.encode(torch.as_tensor(data.x), torch.as_tensor(data.conditions))[0].mean(
+                dim=(0, 1)
+            )
+    target = gen.prior_mean(shape, 4.0, 0, "c")
+    assert float(target.norm()) == pytest.approx(4.0)
+    assert float(codes[0.0].norm()) < 1.0
+    assert float((codes[4.0] - target).norm()) < float((codes[0.0] - target).norm()) - 2.0
+
+
+# --------------------------------------------------------------------------- the synthetic bank
+
+
+def test_synthetic_bank_has_the_real_dimension_and_no_real_row():
+    settings = tiny_settings(local_epochs=20, position_grid=0, feature_scale=2.0)
+    shape = shape_of(settings)
+    data = tiny_data(settings)
+    plan = gen.plan_training(
+        int((~data.holdout).sum()), settings, 1, epsilon=None, delta=1e-5, accountant="prv"
+    )
+    weights = gen.train_local(
+        shape, gen.initial_weights(shape, 0), data, settings, plan, seed=0, client_id="c", round_number=1
+    ).arrays
+    bank, samples = gen.synthetic_bank(shape, weights, {"a": 20, "b": 20}, settings, seed=0)
+    real = (data.x * settings.feature_scale).reshape(-1, DIM)
+    for category, rows in bank.banks.items():
+        assert rows.shape == (settings.bank_size, DIM) and rows.dtype == np.float32
+        assert samples[category].shape == (settings.samples_per_category, DIM)
+        distances = np.linalg.norm(rows[:, None, :] - real[None, :, :], axis=-1)
+        assert distances.min() > 1e-3  # no bank row is a training row
+        np.testing.assert_array_equal(bank.origin[category], "synthetic")
+    assert bank.n_images == {"a": 20, "b": 20}
+    # Samples in the backbone's units (x feature_scale), around each category's centre (±3 model units).
+    assert samples["a"].mean() == pytest.approx(6.0, abs=1.0)
+    assert samples["b"].mean() == pytest.approx(-6.0, abs=1.0)
