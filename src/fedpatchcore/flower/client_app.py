@@ -107,6 +107,10 @@ def make_client_app(
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
+        from fedpatchcore.flower import generative
+
+        if generative.is_model_round(message.content):  # privacy.mechanism: dp_cvae (a strategy's round)
+            return generative.answer(message, context, node_configs)
         return answer(message, context, node_configs)
 
     return client_app

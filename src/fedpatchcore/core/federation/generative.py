@@ -152,6 +152,54 @@ def client_round(
     return ModelUpdate(settings.client_id, result.arrays, data.train_counts(shape.categories), result.numbers)
 
 
+def averaging_weights(
+    updates: Sequence[ModelUpdate], averaging: str, trust: TrustSettings, round_number: int
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """Each client's weight in the average, and its trust scores (empty for FedAvg).
+
+    FedAvg: training images. Trust-aware: training images × T (0 under ``trust.min_trust``); if
+    trust excludes every client, the round falls back to FedAvg (and says so).
+    """
+    examples = fedavg_weights({u.client_id: u.n_examples for u in updates})
+    if averaging not in gen.AVERAGING:
+        raise ValueError(f"privacy.dp_cvae.averaging must be one of {list(gen.AVERAGING)}, got {averaging!r}")
+    if averaging != "trust":
+        return examples, {}
+    scores = model_trust_scores({u.client_id: u.numbers for u in updates}, {u.client_id: u.n_images for u in updates}, trust)
+    weights = {cid: w * scores[cid]["weight"] for cid, w in examples.items()}
+    if not any(weights.values()):
+        logger.warning("Round %d: trust excludes every client; averaging them all by images instead", round_number)
+        weights = dict(examples)
+    return weights, scores
+
+
+def round_report(
+    updates: Sequence[ModelUpdate], weights: Mapping[str, float], scores: Mapping[str, dict], averaging: str, round_number: int
+) -> dict[str, Any]:
+    """JSON-ready: what each client sent, its share of the average and its trust."""
+    total = sum(weights.values())
+    report = {
+        "round": int(round_number),
+        "averaging": averaging,
+        "uploaded": {
+            u.client_id: {"n_images": dict(u.n_images), "numbers": dict(u.numbers), "bytes": u.nbytes} for u in updates
+        },
+        "uploaded_bytes": int(sum(u.nbytes for u in updates)),
+        # Round r > 1 started from the global model every client received (the initial model is public).
+        "broadcast_bytes": int(updates[0].nbytes * len(updates)) if round_number > 1 else 0,
+        "rejected": {},
+        "client_weights": {cid: float(w / total) for cid, w in weights.items()},
+        "trust": {cid: dict(v) for cid, v in scores.items()},
+    }
+    logger.info(
+        "Round %d (%s): client weights %s",
+        round_number,
+        averaging,
+        ", ".join(f"{cid} {w:.2f}" for cid, w in report["client_weights"].items()),
+    )
+    return report
+
+
 def average_round(
     updates: Sequence[ModelUpdate],
     cvae: gen.CVAESettings,
@@ -162,36 +210,6 @@ def average_round(
     ``trust.min_trust`` left out). Returns the global weights and a JSON-ready round report."""
     if not updates:
         raise ValueError(f"round {round_number}: no model update to average")
-    examples = fedavg_weights({u.client_id: u.n_examples for u in updates})
-    scores: dict[str, dict] = {}
-    weights = dict(examples)
-    if cvae.averaging == "trust":
-        scores = model_trust_scores(
-            {u.client_id: u.numbers for u in updates}, {u.client_id: u.n_images for u in updates}, trust
-        )
-        weights = {cid: w * scores[cid]["weight"] for cid, w in examples.items()}
-        if not any(weights.values()):
-            logger.warning(
-                "Round %d: trust excludes every client; averaging them all by images instead", round_number
-            )
-            weights = dict(examples)
+    weights, scores = averaging_weights(updates, cvae.averaging, trust, round_number)
     averaged = weighted_average([u.weights for u in updates], [weights[u.client_id] for u in updates])
-    total = sum(weights.values())
-    report = {
-        "round": int(round_number),
-        "averaging": cvae.averaging,
-        "uploaded": {
-            u.client_id: {"n_images": dict(u.n_images), "numbers": dict(u.numbers), "bytes": u.nbytes}
-            for u in updates
-        },
-        "uploaded_bytes": int(sum(u.nbytes for u in updates)),
-        "client_weights": {cid: float(w / total) for cid, w in weights.items()},
-        "trust": scores,
-    }
-    logger.info(
-        "Round %d (%s): client weights %s",
-        round_number,
-        cvae.averaging,
-        ", ".join(f"{cid} {w:.2f}" for cid, w in report["client_weights"].items()),
-    )
-    return averaged, report
+    return averaged, round_report(updates, weights, scores, cvae.averaging, round_number)
