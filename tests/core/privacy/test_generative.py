@@ -279,7 +279,7 @@ def test_noise_is_fresh_unless_a_noise_seed_is_fixed():
     assert gen.noise_seed_for(3, "c", 1) == gen.noise_seed_for(3, "c", 1)
 
 
-def test_reports_are_clipped_means_per_category_and_noised_when_private():
+def test_reports_are_per_category_and_noised_when_private():
     settings = tiny_settings(averaging="trust", report_clip=100.0)
     shape = shape_of(settings)
     data = tiny_data(settings, n_images=40)
@@ -293,21 +293,46 @@ def test_reports_are_clipped_means_per_category_and_noised_when_private():
         "report.reconstruction.b",
     ]
     held = np.flatnonzero(data.holdout)
-    eps = torch.randn(
-        len(held),
-        settings.patches_per_image,
-        settings.latent_dim,
-        generator=torch.Generator().manual_seed(gen.derive_seed(0, "dp_cvae_report", "c", 1)),
-    )
-    error, _ = gen.per_image_reports(shape, weights, data.x[held], data.conditions[held], settings, eps)
+    generator = torch.Generator().manual_seed(gen.derive_seed(0, "dp_cvae_report", "c", 1))
+    eps = torch.randn(len(held), settings.patches_per_image, settings.latent_dim, generator=generator)
+    error, codes = gen.held_out_codes(shape, weights, data.x[held], data.conditions[held], eps)
     mine = data.category[held] == 0
     assert numbers["report.reconstruction.a"] == pytest.approx(error[mine].mean(), rel=1e-6)
+    pooled = codes[torch.as_tensor(mine)].reshape(1, -1, settings.latent_dim)
+    expected = float(gen.mmd2_to_gaussian(pooled, torch.zeros(settings.latent_dim), settings.bandwidth2)[0])
+    assert numbers["report.consistency.a"] == pytest.approx(expected, rel=1e-5)
     private = gen.plan_training(32, settings, 1, epsilon=1.0, delta=1e-5, accountant="prv")
     noisy = gen.client_reports(
         shape, weights, data, settings, private, seed=0, client_id="c", round_number=1, noise_seed=0
     )
     assert noisy["report.reconstruction.a"] != pytest.approx(numbers["report.reconstruction.a"], rel=1e-6)
     assert all(0.0 <= v <= 100.0 for k, v in noisy.items() if "reconstruction" in k)
+    assert all(0.0 <= v <= gen.MMD2_BOUND for k, v in noisy.items() if "consistency" in k)
+
+
+def test_one_image_moves_the_pooled_consistency_by_at_most_4_over_n():
+    """The sensitivity the report's noise is calibrated to (replace-one image, kernel values in [0, 1])."""
+    n, m, k, bandwidth2 = 10, 4, 3, 100.0
+    rng = np.random.default_rng(0)
+
+    def pooled(codes):
+        return float(
+            gen.mmd2_to_gaussian(torch.as_tensor(codes).reshape(1, -1, k), torch.zeros(k), bandwidth2)[0]
+        )
+
+    typical = rng.normal(size=(n, m, k))
+    # A large move: the others' codes far from the prior and from each other, one image's codes
+    # brought onto the prior's mean (its m prior terms go from 0 to nearly 1: about 2/n).
+    spread = 1e3 * rng.normal(size=(n, m, k))
+    onto_prior = spread.copy()
+    onto_prior[0] = 0.0
+    changes = [abs(pooled(onto_prior) - pooled(spread))]
+    for shift in (0.0, 3.0, 30.0):
+        replaced = typical.copy()
+        replaced[0] = shift + rng.normal(size=(m, k))
+        changes.append(abs(pooled(replaced) - pooled(typical)))
+    assert max(changes) <= 4.0 / n
+    assert changes[0] > 1.5 / n  # one image does move it on the scale of 1/n: the noise must cover that
 
 
 def test_encoder_drift_moves_the_latent_codes():

@@ -27,11 +27,11 @@ neighbouring relation is replace-one image within a category (per-category image
 public, as for every other release).
 
 **What else leaves the site.** Trust-aware averaging needs two numbers per category and round:
-R, the local model's reconstruction error on the client's held-out images, and C, the MMD of
-their latent codes to N(0, I). Each image's (R, C) is clipped to [0, ``report_clip``] × [0, 2]
-(MMD² of an RBF kernel is at most 2), scaled to the unit square, averaged over the category's
-held-out images and noised with σ = ``report_noise_multiplier`` × √2 / n: a Gaussian
-mechanism per round, recorded in the same ledger. FedAvg needs no report and spends nothing
+R, the local model's reconstruction error on the client's held-out images (each image's
+clipped to [0, ``report_clip``]), and C, the MMD² of all their latent codes to N(0, I) (at most
+2 for an RBF kernel). Replacing one of n held-out images moves the scaled pair by at most √5/n
+(:func:`client_reports`); both are noised with σ = ``report_noise_multiplier`` × √5 / n: a
+Gaussian mechanism per round, recorded in the same ledger. FedAvg needs no report and spends nothing
 on it. The DP-SGD noise multiplier is the smallest one that keeps everything the client
 releases within ``privacy.epsilon`` (:func:`plan_training`).
 
@@ -655,23 +655,21 @@ def _train_local(
 # --------------------------------------------------------------------------- the (R, C) reports
 
 
-def per_image_reports(
+def held_out_codes(
     shape: ModelShape,
     arrays: Mapping[str, np.ndarray],
     x: np.ndarray,
     c: np.ndarray,
-    settings: CVAESettings,
     eps: torch.Tensor,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per image: reconstruction error (mean over patches and dimensions, model units) and the
-    MMD² of its latent codes to N(0, I) (the global prior, whatever the client's own)."""
+) -> tuple[np.ndarray, torch.Tensor]:
+    """Per image its reconstruction error (mean over patches and dimensions, model units), and
+    every patch's latent code (n, m, k), under the model ``arrays``."""
     model = load_model(shape, arrays).eval()
     with torch.no_grad():
         xt, ct = torch.as_tensor(x), torch.as_tensor(c)
         recon, _, _, z = model(xt, ct, eps)
         error = ((recon - xt) ** 2).mean(dim=(-1, -2))
-        consistency = mmd2_to_gaussian(z, torch.zeros(shape.latent_dim), settings.bandwidth2)
-    return error.numpy().astype(np.float64), consistency.numpy().astype(np.float64)
+    return error.numpy().astype(np.float64), z
 
 
 def client_reports(
@@ -688,44 +686,45 @@ def client_reports(
 ) -> dict[str, float]:
     """``report.reconstruction.<category>`` and ``report.consistency.<category>`` of the held-out images.
 
-    Each image's pair is clipped to [0, report_clip] × [0, 2] and scaled to the unit square, so
-    replacing one image moves its category's mean pair by at most √2 / n; private plans add
-    N(0, (report_noise_multiplier · √2 / n)²) to both (post-processing: reported back in the
-    original units). A category without held-out images reports nothing.
+    R: the mean over the category's n held-out images of each image's reconstruction error,
+    clipped to [0, ``report_clip``]; C: the (biased) MMD² between all their N = n·m latent codes
+    and N(0, I) (the global prior, whatever the client's own), in [0, 2]. Replacing one image
+    moves R by at most ``report_clip``/n and C by at most 4/n (its m codes enter at most 2mN of
+    the N² kernel pairs and m of the N prior terms, each kernel value in [0, 1]). Scaled to
+    R/report_clip and C/2, the pair moves by at most √5/n; private plans add N(0, (z·√5/n)²) to
+    both, z = ``report_noise_multiplier``, and clip back to the range (post-processing).
+    A category without held-out images reports nothing.
     """
     held = np.flatnonzero(data.holdout)
     if not len(held):
         return {}
-    eps = torch.randn(
-        len(held),
-        data.x.shape[1],
-        shape.latent_dim,
-        generator=torch.Generator().manual_seed(
-            derive_seed(seed, "dp_cvae_report", str(client_id), round_number)
-        ),
+    generator = torch.Generator().manual_seed(
+        derive_seed(seed, "dp_cvae_report", str(client_id), round_number)
     )
-    error, consistency = per_image_reports(shape, arrays, data.x[held], data.conditions[held], settings, eps)
-    unit = np.stack(
-        [
-            np.clip(error, 0, settings.report_clip) / settings.report_clip,
-            np.clip(consistency, 0, MMD2_BOUND) / MMD2_BOUND,
-        ],
-        axis=1,
-    )
+    eps = torch.randn(len(held), data.x.shape[1], shape.latent_dim, generator=generator)
+    error, codes = held_out_codes(shape, arrays, data.x[held], data.conditions[held], eps)
     rng = None
     if plan.report_noise_multiplier is not None:
         rng = np.random.default_rng(noise_seed_for(noise_seed, str(client_id), round_number, "reports"))
     numbers = {}
     for index, category in enumerate(shape.categories):
         mine = data.category[held] == index
-        if not mine.any():
+        n = int(mine.sum())
+        if not n:
             continue
-        mean = unit[mine].mean(axis=0)
+        pooled = codes[torch.as_tensor(mine)].reshape(1, -1, shape.latent_dim)
+        consistency = float(mmd2_to_gaussian(pooled, torch.zeros(shape.latent_dim), settings.bandwidth2)[0])
+        unit = np.array(
+            [
+                np.clip(error[mine], 0.0, settings.report_clip).mean() / settings.report_clip,
+                min(max(consistency, 0.0), MMD2_BOUND) / MMD2_BOUND,
+            ]
+        )
         if rng is not None:
-            noisy = mean + rng.normal(0.0, plan.report_noise_multiplier * math.sqrt(2.0) / mine.sum(), size=2)
-            mean = np.clip(noisy, 0.0, 1.0)  # post-processing: back into the range the values live in
-        numbers[f"{RECONSTRUCTION}.{category}"] = float(mean[0] * settings.report_clip)
-        numbers[f"{CONSISTENCY}.{category}"] = float(mean[1] * MMD2_BOUND)
+            noisy = unit + rng.normal(0.0, plan.report_noise_multiplier * math.sqrt(5.0) / n, size=2)
+            unit = np.clip(noisy, 0.0, 1.0)
+        numbers[f"{RECONSTRUCTION}.{category}"] = float(unit[0] * settings.report_clip)
+        numbers[f"{CONSISTENCY}.{category}"] = float(unit[1] * MMD2_BOUND)
     return numbers
 
 
