@@ -247,17 +247,18 @@ def test_loss_falls_under_dp_sgd_and_opacus_accounts_the_planned_epsilon():
     assert losses[-1] < 0.7 * losses[0]
 
 
-def test_ledger_composes_the_training_with_earlier_releases():
-    settings = tiny_settings(averaging="trust", report_noise_multiplier=6.0)
-    alone = gen.plan_training(200, settings, 3, epsilon=4.0, delta=1e-5, accountant="rdp")
-    ledger = PrivacyLedger("rdp", 1e-5).record("patch_release", 3.0)  # something released before
-    spent_before = ledger.epsilon()
-    after = gen.plan_training(200, settings, 3, epsilon=4.0, delta=1e-5, accountant="rdp", ledger=ledger)
-    assert [name for name, *_ in after.ledger.entries] == ["patch_release", "dp_cvae_reports", "dp_cvae_sgd"]
-    assert after.epsilon == pytest.approx(4.0, abs=0.02) and 1.0 < spent_before < 4.0
-    # Less room left: more noise for the same target.
-    assert after.noise_multiplier > alone.noise_multiplier
-    budget = after.budget()
+def test_the_plan_records_reports_then_dp_sgd_within_epsilon():
+    settings = tiny_settings(averaging="trust", report_epsilon_share=0.2)
+    plan = gen.plan_training(200, settings, 3, epsilon=4.0, delta=1e-5, accountant="rdp")
+    assert [name for name, *_ in plan.ledger.entries] == ["dp_cvae_reports", "dp_cvae_sgd"]
+    assert plan.epsilon == pytest.approx(4.0, abs=0.02)
+    # Opacus' own accountant agrees with the ledger on the composed ε.
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history = [(z, q, steps) for _, z, q, steps in plan.ledger.entries]
+    assert accountant.get_epsilon(delta=1e-5) == pytest.approx(plan.epsilon, rel=1e-6)
+    budget = plan.budget()
     assert budget["steps"] == 3 * settings.local_epochs * math.ceil(200 / settings.batch_images)
     assert budget["unit"] == "image" and budget["clipping"].startswith("per image")
 
@@ -272,6 +273,9 @@ def test_fedavg_spends_nothing_on_reports():
     assert [e[0] for e in fedavg.ledger.entries] == ["dp_cvae_sgd"]
     assert fedavg.report_noise_multiplier is None
     assert trust.noise_multiplier > fedavg.noise_multiplier  # the reports cost budget
+    # The reports alone spend their share of ε.
+    share = PrivacyLedger("prv", 1e-5).record("reports", trust.report_noise_multiplier, 1.0, 2).epsilon()
+    assert share == pytest.approx(0.1 * 4.0, abs=0.02)
 
 
 def test_noise_is_fresh_unless_a_noise_seed_is_fixed():

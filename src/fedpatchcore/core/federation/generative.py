@@ -24,7 +24,6 @@ from fedpatchcore.core.banks import pack, unpack
 from fedpatchcore.core.federation.heterogeneity import parse_client
 from fedpatchcore.core.federation.trust import TrustSettings, model_trust_scores
 from fedpatchcore.core.privacy import generative as gen
-from fedpatchcore.core.privacy.accounting import PrivacyLedger
 from fedpatchcore.core.privacy.model_averaging import fedavg_weights, weighted_average
 from fedpatchcore.core.privacy.release import PrivacySettings
 
@@ -66,7 +65,7 @@ class GenerativeSettings:
             drift=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))).encoder_drift,
         )
 
-    def plan(self, n_train: int, ledger: PrivacyLedger | None = None) -> gen.TrainingPlan:
+    def plan(self, n_train: int) -> gen.TrainingPlan:
         """The client's DP-SGD schedule and budget over all rounds (not private when privacy is disabled)."""
         epsilon = self.privacy.epsilon if self.privacy.enabled else None
         return gen.plan_training(
@@ -76,7 +75,6 @@ class GenerativeSettings:
             epsilon=epsilon,
             delta=self.privacy.delta,
             accountant=self.privacy.accountant,
-            ledger=ledger,
         )
 
 

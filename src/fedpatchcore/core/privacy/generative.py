@@ -30,10 +30,11 @@ public, as for every other release).
 R, the local model's reconstruction error on the client's held-out images (each image's
 clipped to [0, ``report_clip``]), and C, the MMD² of all their latent codes to N(0, I) (at most
 2 for an RBF kernel). Replacing one of n held-out images moves the scaled pair by at most √5/n
-(:func:`client_reports`); both are noised with σ = ``report_noise_multiplier`` × √5 / n: a
-Gaussian mechanism per round, recorded in the same ledger. FedAvg needs no report and spends nothing
-on it. The DP-SGD noise multiplier is the smallest one that keeps everything the client
-releases within ``privacy.epsilon`` (:func:`plan_training`).
+(:func:`client_reports`); both are noised with σ = z × √5 / n, a Gaussian mechanism per round
+whose z the accountant sets so that all rounds of reports alone spend ``report_epsilon_share``
+× ``privacy.epsilon``. FedAvg needs no report and spends nothing on it. The DP-SGD noise
+multiplier is then the smallest one that keeps everything the client releases within
+``privacy.epsilon`` (:func:`plan_training`).
 
 **Randomness.** Initial weights, positions, the hold-out split and the VAE's own sampling
 noise derive from the run's seed (public, and may be). Batch sampling and the DP noise come
@@ -45,12 +46,13 @@ Everything here takes arrays and plain values; nothing imports Kedro or Flower.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -94,7 +96,7 @@ class CVAESettings:
     learning_rate: float = 1e-3
     max_grad_norm: float = 1.0
     holdout_fraction: float = 0.1
-    report_noise_multiplier: float = 4.0
+    report_epsilon_share: float = 0.1
     report_clip: float = 4.0
     averaging: str = "fedavg"
     samples_per_category: int = 4000
@@ -120,7 +122,6 @@ class CVAESettings:
             "feature_scale",
             "learning_rate",
             "max_grad_norm",
-            "report_noise_multiplier",
             "report_clip",
         ):
             if not getattr(self, name) > 0:
@@ -134,6 +135,10 @@ class CVAESettings:
             )
         if self.gcr_bandwidth is not None and not self.gcr_bandwidth > 0:
             raise ValueError(f"{where}.gcr_bandwidth must be positive or null, got {self.gcr_bandwidth}")
+        if not 0.0 < self.report_epsilon_share < 1.0:
+            raise ValueError(
+                f"{where}.report_epsilon_share must lie in (0, 1), got {self.report_epsilon_share}"
+            )
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError(f"{where}.holdout_fraction must lie in [0, 1), got {self.holdout_fraction}")
         if self.averaging not in AVERAGING:
@@ -485,13 +490,13 @@ def plan_training(
     epsilon: float | None,
     delta: float,
     accountant: str,
-    ledger: PrivacyLedger | None = None,
 ) -> TrainingPlan:
     """The client's DP-SGD schedule within ``epsilon`` (None or ∞: not private).
 
-    Everything is recorded in ``ledger`` (a fresh one by default: pass the site's ledger so what
-    it released before counts): first the (R, C) reports of every round when the averaging needs
-    them, then the smallest DP-SGD noise multiplier that keeps the total within ``epsilon``.
+    Its ledger holds, when the averaging needs them, the (R, C) reports of every round, noised
+    to spend ``report_epsilon_share`` × ``epsilon`` alone, then DP-SGD with the smallest noise
+    multiplier that keeps the total within ``epsilon``. The site's persistent ledger composes
+    this release with everything else it released about the same images.
     """
     if n_train < 1:
         raise ValueError("a client needs at least one training image for the DP-CVAE")
@@ -501,19 +506,39 @@ def plan_training(
     rounds = int(rounds)
     if epsilon is None or math.isinf(epsilon):
         return TrainingPlan(n_train, sample_rate, steps, rounds, None, None, settings.max_grad_norm)
-    ledger = PrivacyLedger(accountant, delta) if ledger is None else ledger
-    report = None
-    if settings.reports:
-        report = settings.report_noise_multiplier
+    report, noise = _noise_multipliers(
+        float(epsilon),
+        float(delta),
+        accountant,
+        sample_rate,
+        steps * rounds,
+        rounds,
+        settings.report_epsilon_share if settings.reports else None,
+    )
+    ledger = PrivacyLedger(accountant, delta)
+    if report is not None:
         ledger.record("dp_cvae_reports", report, 1.0, rounds)
-    if ledger.entries:
-        noise = ledger.noise_multiplier_within(float(epsilon), sample_rate, steps * rounds)
-    else:
-        noise = noise_multiplier_for(
-            float(epsilon), float(delta), accountant, sample_rate=sample_rate, steps=steps * rounds
-        )
     ledger.record("dp_cvae_sgd", noise, sample_rate, steps * rounds)
     return TrainingPlan(n_train, sample_rate, steps, rounds, noise, report, settings.max_grad_norm, ledger)
+
+
+@functools.lru_cache(maxsize=256)
+def _noise_multipliers(
+    epsilon: float,
+    delta: float,
+    accountant: str,
+    sample_rate: float,
+    steps: int,
+    rounds: int,
+    report_share: float | None,
+) -> tuple[float | None, float]:
+    """(reports' z or None, DP-SGD's z): the accountant's search is slow (seconds for PRV), and
+    every client and round of a run asks the same question."""
+    if report_share is None:
+        return None, noise_multiplier_for(epsilon, delta, accountant, sample_rate=sample_rate, steps=steps)
+    report = noise_multiplier_for(report_share * epsilon, delta, accountant, steps=rounds)
+    ledger = PrivacyLedger(accountant, delta).record("dp_cvae_reports", report, 1.0, rounds)
+    return report, ledger.noise_multiplier_within(epsilon, sample_rate, steps)
 
 
 def noise_seed_for(noise_seed: int | None, *labels: int | str) -> int:
@@ -692,7 +717,7 @@ def client_reports(
     moves R by at most ``report_clip``/n and C by at most 4/n (its m codes enter at most 2mN of
     the N² kernel pairs and m of the N prior terms, each kernel value in [0, 1]). Scaled to
     R/report_clip and C/2, the pair moves by at most √5/n; private plans add N(0, (z·√5/n)²) to
-    both, z = ``report_noise_multiplier``, and clip back to the range (post-processing).
+    both, z = the plan's ``report_noise_multiplier``, and clip back to the range (post-processing).
     A category without held-out images reports nothing.
     """
     held = np.flatnonzero(data.holdout)
@@ -726,6 +751,58 @@ def client_reports(
         numbers[f"{RECONSTRUCTION}.{category}"] = float(unit[0] * settings.report_clip)
         numbers[f"{CONSISTENCY}.{category}"] = float(unit[1] * MMD2_BOUND)
     return numbers
+
+
+def audit_mechanism(
+    settings: CVAESettings,
+    rounds: int,
+    *,
+    epsilon: float | None,
+    delta: float,
+    accountant: str,
+    seed: int,
+) -> Callable[[np.ndarray, np.random.Generator], np.ndarray]:
+    """The DP-CVAE release as ``(vectors, rng) -> output`` for the canary audit.
+
+    ``vectors``: ``(n, m, d)`` small public inputs, one category without position condition;
+    a lone client trains on them for ``rounds`` rounds from the public initial model, exactly as
+    a site does (its held-out share, its plan within ``epsilon``, batch sampling and DP noise from
+    ``rng``). The output is what the server receives: the final weights and, with trust-aware
+    averaging, every round's (R, C) reports.
+    """
+    scaled = replace(settings, position_grid=0)
+
+    def release(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        vectors = np.asarray(vectors, dtype=np.float32) / np.float32(scaled.feature_scale)
+        shape = ModelShape(int(vectors.shape[-1]), ("audit",), 0, scaled.latent_dim, scaled.hidden_dim)
+        keys = [f"audit{i}" for i in range(len(vectors))]
+        data = GenerativeData(
+            vectors,
+            conditions_for(shape, "audit", np.zeros(vectors.shape[:2], dtype=np.int64)),
+            np.zeros(len(vectors), dtype=np.int64),
+            is_held_out(keys, scaled.holdout_fraction, seed, "audit"),
+        )
+        plan = plan_training(
+            int((~data.holdout).sum()), scaled, rounds, epsilon=epsilon, delta=delta, accountant=accountant
+        )
+        weights, reports = initial_weights(shape, seed), []
+        for round_number in range(1, rounds + 1):
+            result = train_local(
+                shape,
+                weights,
+                data,
+                scaled,
+                plan,
+                seed=seed,
+                client_id="audit",
+                round_number=round_number,
+                noise_seed=int(rng.integers(2**62)),
+            )
+            weights = result.arrays
+            reports += [result.numbers[k] for k in sorted(result.numbers)]
+        return np.concatenate([*(w.ravel() for w in weights.values()), np.asarray(reports, dtype=np.float32)])
+
+    return release
 
 
 # --------------------------------------------------------------------------- the synthetic bank
