@@ -41,12 +41,12 @@ def _plan(averaging: str, drift: float = 0.0, rounds: int = 2) -> FederationPlan
             TINY_PARAMS,
             {
                 "comparison": {"enabled": False},
-                "federation": {"partition": "iid", "num_clients": 3, "rounds": rounds},
+                "federation": {"partition": "iid", "num_clients": 3},
                 # Not private, fixed batch order: the two engines must agree to the last bits.
                 "privacy": {
                     "mechanism": "dp_cvae",
                     "noise_seed": 0,
-                    "dp_cvae": {**CVAE, "averaging": averaging},
+                    "dp_cvae": {**CVAE, "averaging": averaging, "rounds": rounds},
                 },
                 "heterogeneity": {"3": {"encoder_drift": drift}} if drift else {},
             },
@@ -60,7 +60,6 @@ def _settings(plan: FederationPlan, client_id: str) -> fed.GenerativeSettings:
     return fed.GenerativeSettings.from_parameters(
         client_id,
         privacy=p["privacy"],
-        federation=p["federation"],
         seed=p["seed"],
         heterogeneity=p["heterogeneity"],
     )
@@ -89,7 +88,7 @@ def _in_process(plan: FederationPlan, data, shape) -> tuple[dict[str, np.ndarray
     weights, reports = None, []
     cvae = _settings(plan, "1").cvae
     trust = TrustSettings.from_parameters(plan.parameters["trust"], plan.parameters["seed"])
-    for round_number in range(1, plan.rounds + 1):
+    for round_number in range(1, cvae.rounds + 1):
         updates = [
             fed.client_round(data[cid], shape, weights, _settings(plan, cid), round_number) for cid in CLIENTS
         ]

@@ -139,7 +139,6 @@ def answer(
     settings = fed.GenerativeSettings.from_parameters(
         site.client_id,
         privacy=parameters.get("privacy"),
-        federation=parameters["federation"],
         seed=parameters["seed"],
         heterogeneity=parameters.get("heterogeneity"),
     )
@@ -255,12 +254,12 @@ def serve_generative(grid: Grid, plan: Any, categories: Sequence[str], dim: int)
     result = strategy.start(
         grid,
         weights_record(gen.initial_weights(shape, parameters["seed"])),
-        num_rounds=plan.rounds,
+        num_rounds=cvae.rounds,
         timeout=plan.round_timeout_s,
         train_config=config,
     )
-    if len(strategy.reports) != plan.rounds:
+    if len(strategy.reports) != cvae.rounds:
         raise RuntimeError(
-            f"DP-CVAE training over Flower completed {len(strategy.reports)} of {plan.rounds} rounds"
+            f"DP-CVAE training over Flower completed {len(strategy.reports)} of {cvae.rounds} rounds"
         )
     return GenerativeResult(record_weights(result.arrays), strategy.reports, strategy.updates)

@@ -80,19 +80,16 @@ def test_generative_settings_read_the_run_blocks():
             "mechanism": "dp_cvae",
             "dp_cvae": {"latent_dim": 5, "averaging": "trust"},
         },
-        federation={"rounds": 3},
         seed=7,
         heterogeneity={"2": {"encoder_drift": 2.5}},
     )
     assert settings.cvae.latent_dim == 5 and settings.cvae.reports
-    assert settings.drift == 2.5 and settings.rounds == 3 and settings.privacy.epsilon == 4.0
+    assert settings.drift == 2.5 and settings.cvae.rounds == 3 and settings.privacy.epsilon == 4.0
     with pytest.raises(ValueError, match=r"privacy.dp_cvae.latent_dim must be int"):
-        fed.GenerativeSettings.from_parameters(
-            "2", privacy={"dp_cvae": {"latent_dim": "5"}}, federation={"rounds": 1}, seed=0
-        )
+        fed.GenerativeSettings.from_parameters("2", privacy={"dp_cvae": {"latent_dim": "5"}}, seed=0)
     with pytest.raises(ValueError, match=r"heterogeneity.2.encoder_drift"):
         fed.GenerativeSettings.from_parameters(
-            "2", privacy={}, federation={"rounds": 1}, seed=0, heterogeneity={"2": {"encoder_drift": "big"}}
+            "2", privacy={}, seed=0, heterogeneity={"2": {"encoder_drift": "big"}}
         )
 
 
@@ -105,7 +102,6 @@ def _three_clients(averaging: str, drift: float):
             cid,
             cvae,
             PrivacySettings.from_parameters(privacy, 0),
-            1,
             0,
             parse_client(cid, heterogeneity.get(cid)).encoder_drift,
         )

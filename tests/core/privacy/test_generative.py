@@ -28,6 +28,7 @@ def tiny_settings(**overrides) -> gen.CVAESettings:
         holdout_fraction=0.2,
         samples_per_category=64,
         bank_size=8,
+        rounds=1,
     )
     values.update(overrides)
     return gen.CVAESettings(**values)
@@ -212,9 +213,7 @@ def test_loss_falls_on_tiny_data_without_dp():
     settings = tiny_settings(local_epochs=30)
     shape = shape_of(settings)
     data = tiny_data(settings)
-    plan = gen.plan_training(
-        int((~data.holdout).sum()), settings, 1, epsilon=None, delta=1e-5, accountant="prv"
-    )
+    plan = gen.plan_training(int((~data.holdout).sum()), settings, epsilon=None, delta=1e-5, accountant="prv")
     result = gen.train_local(
         shape, gen.initial_weights(shape, 0), data, settings, plan, seed=0, client_id="c", round_number=1
     )
@@ -223,12 +222,12 @@ def test_loss_falls_on_tiny_data_without_dp():
 
 
 def test_loss_falls_under_dp_sgd_and_opacus_accounts_the_planned_epsilon():
-    settings = tiny_settings(local_epochs=15, batch_images=16)
+    settings = tiny_settings(local_epochs=10, batch_images=16, rounds=2)
     shape = shape_of(settings)
-    data = tiny_data(settings, n_images=160)
+    data = tiny_data(settings, n_images=120)
     n_train = int((~data.holdout).sum())
-    rounds = 2
-    plan = gen.plan_training(n_train, settings, rounds, epsilon=8.0, delta=1e-5, accountant="prv")
+    rounds = settings.rounds
+    plan = gen.plan_training(n_train, settings, epsilon=8.0, delta=1e-5, accountant="prv")
     assert plan.sample_rate == 1 / math.ceil(n_train / 16)
     assert plan.epsilon == pytest.approx(8.0, abs=0.02)
     weights, history, losses = gen.initial_weights(shape, 0), [], []
@@ -248,8 +247,8 @@ def test_loss_falls_under_dp_sgd_and_opacus_accounts_the_planned_epsilon():
 
 
 def test_the_plan_records_reports_then_dp_sgd_within_epsilon():
-    settings = tiny_settings(averaging="trust", report_epsilon_share=0.2)
-    plan = gen.plan_training(200, settings, 3, epsilon=4.0, delta=1e-5, accountant="rdp")
+    settings = tiny_settings(averaging="trust", report_epsilon_share=0.2, rounds=3)
+    plan = gen.plan_training(200, settings, epsilon=4.0, delta=1e-5, accountant="rdp")
     assert [name for name, *_ in plan.ledger.entries] == ["dp_cvae_reports", "dp_cvae_sgd"]
     assert plan.epsilon == pytest.approx(4.0, abs=0.02)
     # Opacus' own accountant agrees with the ledger on the composed ε.
@@ -265,10 +264,10 @@ def test_the_plan_records_reports_then_dp_sgd_within_epsilon():
 
 def test_fedavg_spends_nothing_on_reports():
     fedavg = gen.plan_training(
-        200, tiny_settings(averaging="fedavg"), 2, epsilon=4.0, delta=1e-5, accountant="prv"
+        200, tiny_settings(averaging="fedavg", rounds=2), epsilon=4.0, delta=1e-5, accountant="prv"
     )
     trust = gen.plan_training(
-        200, tiny_settings(averaging="trust"), 2, epsilon=4.0, delta=1e-5, accountant="prv"
+        200, tiny_settings(averaging="trust", rounds=2), epsilon=4.0, delta=1e-5, accountant="prv"
     )
     assert [e[0] for e in fedavg.ledger.entries] == ["dp_cvae_sgd"]
     assert fedavg.report_noise_multiplier is None
@@ -288,7 +287,7 @@ def test_reports_are_per_category_and_noised_when_private():
     shape = shape_of(settings)
     data = tiny_data(settings, n_images=40)
     weights = gen.initial_weights(shape, 0)
-    exact = gen.plan_training(32, settings, 1, epsilon=None, delta=1e-5, accountant="prv")
+    exact = gen.plan_training(32, settings, epsilon=None, delta=1e-5, accountant="prv")
     numbers = gen.client_reports(shape, weights, data, settings, exact, seed=0, client_id="c", round_number=1)
     assert sorted(numbers) == [
         "report.consistency.a",
@@ -305,7 +304,7 @@ def test_reports_are_per_category_and_noised_when_private():
     pooled = codes[torch.as_tensor(mine)].reshape(1, -1, settings.latent_dim)
     expected = float(gen.mmd2_to_gaussian(pooled, torch.zeros(settings.latent_dim), settings.bandwidth2)[0])
     assert numbers["report.consistency.a"] == pytest.approx(expected, rel=1e-5)
-    private = gen.plan_training(32, settings, 1, epsilon=1.0, delta=1e-5, accountant="prv")
+    private = gen.plan_training(32, settings, epsilon=1.0, delta=1e-5, accountant="prv")
     noisy = gen.client_reports(
         shape, weights, data, settings, private, seed=0, client_id="c", round_number=1, noise_seed=0
     )
@@ -343,9 +342,7 @@ def test_encoder_drift_moves_the_latent_codes():
     settings = tiny_settings(local_epochs=30, gcr_weight=1.0)
     shape = shape_of(settings)
     data = tiny_data(settings)
-    plan = gen.plan_training(
-        int((~data.holdout).sum()), settings, 1, epsilon=None, delta=1e-5, accountant="prv"
-    )
+    plan = gen.plan_training(int((~data.holdout).sum()), settings, epsilon=None, delta=1e-5, accountant="prv")
     start = gen.initial_weights(shape, 0)
     codes = {}
     for drift in (0.0, 4.0):
@@ -370,9 +367,7 @@ def test_synthetic_bank_has_the_real_dimension_and_no_real_row():
     settings = tiny_settings(local_epochs=20, position_grid=0, feature_scale=2.0)
     shape = shape_of(settings)
     data = tiny_data(settings)
-    plan = gen.plan_training(
-        int((~data.holdout).sum()), settings, 1, epsilon=None, delta=1e-5, accountant="prv"
-    )
+    plan = gen.plan_training(int((~data.holdout).sum()), settings, epsilon=None, delta=1e-5, accountant="prv")
     weights = gen.train_local(
         shape, gen.initial_weights(shape, 0), data, settings, plan, seed=0, client_id="c", round_number=1
     ).arrays

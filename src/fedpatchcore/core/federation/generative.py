@@ -32,13 +32,12 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GenerativeSettings:
-    """What a site needs to train its DP-CVAE (from the run's ``privacy``, ``federation``,
-    ``heterogeneity`` blocks and seed)."""
+    """What a site needs to train its DP-CVAE (from the run's ``privacy`` and ``heterogeneity``
+    blocks and seed)."""
 
     client_id: str
     cvae: gen.CVAESettings
     privacy: PrivacySettings  # enabled: DP-SGD within privacy.epsilon; disabled: plain training
-    rounds: int
     seed: int
     drift: float = 0.0  # heterogeneity.<client>.encoder_drift
 
@@ -48,19 +47,14 @@ class GenerativeSettings:
         client_id: str,
         *,
         privacy: Mapping[str, Any] | None,
-        federation: Mapping[str, Any],
         seed: int,
         heterogeneity: Mapping[str, Any] | None = None,
     ) -> GenerativeSettings:
         privacy = dict(privacy or {})
-        rounds = int(federation.get("rounds", 1))
-        if rounds < 1:
-            raise ValueError(f"federation.rounds must be at least 1, got {rounds}")
         return cls(
             client_id=str(client_id),
             cvae=gen.CVAESettings.from_parameters(privacy.get("dp_cvae")),
             privacy=PrivacySettings.from_parameters(privacy, seed),
-            rounds=rounds,
             seed=int(seed),
             drift=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))).encoder_drift,
         )
@@ -71,7 +65,6 @@ class GenerativeSettings:
         return gen.plan_training(
             n_train,
             self.cvae,
-            self.rounds,
             epsilon=epsilon,
             delta=self.privacy.delta,
             accountant=self.privacy.accountant,
@@ -163,16 +156,24 @@ def averaging_weights(
         raise ValueError(f"privacy.dp_cvae.averaging must be one of {list(gen.AVERAGING)}, got {averaging!r}")
     if averaging != "trust":
         return examples, {}
-    scores = model_trust_scores({u.client_id: u.numbers for u in updates}, {u.client_id: u.n_images for u in updates}, trust)
+    scores = model_trust_scores(
+        {u.client_id: u.numbers for u in updates}, {u.client_id: u.n_images for u in updates}, trust
+    )
     weights = {cid: w * scores[cid]["weight"] for cid, w in examples.items()}
     if not any(weights.values()):
-        logger.warning("Round %d: trust excludes every client; averaging them all by images instead", round_number)
+        logger.warning(
+            "Round %d: trust excludes every client; averaging them all by images instead", round_number
+        )
         weights = dict(examples)
     return weights, scores
 
 
 def round_report(
-    updates: Sequence[ModelUpdate], weights: Mapping[str, float], scores: Mapping[str, dict], averaging: str, round_number: int
+    updates: Sequence[ModelUpdate],
+    weights: Mapping[str, float],
+    scores: Mapping[str, dict],
+    averaging: str,
+    round_number: int,
 ) -> dict[str, Any]:
     """JSON-ready: what each client sent, its share of the average and its trust."""
     total = sum(weights.values())
@@ -180,7 +181,8 @@ def round_report(
         "round": int(round_number),
         "averaging": averaging,
         "uploaded": {
-            u.client_id: {"n_images": dict(u.n_images), "numbers": dict(u.numbers), "bytes": u.nbytes} for u in updates
+            u.client_id: {"n_images": dict(u.n_images), "numbers": dict(u.numbers), "bytes": u.nbytes}
+            for u in updates
         },
         "uploaded_bytes": int(sum(u.nbytes for u in updates)),
         # Round r > 1 started from the global model every client received (the initial model is public).

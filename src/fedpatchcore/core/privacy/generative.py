@@ -91,6 +91,7 @@ class CVAESettings:
     kl_weight: float = 1.0
     gcr_weight: float = 1.0
     gcr_bandwidth: float | None = None
+    rounds: int = 3
     local_epochs: int = 2
     batch_images: int = 64
     learning_rate: float = 1e-3
@@ -107,7 +108,14 @@ class CVAESettings:
 
     def __post_init__(self) -> None:
         where = "privacy.dp_cvae"
-        positive_ints = ("latent_dim", "hidden_dim", "patches_per_image", "local_epochs", "batch_images")
+        positive_ints = (
+            "latent_dim",
+            "hidden_dim",
+            "patches_per_image",
+            "rounds",
+            "local_epochs",
+            "batch_images",
+        )
         counts = (
             "samples_per_category",
             "bank_size",
@@ -485,7 +493,6 @@ class TrainingPlan:
 def plan_training(
     n_train: int,
     settings: CVAESettings,
-    rounds: int,
     *,
     epsilon: float | None,
     delta: float,
@@ -503,7 +510,7 @@ def plan_training(
     batches = math.ceil(n_train / settings.batch_images)
     sample_rate = 1.0 / batches
     steps = settings.local_epochs * batches
-    rounds = int(rounds)
+    rounds = settings.rounds
     if epsilon is None or math.isinf(epsilon):
         return TrainingPlan(n_train, sample_rate, steps, rounds, None, None, settings.max_grad_norm)
     report, noise = _noise_multipliers(
@@ -755,7 +762,6 @@ def client_reports(
 
 def audit_mechanism(
     settings: CVAESettings,
-    rounds: int,
     *,
     epsilon: float | None,
     delta: float,
@@ -765,7 +771,7 @@ def audit_mechanism(
     """The DP-CVAE release as ``(vectors, rng) -> output`` for the canary audit.
 
     ``vectors``: ``(n, m, d)`` small public inputs, one category without position condition;
-    a lone client trains on them for ``rounds`` rounds from the public initial model, exactly as
+    a lone client trains on them for ``settings.rounds`` rounds from the public initial model, exactly as
     a site does (its held-out share, its plan within ``epsilon``, batch sampling and DP noise from
     ``rng``). The output is what the server receives: the final weights and, with trust-aware
     averaging, every round's (R, C) reports.
@@ -783,10 +789,10 @@ def audit_mechanism(
             is_held_out(keys, scaled.holdout_fraction, seed, "audit"),
         )
         plan = plan_training(
-            int((~data.holdout).sum()), scaled, rounds, epsilon=epsilon, delta=delta, accountant=accountant
+            int((~data.holdout).sum()), scaled, epsilon=epsilon, delta=delta, accountant=accountant
         )
         weights, reports = initial_weights(shape, seed), []
-        for round_number in range(1, rounds + 1):
+        for round_number in range(1, scaled.rounds + 1):
             result = train_local(
                 shape,
                 weights,
