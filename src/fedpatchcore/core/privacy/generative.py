@@ -84,17 +84,17 @@ class CVAESettings:
     """The ``privacy.dp_cvae`` block (conf/base/parameters_privacy.yml documents every key)."""
 
     latent_dim: int = 16
-    hidden_dim: int = 256
+    hidden_dim: int = 64
     patches_per_image: int = 16
-    position_grid: int = 2
+    position_grid: int = 4
     feature_scale: float = 2.5
     kl_weight: float = 1.0
     gcr_weight: float = 1.0
     gcr_bandwidth: float | None = None
     rounds: int = 3
-    local_epochs: int = 2
-    batch_images: int = 64
-    learning_rate: float = 1e-3
+    local_epochs: int = 3
+    batch_images: int = 256
+    learning_rate: float = 0.01
     max_grad_norm: float = 1.0
     holdout_fraction: float = 0.1
     report_epsilon_share: float = 0.1
