@@ -129,6 +129,9 @@ def test_model_weights_round_trip_and_misfits_name_the_weight():
         gen.initial_weights(shape, 0)["encoder.0.weight"], weights["encoder.0.weight"]
     )
     assert torch.equal(state, torch.random.get_rng_state())
+    assert gen.ModelShape.from_weights(weights, CATEGORIES, settings) == shape
+    with pytest.raises(ValueError, match="first layer has shape"):
+        gen.ModelShape.from_weights(weights, ("a", "b", "c"), settings)
     broken = {**weights, "encoder.0.weight": weights["encoder.0.weight"][:, :2]}
     with pytest.raises(ValueError, match="'encoder.0.weight' has shape"):
         gen.load_model(shape, broken)

@@ -251,6 +251,24 @@ class ModelShape:
             int(dim), tuple(sorted(categories)), settings.n_cells, settings.latent_dim, settings.hidden_dim
         )
 
+    @classmethod
+    def from_weights(
+        cls, weights: Mapping[str, np.ndarray], categories: Sequence[str], settings: CVAESettings
+    ) -> ModelShape:
+        """The shape of a received model (the server knows the categories and settings, not the feature dimension)."""
+        try:
+            dim = int(np.shape(weights["decoder.4.weight"])[0])
+        except KeyError as exc:
+            raise ValueError("the model weights hold no 'decoder.4.weight': not a DP-CVAE") from exc
+        shape = cls.of(dim, categories, settings)
+        expected = np.shape(weights.get("encoder.0.weight", ()))
+        if expected != (shape.hidden_dim, dim + shape.n_conditions):
+            raise ValueError(
+                f"the model's first layer has shape {expected}, expected {(shape.hidden_dim, dim + shape.n_conditions)} "
+                f"for categories {list(shape.categories)} and privacy.dp_cvae settings"
+            )
+        return shape
+
     @property
     def n_conditions(self) -> int:
         return len(self.categories) + self.n_cells
