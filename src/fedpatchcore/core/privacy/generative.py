@@ -91,8 +91,8 @@ class CVAESettings:
     kl_weight: float = 1.0
     gcr_weight: float = 1.0
     gcr_bandwidth: float | None = None
-    rounds: int = 3
-    local_epochs: int = 3
+    rounds: int = 5
+    local_epochs: int = 5
     batch_images: int = 256
     learning_rate: float = 0.01
     max_grad_norm: float = 1.0
