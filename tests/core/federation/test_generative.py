@@ -78,7 +78,7 @@ def test_generative_settings_read_the_run_blocks():
             "enabled": True,
             "epsilon": 4.0,
             "mechanism": "dp_cvae",
-            "dp_cvae": {"latent_dim": 5, "averaging": "trust"},
+            "dp_cvae": {"latent_dim": 5, "averaging": "trust", "rounds": 3},
         },
         seed=7,
         heterogeneity={"2": {"encoder_drift": 2.5}},
