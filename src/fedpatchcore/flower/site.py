@@ -147,6 +147,7 @@ def build_local_coreset(site: Site, parameters: Mapping[str, Any]) -> client.Loc
 
 def build_generative_data(site: Site, parameters: Mapping[str, Any], categories: Iterable[str]) -> Any:
     """Extract the site's patch features and keep its DP-CVAE training set (``privacy.mechanism: dp_cvae``)."""
+    from fedpatchcore.core.federation import generative as fed
     from fedpatchcore.core.privacy import generative as gen
 
     run_settings = settings(site.client_id, parameters)
@@ -157,7 +158,7 @@ def build_generative_data(site: Site, parameters: Mapping[str, Any], categories:
         embedder = make_embedder(parameters["backbone"], parameters["extraction"])
         features, _ = client.extract_features(site.samples, site.infos, embedder, scratch, run_settings)
         shape = gen.ModelShape.of(embedder.feature_dim, list(categories), cvae)
-        return gen.client_data(features, shape, cvae, int(parameters["seed"]), site.client_id)
+        return fed.client_data(features, shape, cvae, int(parameters["seed"]), site.client_id)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

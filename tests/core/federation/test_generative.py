@@ -8,9 +8,33 @@ import pytest
 from fedpatchcore.core.federation import generative as fed
 from fedpatchcore.core.federation.heterogeneity import parse_client
 from fedpatchcore.core.federation.trust import TrustSettings, model_trust_scores
+from fedpatchcore.core.privacy import generative as gen
 from fedpatchcore.core.privacy.model_averaging import fedavg_weights, weighted_average
 from fedpatchcore.core.privacy.release import PrivacySettings
 from tests.core.privacy.test_generative import CATEGORIES, DIM, tiny_data, tiny_settings
+
+
+def test_client_data_takes_public_positions_of_every_image(tmp_path):
+    from fedpatchcore.core.features.extraction import ExtractedFeatures
+    from fedpatchcore.core.features.feature_store import PatchFeatureWriter
+    from fedpatchcore.core.privacy.release import choose_positions
+
+    settings = tiny_settings(patches_per_image=3, position_grid=2, feature_scale=2.0)
+    grid = (4, 4)
+    rows = np.arange(2 * 16 * DIM, dtype=np.float32).reshape(2 * 16, DIM)  # 2 images, 16 positions each
+    writer = PatchFeatureWriter(tmp_path / "a.npy", dim=DIM, projection_dim=None, seed=0)
+    writer.append(rows)
+    features = ExtractedFeatures({"a": writer.close()}, {"a": ["x1", "x2"]}, {"a": grid})
+    data = fed.client_data(
+        features, gen.ModelShape.of(DIM, CATEGORIES, settings), settings, seed=5, client_id="c"
+    )
+    assert data.x.shape == (2, 3, DIM)
+    for image, key in enumerate(["x1", "x2"]):
+        positions = choose_positions(grid, 3, 5, "c", key)
+        np.testing.assert_allclose(data.x[image] * 2.0, rows[image * 16 + positions], rtol=1e-3)
+        cells = gen.coarse_cells(positions, grid, 2)
+        np.testing.assert_array_equal(data.conditions[image, :, 2:].argmax(-1), cells)
+    np.testing.assert_array_equal(data.category, [0, 0])
 
 
 def test_fedavg_of_identical_models_is_the_identity():

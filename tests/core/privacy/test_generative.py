@@ -94,27 +94,6 @@ def test_held_out_images_are_seeded_from_keys_and_leave_a_training_image():
     assert gen.is_held_out(["only"], 0.5, 0, "c").tolist() == [False]
 
 
-def test_client_data_takes_public_positions_of_every_image(tmp_path):
-    from fedpatchcore.core.features.extraction import ExtractedFeatures
-    from fedpatchcore.core.features.feature_store import PatchFeatureWriter
-    from fedpatchcore.core.privacy.release import choose_positions
-
-    settings = tiny_settings(patches_per_image=3, position_grid=2, feature_scale=2.0)
-    grid = (4, 4)
-    rows = np.arange(2 * 16 * DIM, dtype=np.float32).reshape(2 * 16, DIM)  # 2 images, 16 positions each
-    writer = PatchFeatureWriter(tmp_path / "a.npy", dim=DIM, projection_dim=None, seed=0)
-    writer.append(rows)
-    features = ExtractedFeatures({"a": writer.close()}, {"a": ["x1", "x2"]}, {"a": grid})
-    data = gen.client_data(features, shape_of(settings), settings, seed=5, client_id="c")
-    assert data.x.shape == (2, 3, DIM)
-    for image, key in enumerate(["x1", "x2"]):
-        positions = choose_positions(grid, 3, 5, "c", key)
-        np.testing.assert_allclose(data.x[image] * 2.0, rows[image * 16 + positions], rtol=1e-3)
-        cells = gen.coarse_cells(positions, grid, 2)
-        np.testing.assert_array_equal(data.conditions[image, :, 2:].argmax(-1), cells)
-    np.testing.assert_array_equal(data.category, [0, 0])
-
-
 def test_model_weights_round_trip_and_misfits_name_the_weight():
     settings = tiny_settings()
     shape = shape_of(settings)

@@ -25,7 +25,7 @@ from fedpatchcore.core.federation.heterogeneity import parse_client
 from fedpatchcore.core.federation.trust import TrustSettings, model_trust_scores
 from fedpatchcore.core.privacy import generative as gen
 from fedpatchcore.core.privacy.model_averaging import fedavg_weights, weighted_average
-from fedpatchcore.core.privacy.release import PrivacySettings
+from fedpatchcore.core.privacy.release import PrivacySettings, choose_positions
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,45 @@ class ModelUpdate:
 def model_shape(dim: int, categories: Sequence[str], settings: gen.CVAESettings) -> gen.ModelShape:
     """The shape every party derives from public values: the feature dimension and the run's categories."""
     return gen.ModelShape.of(dim, categories, settings)
+
+
+def client_data(
+    features: Any, shape: gen.ModelShape, settings: gen.CVAESettings, seed: int, client_id: str
+) -> gen.GenerativeData:
+    """The training set of one client from its extracted features (an ``ExtractedFeatures``).
+
+    Per image ``patches_per_image`` positions from public values only (the rows release's rule,
+    :func:`~fedpatchcore.core.privacy.release.choose_positions`), gathered from the feature file and divided by ``feature_scale``; a seeded
+    ``holdout_fraction`` of the images (per category) is kept for the reports.
+    """
+    xs, conds, cats, held = [], [], [], []
+    for category in sorted(features.files):
+        feature_file, keys, grid = (
+            features.files[category],
+            features.image_keys[category],
+            features.grid[category],
+        )
+        per_image = int(grid[0]) * int(grid[1])
+        positions = np.stack(
+            [choose_positions(grid, settings.patches_per_image, seed, client_id, key) for key in keys]
+        )  # (n, m') with m' = min(m, positions per image)
+        rows = (np.arange(len(keys))[:, None] * per_image + positions).ravel()
+        vectors = feature_file.gather(rows).reshape(len(keys), positions.shape[1], -1)
+        xs.append(vectors / np.float32(settings.feature_scale))
+        cells = (
+            gen.coarse_cells(positions, grid, settings.position_grid)
+            if shape.n_cells
+            else np.zeros_like(positions)
+        )
+        conds.append(gen.conditions_for(shape, category, cells))
+        cats.append(np.full(len(keys), shape.category_index(category), dtype=np.int64))
+        held.append(gen.is_held_out(keys, settings.holdout_fraction, seed, f"{client_id}/{category}"))
+    return gen.GenerativeData(
+        np.concatenate(xs).astype(np.float32),
+        np.concatenate(conds),
+        np.concatenate(cats),
+        np.concatenate(held),
+    )
 
 
 def client_round(

@@ -64,7 +64,6 @@ from fedpatchcore.core.common.runtime import set_torch_threads
 from fedpatchcore.core.common.seeding import derive_rng, derive_seed
 from fedpatchcore.core.coreset.kcenter import greedy_kcenter
 from fedpatchcore.core.privacy.accounting import PrivacyLedger, noise_multiplier_for
-from fedpatchcore.core.privacy.release import choose_positions
 
 logger = logging.getLogger(__name__)
 
@@ -421,45 +420,6 @@ def is_held_out(image_keys: Sequence[str], fraction: float, seed: int, client_id
         order = derive_rng(seed, "dp_cvae_holdout", str(client_id)).permutation(len(image_keys))
         held[order[:count]] = True
     return held
-
-
-def client_data(
-    features: Any, shape: ModelShape, settings: CVAESettings, seed: int, client_id: str
-) -> GenerativeData:
-    """The training set of one client from its extracted features (an ``ExtractedFeatures``).
-
-    Per image ``patches_per_image`` positions from public values only (the same rule as the row
-    release), gathered from the feature file and divided by ``feature_scale``; a seeded
-    ``holdout_fraction`` of the images (per category) is kept for the reports.
-    """
-    xs, conds, cats, held = [], [], [], []
-    for category in sorted(features.files):
-        feature_file, keys, grid = (
-            features.files[category],
-            features.image_keys[category],
-            features.grid[category],
-        )
-        per_image = int(grid[0]) * int(grid[1])
-        positions = np.stack(
-            [choose_positions(grid, settings.patches_per_image, seed, client_id, key) for key in keys]
-        )  # (n, m') with m' = min(m, positions per image)
-        rows = (np.arange(len(keys))[:, None] * per_image + positions).ravel()
-        vectors = feature_file.gather(rows).reshape(len(keys), positions.shape[1], -1)
-        xs.append(vectors / np.float32(settings.feature_scale))
-        cells = (
-            coarse_cells(positions, grid, settings.position_grid)
-            if shape.n_cells
-            else np.zeros_like(positions)
-        )
-        conds.append(conditions_for(shape, category, cells))
-        cats.append(np.full(len(keys), shape.category_index(category), dtype=np.int64))
-        held.append(is_held_out(keys, settings.holdout_fraction, seed, f"{client_id}/{category}"))
-    return GenerativeData(
-        np.concatenate(xs).astype(np.float32),
-        np.concatenate(conds),
-        np.concatenate(cats),
-        np.concatenate(held),
-    )
 
 
 # --------------------------------------------------------------------------- the DP plan
