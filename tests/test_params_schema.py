@@ -172,9 +172,24 @@ def test_comparison_variants_accept_block_overrides_and_check_their_keys():
     [problem] = _problems(comparison__variants={"v1": {"federation": {"partiton": "iid"}}})
     assert problem == "comparison.variants: v1.federation.partiton: unknown key"
     [problem] = _problems(comparison__variants={"bad.name": {}})
-    assert problem.startswith("comparison.variants: variant name 'bad.name' must be letters")
+    assert problem.startswith("comparison.variants: variant name 'bad.name' must be a letter followed by letters")
     [problem] = _problems(comparison__variants={"centralized": {}})
     assert "reserved" in problem
+
+
+@pytest.mark.parametrize("name", ["_hidden", "1st", "a-b", "federated", "centralized", "fine_name2"])
+def test_the_schema_and_the_pipeline_shape_judge_variant_names_alike(name):
+    """One rule (structure.variant_name_problem): the schema refuses exactly what the build refuses."""
+    from fedpatchcore import structure
+
+    refused_by_schema = bool(_problems(comparison__enabled=True, comparison__variants={name: {}}))
+    parameters = {**_base(), "comparison": {"enabled": True, "variants": {name: {}}}}
+    try:
+        structure.resolve_variants(parameters)
+        refused_by_build = False
+    except ValueError:
+        refused_by_build = True
+    assert refused_by_schema == refused_by_build == (name != "fine_name2")
 
 
 def test_resolved_variants_are_validated_with_the_same_models():

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
 
-from fedpatchcore import structure
+from fedpatchcore.config_loader import use_run_parameters
 from fedpatchcore.core.data.layout_check import check_dataset_layout
 from fedpatchcore.core.features.extraction import remove_stale_scratch
 from fedpatchcore.params_schema import ParameterError, parameter_problems
@@ -21,14 +21,19 @@ class PipelineStructureHook:
     """Makes the run's parameters (conf env + ``--params``) shape the pipelines.
 
     Kedro builds pipelines in ``register_pipelines()``, which receives no parameters. The number
-    of client lanes and rounds are parameters, so the context's merged parameters are stored
-    before the session asks for its pipeline. Reading ``context.params`` here would itself build
+    of client lanes and rounds are parameters, so the context's merged parameters are handed to
+    the config loader (their owner) before the session asks for its pipeline, and Kedro's cached
+    pipelines are dropped when they changed. Reading ``context.params`` here would itself build
     the pipelines (for parameter validation), hence the raw config loader.
     """
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        structure.use_parameters(context.config_loader["parameters"])
+        if use_run_parameters(context.config_loader["parameters"]):
+            # Kedro caches the registered pipelines per process; rebuild them for the new shape.
+            from kedro.framework.project import pipelines
+
+            pipelines.configure("fedpatchcore.pipeline_registry")
 
 
 class NodeTimingHook:

@@ -46,6 +46,8 @@ from pydantic import (
     model_validator,
 )
 
+from fedpatchcore.structure import VARIANTS_KEY, variant_name_problem
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,12 +66,9 @@ BLOCKS: dict[str, Any] = {}
 #: Every top-level parameter key this schema knows: the blocks plus the reserved keys.
 KNOWN_BLOCKS: list[str] = []
 #: Top-level keys that are not blocks. ``variants``: variant name -> that variant's resolved parameters.
-RESERVED_KEYS = ("variants",)
+RESERVED_KEYS = (VARIANTS_KEY,)
 KNOWN_BLOCKS.extend(RESERVED_KEYS)
 
-# Names usable as a Kedro namespace and a folder name.
-_VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_RESERVED_VARIANT_NAMES = ("federated", "centralized")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -473,12 +472,9 @@ class ComparisonParams(Block):
     def _variants(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         problems = []
         for name, override in (value or {}).items():
-            if not _VARIANT_NAME.match(name):
-                problems.append(
-                    f"variant name {name!r} must be letters, digits and _ (starting with a letter)"
-                )
-            elif name in _RESERVED_VARIANT_NAMES:
-                problems.append(f"variant name {name!r} is reserved; choose another")
+            problem = variant_name_problem(name)
+            if problem:
+                problems.append(f"variant name {name!r} {problem}")
             problems += [f"{name}.{p}" for p in _override_problems(override or {})]
         if problems:
             raise ValueError("; ".join(problems))
@@ -707,7 +703,7 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
         return [f"parameters must be a mapping of blocks, got {type(params).__name__}"]
     problems = _validate_blocks(params, "", blocks)
     shared = set(problems)
-    variants = params.get("variants")
+    variants = params.get(VARIANTS_KEY)
     if variants is not None:
         if not isinstance(variants, Mapping):
             problems.append(f"variants: must map each variant name to its parameters, got {variants!r}")

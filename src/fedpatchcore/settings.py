@@ -1,11 +1,12 @@
 """Kedro project settings."""
 
-from fedpatchcore.config_loader import ProjectConfigLoader
+from fedpatchcore.config_loader import BASE_ENV, DEFAULT_RUN_ENV, ProjectConfigLoader
 from fedpatchcore.hooks import NodeTimingHook, ParameterValidationHook, PipelineStructureHook, RunLockHook
 from fedpatchcore.provenance import RunProvenanceHook
 
 # PipelineStructureHook: the per-client lanes depend on parameters (how many clients, which
-# layout), so it hands the run's parameters to the pipeline registry before it builds them.
+# layout), so it hands the run's parameters to the config loader, which the pipeline registry
+# reads them from when it builds the pipelines.
 # NodeTimingHook: logs each node's wall time (and feeds benchmarks/end_to_end.py).
 # ParameterValidationHook: checks every parameter (and the dataset layout) before any node runs.
 # RunLockHook: one run at a time per project data/ folder; removes scratch of unfinished runs.
@@ -16,6 +17,6 @@ HOOKS = (PipelineStructureHook(), NodeTimingHook(), ParameterValidationHook(), R
 # variant's resolved parameters under `variants` (see config_loader.py).
 CONFIG_LOADER_CLASS = ProjectConfigLoader
 CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
+    "base_env": BASE_ENV,
+    "default_run_env": DEFAULT_RUN_ENV,
 }

@@ -79,7 +79,7 @@ def poison_client_2(message: Message, context, call_next) -> Message:
 
 
 def test_simulated_round_goes_on_without_a_crashed_site_and_rejects_a_poisoned_one(tiny_dataset, tmp_path):
-    from fedpatchcore.flower.server import FederationPlan
+    from fedpatchcore.flower.rounds import FederationPlan
     from fedpatchcore.flower.simulation import simulate
     from fedpatchcore.pipelines.federated import flower_pipeline, nodes
 

@@ -70,10 +70,7 @@ class KedroProject:
 
 @pytest.fixture(scope="module")
 def kedro_project(tmp_path_factory) -> Iterator[KedroProject]:
-    from kedro.framework.project import pipelines
     from kedro.framework.startup import bootstrap_project
-
-    from fedpatchcore import structure
 
     path = tmp_path_factory.mktemp("project")
     shutil.copy(REPO_ROOT / "pyproject.toml", path / "pyproject.toml")
@@ -84,10 +81,6 @@ def kedro_project(tmp_path_factory) -> Iterator[KedroProject]:
         patch.chdir(path)
         bootstrap_project(path)
         yield KedroProject(path)
-    # The structure hook keeps the last run's parameters process-wide; forget them so later
-    # tests build pipelines from the repo's own parameters again.
-    structure._run_parameters = None
-    pipelines.configure("fedpatchcore.pipeline_registry")
 
 
 # --------------------------------------------------------------------------- in-memory slices

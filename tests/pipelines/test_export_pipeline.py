@@ -184,13 +184,12 @@ def test_export_pipeline_is_one_namespaced_node_per_variant():
 
 
 @pytest.mark.parametrize("enabled", [False, True])
-def test_registry_adds_export_only_when_enabled(monkeypatch, enabled):
-    from fedpatchcore.pipeline_registry import register_pipelines
+def test_registry_adds_export_only_when_enabled(enabled):
+    from fedpatchcore.pipeline_registry import create_pipelines
 
     params = ProjectConfigLoader(str(CONF), base_env="base", default_run_env="local")["parameters"]
     params = {**params, "export": {**params["export"], "enabled": enabled}}
-    monkeypatch.setattr(structure, "_run_parameters", params)
-    pipes = register_pipelines()
+    pipes = create_pipelines(params)
     variants = [v.name for v in structure.federated_variants(params)]
     expected = {f"{v}.export_maps" for v in variants} | (
         {"centralized.export_maps"} if structure.comparison_enabled(params) else set()

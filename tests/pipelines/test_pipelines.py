@@ -131,7 +131,7 @@ def test_category_layout_with_two_rounds(kedro_project):
         "aggregation": {"global_bank_size": 8},
     }
     outputs, catalog = kedro_project.run(params, pipeline_names=["federated"])
-    client_ids = set(structure.federated_variants(structure.current_parameters())[0].client_ids)
+    client_ids = set(structure.federated_variants(catalog.load("parameters"))[0].client_ids)
     assert client_ids == {"metal", "textile", "electronics", "qc"}
 
     report = catalog.load("federated.round_2_report")
@@ -154,16 +154,15 @@ def test_category_layout_with_two_rounds(kedro_project):
     assert set(bank.origin["metal_plate"].tolist()) <= {"metal", "qc"}
 
 
-def test_default_client_lanes_are_namespaced(monkeypatch):
-    from fedpatchcore.pipeline_registry import register_pipelines
+def test_default_client_lanes_are_namespaced():
+    from fedpatchcore.config_loader import project_parameters
+    from fedpatchcore.pipeline_registry import create_pipelines
 
-    monkeypatch.setattr(structure, "_run_parameters", None)
-    monkeypatch.chdir(REPO_ROOT)  # outside a run the project's conf/ is read from the cwd
     configured = yaml.safe_load((REPO_ROOT / "conf/base/parameters_federated.yml").read_text())
     client_ids = list(configured["federation"]["clients"])
     assert client_ids
 
-    federated = register_pipelines()["federated"]
+    federated = create_pipelines(project_parameters(REPO_ROOT / "conf"))["federated"]
     names = {n.name for n in federated.nodes}
     for cid in client_ids:
         assert f"federated.client_{cid}.extract_features" in names

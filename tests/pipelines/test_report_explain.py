@@ -229,8 +229,9 @@ def test_explain_names_the_variants_when_asked_for_an_unknown_one(kedro_project,
 
 
 @pytest.mark.slow
-def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(kedro_project, federated_run, monkeypatch):
-    from fedpatchcore.pipeline_registry import register_pipelines
+def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(kedro_project, federated_run):
+    from fedpatchcore.config_loader import project_parameters
+    from fedpatchcore.pipeline_registry import create_pipelines
 
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
     kedro = shutil.which("kedro", path=str(Path(sys.executable).parent)) or "kedro"
@@ -245,8 +246,8 @@ def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     api = kedro_project.path / "build" / "api"
 
-    monkeypatch.setattr(structure, "_run_parameters", None)  # the project's own conf, as viz read it
-    registered = register_pipelines()
+    parameters = project_parameters(kedro_project.path / "conf")  # the project's own conf, as viz read it
+    registered = create_pipelines(parameters)
     for name, registered_pipeline in registered.items():
         built = json.loads((api / "pipelines" / name).read_text())
         shown = {n.get("full_name") or n["name"] for n in built["nodes"] if n["type"] == "task"}
@@ -256,7 +257,7 @@ def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(
     # Every client lane is its own box (modular pipeline) of the federated pipeline.
     federated = json.loads((api / "pipelines" / "federated").read_text())
     lanes = set(federated["modular_pipelines"])
-    for variant in structure.federated_variants():
+    for variant in structure.federated_variants(parameters):
         for cid in variant.client_ids:
             assert f"{variant.name}.client_{cid}" in lanes
 

@@ -17,7 +17,8 @@ from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import TEST, TRAIN, category_info_to_dict, samples_to_frame
 from fedpatchcore.core.features.setting import Setting
 from fedpatchcore.params_schema import parameter_problems
-from fedpatchcore.pipeline_registry import centralized_evaluation, register_pipelines
+from fedpatchcore.pipeline_registry import create_pipelines
+from fedpatchcore.pipelines.evaluation.pipeline import centralized_evaluation
 from fedpatchcore.pipelines.federated.pipeline import partition_pipeline
 from fedpatchcore.pipelines.ingest import nodes as ingest_nodes
 from fedpatchcore.pipelines.predict import nodes as predict_nodes
@@ -257,9 +258,8 @@ def test_predict_refuses_without_a_held_out_validation_split(centralized_with_va
         _predict(parameters, data, split, leaked, tmp_path, input=str(root))
 
 
-def test_predict_and_tune_are_registered(monkeypatch):
-    monkeypatch.setattr(structure, "_run_parameters", project_parameters())
-    pipelines = register_pipelines()
+def test_predict_and_tune_are_registered():
+    pipelines = create_pipelines(project_parameters())
     assert {"tune", "predict"} <= set(pipelines)
     predict = pipelines["predict"]
     assert "federated.memory_bank" in predict.inputs() and "federated.partition" in predict.inputs()

@@ -154,14 +154,14 @@ def test_a_client_with_several_categories_splits_its_budget_by_the_mode():
     n_rows, n_images = {"big": 1000, "small": 100}, {"big": 10, "small": 1}
 
     def sizes(mode, total_size=None):
-        settings = client.ClientSettings.from_parameters(
-            "qc",
-            coreset={"ratio": 0.1, "max_size": None, "total_size": total_size},
-            federation={},
-            extraction={"batch_size": 1},
-            seed=0,
-            fairness={"mode": mode, "group_by": "category", "min_share": 0.25},
-        )
+        parameters = {
+            "coreset": {"ratio": 0.1, "max_size": None, "total_size": total_size},
+            "federation": {},
+            "extraction": {"batch_size": 1},
+            "seed": 0,
+            "fairness": {"mode": mode, "group_by": "category", "min_share": 0.25},
+        }
+        settings = client.ClientSettings.from_run(parameters, "qc")
         return client.local_coreset_sizes(n_rows, n_images, settings)
 
     assert sizes("none") == {"big": 100, "small": 10}  # ratio x patches, as always

@@ -148,14 +148,14 @@ def features(tmp_path) -> tuple[ExtractedFeatures, dict[str, np.ndarray]]:
 
 
 def _client_settings(privacy_block: dict | None) -> client.ClientSettings:
-    return client.ClientSettings.from_parameters(
-        "a",
-        coreset={"ratio": 0.5, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu"},
-        federation={},
-        extraction={"batch_size": 2},
-        seed=0,
-        privacy=privacy_block,
-    )
+    parameters = {
+        "coreset": {"ratio": 0.5, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu"},
+        "federation": {},
+        "extraction": {"batch_size": 2},
+        "seed": 0,
+        "privacy": privacy_block,
+    }
+    return client.ClientSettings.from_run(parameters, "a")
 
 
 PRIVATE = {

@@ -1,5 +1,6 @@
 """What every stage uses: seeded randomness (``seeding``), devices and thread counts
-(``runtime``), and integer quota arithmetic (``quotas``).
+(``runtime``), integer quota arithmetic (``quotas``) and the fingerprint of a piece of
+work (``fingerprint``: which work variants share, a Flower site reuses or a server resumes).
 
 Imports: nothing of fedpatchcore.
 """

@@ -80,10 +80,19 @@ class FairnessSettings:
 
     def shapes_client_coreset(self, total_size: int | None) -> bool:
         """Whether a client's per-category coreset sizes differ from ``ratio`` × each category's patches."""
-        return self.group_by == "category" and (self.active or total_size is not None)
+        return shapes_client_coreset(self.mode, self.group_by, total_size)
 
     def describe(self) -> dict[str, Any]:
         return {"mode": self.mode, "group_by": self.group_by, "min_share": float(self.min_share)}
+
+
+def shapes_client_coreset(mode: str, group_by: str, total_size: int | None) -> bool:
+    """Whether ``fairness`` (and ``coreset.total_size``) change a client's per-category coreset sizes.
+
+    They do when budgets are split among categories and there is a budget to split: a fairness
+    mode, or one ``total_size`` over all the client's categories.
+    """
+    return group_by == "category" and (mode != "none" or total_size is not None)
 
 
 def _floored(weights: np.ndarray, floors: np.ndarray, caps: np.ndarray, budget: int) -> np.ndarray:

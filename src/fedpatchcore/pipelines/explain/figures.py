@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
-from fedpatchcore.pipelines.report.figures import CONTOUR_COLOUR
+from fedpatchcore.core.reporting.style import CONTOUR_COLOUR
 
 OTHER_CLIENT_TILE = (0.91, 0.92, 0.94)  # blank tile standing in for another client's patch
 

@@ -15,7 +15,7 @@ from kedro.pipeline import Pipeline, node, pipeline
 from fedpatchcore import structure
 from fedpatchcore.pipelines import bind
 from fedpatchcore.pipelines.explain import figures, nodes
-from fedpatchcore.pipelines.training.nodes import CENTRALIZED_CLIENT
+from fedpatchcore.structure import CENTRALIZED_CLIENT
 
 NAMESPACE = "explain"
 OUTPUTS = ("explanation", "arrays", "crops")
@@ -36,8 +36,7 @@ def _client_datasets(variant_name: str, variants: list[structure.Variant]) -> tu
     return coresets, tables
 
 
-def create_pipeline(parameters: Mapping[str, Any] | None = None) -> Pipeline:
-    parameters = structure.current_parameters() if parameters is None else parameters
+def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     explain = parameters.get("explain") or {}
     variant_name = str(explain.get("variant") or structure.MAIN_VARIANT)
     variants = structure.federated_variants(parameters)

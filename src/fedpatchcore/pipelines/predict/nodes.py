@@ -25,6 +25,7 @@ import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
+from fedpatchcore.core.features import tuned_settings as run_settings
 from fedpatchcore.core.features.setting import EmbedderCache, Setting
 from fedpatchcore.core.scoring.predict import (
     build_category_models,
@@ -33,7 +34,6 @@ from fedpatchcore.core.scoring.predict import (
     save_predictions,
 )
 from fedpatchcore.core.scoring.thresholds import calibrations_from_dict, calibrations_to_dict
-from fedpatchcore.pipelines import settings as run_settings
 
 logger = logging.getLogger(__name__)
 

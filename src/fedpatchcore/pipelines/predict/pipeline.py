@@ -19,8 +19,7 @@ from fedpatchcore.pipelines.predict import nodes
 NAMESPACE = "predict"
 
 
-def create_pipeline(parameters: Mapping[str, Any] | None = None) -> Pipeline:
-    parameters = structure.current_parameters() if parameters is None else parameters
+def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     predict = parameters.get("predict") or {}
     variant_name = str(predict.get("variant") or structure.MAIN_VARIANT)
     variants = structure.federated_variants(parameters)

@@ -19,16 +19,14 @@ import pandas as pd
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.loading import load_image, load_mask
 from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
+
+# Ground truth is read exactly as the metrics read it (same masks, same sPRO regions).
+from fedpatchcore.core.evaluation.ground_truth import ground_truth
 from fedpatchcore.core.reporting.curves import bank_contributions as count_bank_contributions
 from fedpatchcore.core.reporting.curves import pick_overlays, roc_curve, spro_curve
-
-# Ground truth is read exactly as the metrics node reads it (same masks, same sPRO regions).
-from fedpatchcore.pipelines.evaluation.nodes import _ground_truth
+from fedpatchcore.core.reporting.style import CONTOUR_COLOUR
 
 logger = logging.getLogger(__name__)
-
-CONTOUR_COLOUR = "#00ff66"  # ground-truth outline, visible on images and on the jet colour map
-
 
 # --------------------------------------------------------------------------------------------
 # curves
@@ -56,7 +54,7 @@ def compute_curves(
             roc["threshold"][0] = None  # +inf is not JSON
         spro = None
         if info.has_pixel_ground_truth:
-            regions = [_ground_truth(samples[key], info)[1] for key in keys]
+            regions = [ground_truth(samples[key], info)[1] for key in keys]
             spro = spro_curve(entry["maps"], regions, max_fpr=max_fpr)
         categories[category] = {"roc": roc, "spro": spro}
     return {"spro_max_fpr": max_fpr, "categories": categories}

@@ -24,7 +24,7 @@ from fedpatchcore.core.federation.aggregation import AggregationError
 from fedpatchcore.core.federation.client import LocalCoreset
 from fedpatchcore.flower import records, site
 from fedpatchcore.flower.client_app import make_client_app
-from fedpatchcore.flower.server import CatalogRoundStore, FederationPlan, serve
+from fedpatchcore.flower.rounds import CatalogRoundStore, FederationPlan, serve
 from fedpatchcore.pipelines.federated.pipeline import federated_training
 from tests.flower.fakes import FakeGrid, app_node
 from tests.pipelines.conftest import (
