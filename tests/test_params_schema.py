@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from fedpatchcore.params_schema import (
     BLOCKS,
@@ -237,3 +239,72 @@ def test_only_some_blocks_can_be_checked():
     assert parameter_problems(params, blocks=["federation"]) == [
         "federation.rounds: Input should be greater than or equal to 1 (got 0)"
     ]
+
+
+# --------------------------------------------------------------------------- defaults in one place
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _defaulted(model: type[BaseModel], values: dict, path: tuple[str, ...]) -> dict[tuple[str, ...], Any]:
+    """path -> schema default of every key of ``model`` that has one (nested blocks walked where conf sets them)."""
+    found = {}
+    for name, field in model.model_fields.items():
+        sub = _submodel(field.annotation)
+        if sub is not None and isinstance(values.get(name), dict):
+            found.update(_defaulted(sub, values[name], (*path, name)))
+        elif not field.is_required():
+            found[(*path, name)] = field.get_default(call_default_factory=True)
+    return found
+
+
+def _schema_defaults(params: dict) -> dict[tuple[str, ...], Any]:
+    return {
+        path: default
+        for block, model in BLOCKS.items()
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        for path, default in _defaulted(model, params[block], (block,)).items()
+    }
+
+
+def test_every_schema_default_is_the_value_conf_base_writes():
+    """conf/base is where a default is written; a key's schema default repeats it, never differs."""
+    params = _base()
+    defaults = _schema_defaults(params)
+    assert ("fairness", "min_share") in defaults and ("federation", "flower", "num_cpus") in defaults
+    different = {}
+    for path, default in defaults.items():
+        value = params
+        for key in path:
+            assert key in value, f"{'.'.join(path)} has a schema default but no line in conf/base"
+            value = value[key]
+        if value != default:
+            different[".".join(path)] = (default, value)
+    assert not different, f"schema default vs conf/base: {different}"
+
+
+def _without(params: dict, paths) -> dict:
+    params = copy.deepcopy(params)
+    for *parents, key in paths:
+        target = params
+        for part in parents:
+            target = target[part]
+        target.pop(key)
+    return params
+
+
+def test_settings_read_a_left_out_key_as_conf_base_writes_it():
+    """A key a file may leave out (it has a schema default) means the same to ClientSettings /
+    ServerSettings.from_run as conf/base's value: their fallbacks agree with conf/base too."""
+    from fedpatchcore.core.federation.client import CLIENT_BLOCKS, ClientSettings
+    from fedpatchcore.core.federation.server import SERVER_BLOCKS, ServerSettings
+
+    full = _base()
+    read = set(CLIENT_BLOCKS) | set(SERVER_BLOCKS)
+    stripped = _without(full, [path for path in _schema_defaults(full) if path[0] in read])
+    for client_id in ("metal", "qc"):
+        assert ClientSettings.from_run(stripped, client_id) == ClientSettings.from_run(full, client_id)
+    assert ServerSettings.from_run(stripped) == ServerSettings.from_run(full)

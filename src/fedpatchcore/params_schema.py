@@ -10,6 +10,9 @@ parameters (conf environment + ``--params``) against them and raises one
     aggregation.strategy: unknown strategy 'fedavg'; choose one of ['concatenate', ...]
     federation.partiton: unknown key (a typo?); known keys: alpha, client_coreset_ratios, ...
 
+A key's default here is its value in ``conf/base`` (a test holds them equal): conf/base is the
+one place defaults are written, the schema only repeats them for a key a file leaves out.
+
 Types are strict (``"7"`` is not an integer, ``1`` is not a boolean); names that come from a
 registry (``aggregation.strategy``, ``backbone.name``) are looked up when validating, so
 strategies and backbones registered later are accepted without touching this file.
@@ -211,7 +214,7 @@ class BackboneParams(Block):
 @block("extraction")
 class ExtractionParams(Block):
     batch_size: PositiveInt
-    num_threads: NonNegativeInt | None = None  # 0 / null: leave torch's thread count as it is
+    num_threads: NonNegativeInt | None = 2  # 0 / null: leave torch's thread count as it is
     num_workers: NonNegativeInt
     scratch_dir: Annotated[str, Field(min_length=1)]
     neighbourhood: PositiveInt
@@ -227,9 +230,9 @@ class ExtractionParams(Block):
 @block("coreset")
 class CoresetParams(Block):
     ratio: Ratio
-    max_size: PositiveInt | None = None
+    max_size: PositiveInt | None  # null: no bound (conf/base holds the project's bound)
     total_size: PositiveInt | None = None
-    projection_dim: PositiveInt | None = None
+    projection_dim: PositiveInt | None  # null: k-center on full vectors (conf/base: 128)
     num_starts: PositiveInt = 1
     device: str = "auto"
 
@@ -242,7 +245,7 @@ class ScoringParams(Block):
     reweight: bool
     reweight_neighbours: PositiveInt
     batch_size: PositiveInt
-    approximate_index_above: PositiveInt | None = None
+    approximate_index_above: PositiveInt | None = 200000
     image_score: str = "max"
     topk: PositiveInt = 10
 
@@ -377,13 +380,13 @@ class FlowerParams(Block):
 @block("federation")
 class FederationParams(Block):
     partition: str
-    num_clients: PositiveInt | None = None
-    clients: dict[str, Any] | None = None
+    num_clients: PositiveInt | None = 4
+    clients: dict[str, Any] | None  # the category layout: conf/base names it (no default here)
     qc_sample_ratio: UnitFloat = 0.1
-    alpha: Annotated[float, Field(gt=0)] | None = None
+    alpha: Annotated[float, Field(gt=0)] | None = 0.5
     rounds: PositiveInt = 1
     coverage_quantile: UnitFloat
-    client_coreset_ratios: dict[str, Ratio] | None = None
+    client_coreset_ratios: dict[str, Ratio] | None = {}
     engine: str = "inprocess"
     round_timeout_s: Annotated[float, Field(gt=0)] = 600
     flower: FlowerParams = FlowerParams()
@@ -451,14 +454,15 @@ class LeaveOneOutParams(Block):
 
 @block("comparison")
 class ComparisonParams(Block):
-    enabled: bool = False
+    enabled: bool = True
     name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "comparison"
     centralized: bool = True
     groups: str = "categories"
     labels: dict[str, dict[str, Any]] = {}
     leave_one_out: LeaveOneOutParams | None = None
     # variant name -> overrides: {block: {key: value}}, plus optional `labels` for the table
-    variants: dict[str, dict[str, Any] | None] | None = None
+    # (the experiment's own: conf/base or the experiment's environment names them, no default here)
+    variants: dict[str, dict[str, Any] | None] | None
 
     @field_validator("groups")
     @classmethod
@@ -511,7 +515,7 @@ register_block("heterogeneity", Annotated[dict[Any, Any], AfterValidator(_hetero
 class FairnessParams(Block):
     mode: str = "none"
     group_by: str = "category"
-    min_share: UnitFloat = 0.0
+    min_share: UnitFloat = 0.1
 
     @field_validator("mode")
     @classmethod

@@ -155,9 +155,9 @@ def test_a_client_with_several_categories_splits_its_budget_by_the_mode():
 
     def sizes(mode, total_size=None):
         parameters = {
-            "coreset": {"ratio": 0.1, "max_size": None, "total_size": total_size},
+            "coreset": {"ratio": 0.1, "max_size": None, "projection_dim": None, "total_size": total_size},
             "federation": {},
-            "extraction": {"batch_size": 1},
+            "extraction": {"batch_size": 1, "num_workers": 0},
             "seed": 0,
             "fairness": {"mode": mode, "group_by": "category", "min_share": 0.25},
         }

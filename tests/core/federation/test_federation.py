@@ -20,7 +20,7 @@ def _client_settings(client_id: str = "a", **overrides) -> client.ClientSettings
     federation = {"coverage_quantile": 0.5, "client_coreset_ratios": {}, **overrides.pop("federation", {})}
     coreset = {"ratio": 0.25, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu", **overrides}
     return client.ClientSettings.from_run(
-        {"coreset": coreset, "federation": federation, "extraction": {"batch_size": 2}, "seed": 0}, client_id
+        {"coreset": coreset, "federation": federation, "extraction": {"batch_size": 2, "num_workers": 0}, "seed": 0}, client_id
     )
 
 

@@ -76,9 +76,9 @@ def test_degrader_is_seeded_per_image_logs_every_image_and_only_acts_for_its_cli
     assert degrader.manifest[0]["applied"] == {"noise_sigma": 0.05}
 
     settings = {
-        "coreset": {"ratio": 0.1},
+        "coreset": {"ratio": 0.1, "max_size": None, "projection_dim": None},
         "federation": {},
-        "extraction": {"batch_size": 1},
+        "extraction": {"batch_size": 1, "num_workers": 0},
         "seed": 0,
         "heterogeneity": {"1": {"noise_sigma": 0.05}},
     }

@@ -151,7 +151,7 @@ def _client_settings(privacy_block: dict | None) -> client.ClientSettings:
     parameters = {
         "coreset": {"ratio": 0.5, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu"},
         "federation": {},
-        "extraction": {"batch_size": 2},
+        "extraction": {"batch_size": 2, "num_workers": 0},
         "seed": 0,
         "privacy": privacy_block,
     }

@@ -47,11 +47,11 @@ GROUP_BY = ("category", "client")
 
 @dataclass(frozen=True)
 class FairnessSettings:
-    """The ``fairness`` parameter block."""
+    """The ``fairness`` parameter block (defaults: conf/base/parameters_fairness.yml's)."""
 
     mode: str = "none"
     group_by: str = "category"
-    min_share: float = 0.0
+    min_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -65,9 +65,9 @@ class FairnessSettings:
     def from_parameters(cls, fairness: Mapping[str, Any] | None) -> FairnessSettings:
         fairness = dict(fairness or {})
         return cls(
-            mode=str(fairness.get("mode", "none")),
-            group_by=str(fairness.get("group_by", "category")),
-            min_share=float(fairness.get("min_share", 0.0)),
+            mode=str(fairness.get("mode", cls.mode)),
+            group_by=str(fairness.get("group_by", cls.group_by)),
+            min_share=float(fairness.get("min_share", cls.min_share)),
         )
 
     @property
