@@ -277,8 +277,8 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
     (sizes from :func:`local_coreset_sizes`).
 
     With ``settings.privacy.enabled`` the coreset is chosen among the category's *released*
-    rows (:func:`release_local_rows`): k-center never sees a raw vector, and the coreset ratio
-    applies to the released rows. Self-measured image quality is then not reported either (it
+    rows (:func:`release_local_rows`): k-center never sees a raw vector, and the sizes (ratio,
+    ``coreset.total_size``, fairness quotas) apply to the released rows. Self-measured image quality is then not reported either (it
     is computed from the raw images and not covered by the guarantee).
     """
     if settings.privacy.enabled:
@@ -327,8 +327,15 @@ def release_local_rows(features: ExtractedFeatures, settings: ClientSettings) ->
 def _select_among_released(features: ExtractedFeatures, settings: ClientSettings) -> LocalCoreset:
     device = resolve_device(settings.coreset_device, parameter="coreset.device")
     banks, sources = {}, {}
-    for category, released in release_local_rows(features, settings).items():
-        k = coreset_size(len(released.rows), settings.coreset_ratio, settings.coreset_max_size)
+    release = release_local_rows(features, settings)
+    # The same budget rules as without privacy (ratio, total_size, fairness), on the released rows.
+    sizes = local_coreset_sizes(
+        {c: len(released.rows) for c, released in release.items()},
+        {c: len(keys) for c, keys in features.image_keys.items()},
+        settings,
+    )
+    for category, released in release.items():
+        k = sizes[category]
         chosen = greedy_kcenter(
             released.rows,
             k,
