@@ -308,3 +308,52 @@ def test_settings_read_a_left_out_key_as_conf_base_writes_it():
     for client_id in ("metal", "qc"):
         assert ClientSettings.from_run(stripped, client_id) == ClientSettings.from_run(full, client_id)
     assert ServerSettings.from_run(stripped) == ServerSettings.from_run(full)
+
+
+# --------------------------------------------------------------------------- per-client keys
+
+
+CATEGORY_CLIENTS = "its clients are ['metal', 'textile', 'electronics', 'qc']"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"heterogeneity": {"7": {"noise_sigma": 0.1}}}, "heterogeneity.7"),
+        ({"aggregation__client_weights": {"ghost": 0.0}}, "aggregation.client_weights.ghost"),
+        ({"federation__client_coreset_ratios": {"QC": 0.2}}, "federation.client_coreset_ratios.QC"),
+    ],
+)
+def test_a_per_client_key_must_name_a_client_of_the_partition(changes, path):
+    params = _with(comparison__enabled=False, **changes)
+    [problem] = parameter_problems(params)
+    assert problem == f"{path}: no client '{path.rsplit('.', 1)[1]}' in the partition (federation.partition: category); {CATEGORY_CLIENTS}"
+    fine = _with(comparison__enabled=False, heterogeneity={"qc": {"noise_sigma": 0.1}}, aggregation__client_weights={"metal": 0.5})
+    assert parameter_problems(fine) == []
+
+
+def test_per_client_keys_are_checked_against_each_variants_own_partition():
+    from fedpatchcore.config_loader import project_parameters
+
+    runtime = {
+        "heterogeneity": {"qc": {"noise_sigma": 0.1}},  # a client of the category layout ...
+        "comparison": {"variants": {"federated_iid": {"federation": {"partition": "iid"}}}},  # ... not of 1..4
+    }
+    problems = parameter_problems(project_parameters(REPO_ROOT / "conf", env="base", runtime_params=runtime))
+    assert problems == [
+        "variants.federated_iid.heterogeneity.qc: no client 'qc' in the partition (federation.partition: iid); "
+        "its clients are ['1', '2', '3', '4']"
+    ]
+    runtime["comparison"]["variants"]["federated_iid"]["heterogeneity"] = {"1": {"noise_sigma": 0.1}}
+    assert parameter_problems(project_parameters(REPO_ROOT / "conf", env="base", runtime_params=runtime)) == []
+
+
+def test_leave_one_out_names_clients_of_its_base_run():
+    from fedpatchcore.config_loader import project_parameters
+
+    params = project_parameters(REPO_ROOT / "conf", env="robustness")
+    assert parameter_problems(params) == []
+    dropped = params["comparison"]["leave_one_out"]["dropped"]
+    params["comparison"]["leave_one_out"]["dropped"] = {**dropped, "9": next(iter(dropped.values()))}
+    [problem] = parameter_problems(params)
+    assert problem.startswith("comparison.leave_one_out.dropped.9: no client '9' in the partition")

@@ -698,6 +698,64 @@ def _validate_blocks(params: Mapping[str, Any], prefix: str, only: Iterable[str]
     return problems
 
 
+#: Parameters keyed by client id: every key must name a client of the run's partition.
+PER_CLIENT_KEYS: tuple[tuple[str, ...], ...] = (
+    ("heterogeneity",),
+    ("aggregation", "client_weights"),
+    ("federation", "client_coreset_ratios"),
+)
+
+
+def _partition_clients(params: Mapping[str, Any]) -> list[str] | None:
+    """The client ids of ``params``' partition (``None`` when the federation block cannot say:
+    its own problems are reported with it)."""
+    from fedpatchcore.core.federation.partition import client_ids_of
+
+    try:
+        return client_ids_of(params["federation"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _unknown_clients(keys: Iterable[Any], clients: list[str], where: str, federation: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{where}.{key}: no client '{key}' in the partition (federation.partition: "
+        f"{federation.get('partition')}); its clients are {clients}"
+        for key in keys
+        if str(key) not in clients
+    ]
+
+
+def _client_id_problems(params: Mapping[str, Any], prefix: str) -> list[str]:
+    """Per-client keys (:data:`PER_CLIENT_KEYS`) naming a client the partition does not have.
+
+    Such a key used to be ignored without a word (``heterogeneity.<id>``) or noticed only after
+    the extraction (``aggregation.client_weights.<id>``).
+    """
+    clients = _partition_clients(params)
+    if clients is None:
+        return []
+    problems = []
+    for path in PER_CLIENT_KEYS:
+        values: Any = params
+        for key in path:
+            values = values.get(key) if isinstance(values, Mapping) else None
+        if isinstance(values, Mapping):
+            problems += _unknown_clients(values, clients, prefix + ".".join(path), params["federation"])
+    return problems
+
+
+def _leave_one_out_problems(params: Mapping[str, Any]) -> list[str]:
+    """``comparison.leave_one_out.dropped`` names clients of its ``base`` run's partition."""
+    leave_one_out = (params.get("comparison") or {}).get("leave_one_out") or {}
+    base = ((params.get(VARIANTS_KEY) or {}).get(leave_one_out.get("base")) or {}) if leave_one_out else {}
+    clients = _partition_clients(base) if base else None
+    dropped = leave_one_out.get("dropped")
+    if clients is None or not isinstance(dropped, Mapping):
+        return []
+    return _unknown_clients(dropped, clients, "comparison.leave_one_out.dropped", base["federation"])
+
+
 def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None = None) -> list[str]:
     """Every problem of ``params`` and of each ``params['variants'][<name>]``, as ``path: message``.
 
@@ -706,6 +764,8 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
     if not isinstance(params, Mapping):
         return [f"parameters must be a mapping of blocks, got {type(params).__name__}"]
     problems = _validate_blocks(params, "", blocks)
+    if blocks is None:
+        problems += _client_id_problems(params, "") + _leave_one_out_problems(params)
     shared = set(problems)
     variants = params.get(VARIANTS_KEY)
     if variants is not None:
@@ -724,6 +784,8 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
                 found = _validate_blocks(
                     {k: v for k, v in resolved.items() if k not in RESERVED_KEYS}, prefix, variant_blocks
                 )
+                if blocks is None:
+                    found += _client_id_problems(resolved, prefix)
                 # A problem every variant inherits from the shared parameters is reported once, there.
                 problems += [p for p in found if p.removeprefix(prefix) not in shared]
     return problems

@@ -116,6 +116,15 @@ def _fails_before_any_node(kedro_project, params, **run_args) -> ParameterError:
                 "aggregation.strategy: unknown strategy",
             ],
         ),
+        # Issue 20: a degradation of a client the partition does not have was ignored (rc 0),
+        # in the main run and in every variant.
+        (
+            {"heterogeneity": {"ghost": {"noise_sigma": 0.1}}},
+            [
+                "heterogeneity.ghost: no client 'ghost' in the partition (federation.partition: category)",
+                "variants.federated_iid.heterogeneity.ghost: no client 'ghost' in the partition (federation.partition: iid)",
+            ],
+        ),
     ],
 )
 def test_bad_parameters_stop_the_run_before_any_node(kedro_project, first_run, params, expected):
