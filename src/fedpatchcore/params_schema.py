@@ -232,6 +232,7 @@ class CoresetParams(Block):
     ratio: Ratio
     max_size: PositiveInt | None  # null: no bound (conf/base holds the project's bound)
     total_size: PositiveInt | None = None
+    min_rows: PositiveInt = 1
     projection_dim: PositiveInt | None  # null: k-center on full vectors (conf/base: 128)
     num_starts: PositiveInt = 1
     device: str = "auto"
@@ -726,23 +727,31 @@ def _unknown_clients(keys: Iterable[Any], clients: list[str], where: str, federa
     ]
 
 
-def _client_id_problems(params: Mapping[str, Any], prefix: str) -> list[str]:
+def _client_id_problems(params: Mapping[str, Any], prefix: str, invalid: Iterable[str] = ()) -> list[str]:
     """Per-client keys (:data:`PER_CLIENT_KEYS`) naming a client the partition does not have.
 
     Such a key used to be ignored without a word (``heterogeneity.<id>``) or noticed only after
-    the extraction (``aggregation.client_weights.<id>``).
+    the extraction (``aggregation.client_weights.<id>``). Blocks in ``invalid`` (their values
+    have problems already) are not looked at.
     """
     clients = _partition_clients(params)
     if clients is None:
         return []
     problems = []
     for path in PER_CLIENT_KEYS:
+        if path[0] in invalid:
+            continue
         values: Any = params
         for key in path:
             values = values.get(key) if isinstance(values, Mapping) else None
         if isinstance(values, Mapping):
             problems += _unknown_clients(values, clients, prefix + ".".join(path), params["federation"])
     return problems
+
+
+def _blocks_of(problems: Iterable[str], prefix: str) -> set[str]:
+    """The blocks ``problems`` (``<prefix><block>...: message``) are about."""
+    return {p.removeprefix(prefix).split(":")[0].split(".")[0] for p in problems}
 
 
 def _leave_one_out_problems(params: Mapping[str, Any]) -> list[str]:
@@ -765,7 +774,7 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
         return [f"parameters must be a mapping of blocks, got {type(params).__name__}"]
     problems = _validate_blocks(params, "", blocks)
     if blocks is None:
-        problems += _client_id_problems(params, "") + _leave_one_out_problems(params)
+        problems += _client_id_problems(params, "", _blocks_of(problems, "")) + _leave_one_out_problems(params)
     shared = set(problems)
     variants = params.get(VARIANTS_KEY)
     if variants is not None:
@@ -785,7 +794,7 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
                     {k: v for k, v in resolved.items() if k not in RESERVED_KEYS}, prefix, variant_blocks
                 )
                 if blocks is None:
-                    found += _client_id_problems(resolved, prefix)
+                    found += _client_id_problems(resolved, prefix, _blocks_of(found, prefix))
                 # A problem every variant inherits from the shared parameters is reported once, there.
                 problems += [p for p in found if p.removeprefix(prefix) not in shared]
     return problems
