@@ -66,6 +66,7 @@ class ClientSettings:
     # Rows kept over all the client's categories (None: ratio × each category's patches) and how
     # they are split among its categories (fairness.group_by: category).
     coreset_total_size: int | None = None
+    coreset_min_rows: int = 1  # each category's floor when that budget is split
     fairness: FairnessSettings = FairnessSettings()
     # Differentially private release before the local coreset (disabled: raw rows, as always).
     privacy: PrivacySettings = PrivacySettings()
@@ -102,6 +103,7 @@ class ClientSettings:
             num_workers=int(extraction["num_workers"]),
             heterogeneity=parse_client(client_id, (run["heterogeneity"] or {}).get(client_id)),
             coreset_total_size=None if total_size is None else int(total_size),
+            coreset_min_rows=int(coreset.get("min_rows", 1)),
             fairness=FairnessSettings.from_parameters(run["fairness"]),
             privacy=PrivacySettings.from_parameters(run["privacy"], seed),
         )
@@ -253,7 +255,7 @@ def local_coreset_sizes(
     the client's categories (``total_size``, else the rows the default would keep in all) is
     split among them by :func:`~fedpatchcore.core.federation.fairness.group_quotas` (sizes: the
     client's images per category; candidates: its patch vectors, at most ``max_size``); every
-    category keeps at least one row.
+    category keeps at least ``coreset.min_rows`` rows (all it has, if fewer).
     """
     default = {c: coreset_size(n, settings.coreset_ratio, settings.coreset_max_size) for c, n in n_rows.items()}
     if not settings.fairness.shapes_client_coreset(settings.coreset_total_size):
@@ -261,14 +263,14 @@ def local_coreset_sizes(
     budget = settings.coreset_total_size if settings.coreset_total_size is not None else sum(default.values())
     cap = settings.coreset_max_size
     candidates = {c: int(n if cap is None else min(n, cap)) for c, n in n_rows.items()}
-    fairness = settings.fairness
-    if budget < sum(1 for n in candidates.values() if n > 0):
+    fairness, floor = settings.fairness, settings.coreset_min_rows
+    if budget < sum(min(floor, n) for n in candidates.values()):
         raise ValueError(
-            f"coreset.total_size={budget} cannot give each of client {settings.client_id}'s {len(candidates)} "
-            "categories a row"
+            f"a budget of {budget} rows (coreset.total_size, or ratio over all categories) cannot give each of "
+            f"client {settings.client_id}'s {len(candidates)} categories coreset.min_rows={floor} rows"
         )
     return group_quotas(
-        {c: n_images.get(c, 0) for c in n_rows}, candidates, budget, fairness.mode, fairness.min_share, minimum=1
+        {c: n_images.get(c, 0) for c in n_rows}, candidates, budget, fairness.mode, fairness.min_share, minimum=floor
     )
 
 
