@@ -10,10 +10,11 @@ import pandas as pd
 import pytest
 
 from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.data.types import Sample, samples_to_frame
+from fedpatchcore.core.data.types import samples_to_frame
 from fedpatchcore.core.federation.aggregation import AggregationError
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.ingest.nodes import reserve_label_noise_images
+from tests.core.federation.test_heterogeneity import label_noise_dataset
 
 AGGREGATION = {"strategy": "federated_coreset", "global_bank_size": None, "min_clients": 1}
 SERVER = {
@@ -83,17 +84,8 @@ def test_summary_counts_raw_image_bytes_per_client(tmp_path):
     assert summary["communication"]["model_broadcast_bytes"] == 12 * 4 * 4 * 2
 
 
-def _dataset() -> pd.DataFrame:
-    samples = []
-    for category in ("plate", "fabric"):
-        samples += [Sample(category, "train", "good", f"{i:03d}", f"/d/{category}/train/{i}.png") for i in range(10)]
-        samples += [Sample(category, "test", "good", f"{i:03d}", f"/d/{category}/test/good/{i}.png") for i in range(4)]
-        samples += [Sample(category, "test", "scratch", f"{i:03d}", f"/d/{category}/test/scratch/{i}.png") for i in range(6)]
-    return samples_to_frame(samples)
-
-
 def test_label_noise_images_reach_one_client_and_no_evaluation():
-    index = _dataset()
+    index = samples_to_frame(label_noise_dataset())
     federation = {"partition": "iid", "num_clients": 2}
     heterogeneity = {"1": {"label_noise": 0.3}}
     variants = {

@@ -119,7 +119,8 @@ def test_label_noise_counts_share_of_all_images_spread_by_category():
     assert label_noise_counts({"a": 4}, 0.0) == {}
 
 
-def _dataset() -> list[Sample]:
+def label_noise_dataset() -> list[Sample]:
+    """Two categories of 10 training, 4 good and 6 defective test images (tests of label noise use it)."""
     samples = []
     for category in ("plate", "fabric"):
         samples += [Sample(category, "train", "good", f"{i:03d}", f"/d/{category}/train/{i}.png") for i in range(10)]
@@ -135,7 +136,7 @@ def _partition(samples, pool, federation, heterogeneity):
 
 
 def test_label_noise_swaps_defective_images_into_one_client_only():
-    samples = _dataset()
+    samples = label_noise_dataset()
     federation = {"partition": "iid", "num_clients": 2}
     heterogeneity = {"1": {"label_noise": 0.3}}
     variants = {
@@ -158,7 +159,7 @@ def test_label_noise_swaps_defective_images_into_one_client_only():
 
 
 def test_the_pool_serves_the_noisiest_variant_and_skips_held_out_images():
-    samples = _dataset()
+    samples = label_noise_dataset()
     federation = {"partition": "iid", "num_clients": 1}
     variants = {
         "light": {"seed": 0, "federation": federation, "heterogeneity": {"1": {"label_noise": 0.1}}},
@@ -176,11 +177,11 @@ def test_too_much_label_noise_is_a_clear_error():
     federation = {"partition": "iid", "num_clients": 1}
     variants = {"noisy": {"seed": 0, "federation": federation, "heterogeneity": {"1": {"label_noise": 0.9}}}}
     with pytest.raises(ValueError, match="lower heterogeneity"):
-        reserve_label_noise(_dataset(), variants, {}, seed=0)
+        reserve_label_noise(label_noise_dataset(), variants, {}, seed=0)
 
 
 def test_label_noise_is_reproducible_from_the_seed():
-    samples = _dataset()
+    samples = label_noise_dataset()
     federation = {"partition": "iid", "num_clients": 2}
     heterogeneity = {"1": {"label_noise": 0.2}}
     variants = {"noisy": {"seed": 0, "federation": federation, "heterogeneity": heterogeneity}}

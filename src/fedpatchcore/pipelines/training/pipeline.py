@@ -12,37 +12,23 @@ from fedpatchcore.pipelines.training import nodes
 from fedpatchcore.structure import CENTRALIZED, CENTRALIZED_CLIENT, Variant
 
 
+def client_node(function, datasets: list[str], outputs, name: str, client_id: str):
+    """A node of client ``client_id``: ``function(*datasets, parameters=<CLIENT_BLOCKS>, client_id=...)``."""
+    return node_with_parameters(function, datasets, CLIENT_BLOCKS, outputs, name=name, client_id=client_id)
+
+
 def extraction_node(client_id: str):
-    return node_with_parameters(
-        nodes.extract_client_features,
-        ["training_images", "category_info"],
-        CLIENT_BLOCKS,
-        ["patch_features", "heterogeneity_manifest"],
-        name="extract_features",
-        client_id=client_id,
-    )
+    outputs = ["patch_features", "heterogeneity_manifest"]
+    return client_node(nodes.extract_client_features, ["training_images", "category_info"], outputs, "extract_features", client_id)
 
 
 def coreset_node(client_id: str):
-    return node_with_parameters(
-        nodes.select_local_coreset,
-        ["patch_features"],
-        CLIENT_BLOCKS,
-        ["local_coreset", "privacy_budget"],
-        name="select_coreset",
-        client_id=client_id,
-    )
+    outputs = ["local_coreset", "privacy_budget"]
+    return client_node(nodes.select_local_coreset, ["patch_features"], outputs, "select_coreset", client_id)
 
 
 def upload_node(client_id: str):
-    return node_with_parameters(
-        nodes.prepare_upload,
-        ["local_coreset"],
-        CLIENT_BLOCKS,
-        "upload_round_1",
-        name="prepare_upload_round_1",
-        client_id=client_id,
-    )
+    return client_node(nodes.prepare_upload, ["local_coreset"], "upload_round_1", "prepare_upload_round_1", client_id)
 
 
 def client_lane(variant: Variant, client_id: str) -> Pipeline:
@@ -81,13 +67,12 @@ def later_round_uploads(variant: Variant, round_number: int, previous_bank: str)
     cut in two by the server node between them. Outputs ``client_<id>_upload_round_<r>``.
     """
     steps = [
-        node_with_parameters(
+        client_node(
             nodes.prepare_later_upload,
             [f"client_{cid}_local_coreset", previous_bank],
-            CLIENT_BLOCKS,
             f"client_{cid}_upload_round_{round_number}",
-            name=f"client_{cid}_prepare_upload_round_{round_number}",
-            client_id=cid,
+            f"client_{cid}_prepare_upload_round_{round_number}",
+            cid,
         )
         for cid in variant.client_ids
     ]
@@ -117,13 +102,12 @@ def centralized_training() -> Pipeline:
                 "training_images",
                 name="hold_all_training_images",
             ),
-            node_with_parameters(
+            client_node(
                 nodes.extract_centralized_features,
                 ["training_images", "category_info", "params:tuned"],
-                CLIENT_BLOCKS,
                 ["patch_features", "heterogeneity_manifest"],
-                name="extract_features",
-                client_id=CENTRALIZED_CLIENT,
+                "extract_features",
+                CENTRALIZED_CLIENT,
             ),
             coreset_node(CENTRALIZED_CLIENT),
             node(nodes.coreset_as_memory_bank, "local_coreset", "memory_bank", name="publish_memory_bank"),
