@@ -1,4 +1,4 @@
-"""``fedpatchcore`` command line: fetch the AutoVI data and check its layout.
+"""``fedpatchcore`` command line: fetch the AutoVI data and check its layout; ``kedro run``.
 
     fedpatchcore download [--categories engine_wiring pipe_clip ...] [--target data/01_raw/autovi]
                           [--api-base https://zenodo.org] [--from-dir DIR] [--retries N] [--no-progress]
@@ -10,6 +10,13 @@ non-zero exit code, no traceback. The pipelines themselves run with ``kedro run`
 Kedro imports ``<package>.cli`` and requires a click group named ``cli`` in it (otherwise every
 ``kedro`` command fails with "Cannot load commands from fedpatchcore.cli"); :data:`cli` provides
 it and also makes ``kedro download ...`` / ``kedro check-layout ...`` work.
+
+:data:`run` is Kedro's own ``kedro run`` (same options, same code) with one change: an
+:class:`~fedpatchcore.core.common.errors.InputError` (a bad parameter, a missing saved result,
+an image that contradicts the index) is reported through Kedro's CLI error path, a
+``KedroCliError``: its message alone and exit code 1, instead of a rich traceback of ~150
+lines (a bug, any other exception, keeps its traceback). Kedro picks a project's ``run``
+over its own (``kedro run``) and ``python -m fedpatchcore`` runs it too.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ import warnings
 from collections.abc import Sequence
 
 import click
+from kedro.framework.cli.project import run as kedro_run
+from kedro.framework.cli.utils import KedroCliError
 
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data.download import (
     AUTOVI_CATEGORIES,
     AUTOVI_LICENSE,
@@ -158,6 +168,34 @@ def _kedro_download(args: tuple[str, ...]) -> None:
 def _kedro_check_layout(args: tuple[str, ...]) -> None:
     """Check an AutoVI folder and write layout_report.json."""
     raise SystemExit(main(["check-layout", *args]))
+
+
+class InputErrorMessage(KedroCliError):
+    """Kedro's CLI error, shown as the message alone on stderr (exit code 1).
+
+    ``KedroCliError.show`` formats ``sys.exc_info()``, which click 8.5 no longer sets when it
+    shows an error: it would print "NoneType: None" instead of the message.
+    """
+
+    def show(self, file=None) -> None:
+        click.secho(self.format_message(), fg="yellow", err=True, file=file)
+
+
+def _run_reporting_input_errors(**options):
+    try:
+        return kedro_run.callback(**options)
+    except InputError as error:
+        raise InputErrorMessage(str(error)) from error
+
+
+run = click.Command(
+    "run",
+    callback=_run_reporting_input_errors,
+    params=kedro_run.params,
+    help=kedro_run.help,
+    short_help=kedro_run.short_help,
+)
+cli.add_command(run)
 
 
 if __name__ == "__main__":

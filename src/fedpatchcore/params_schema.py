@@ -46,6 +46,8 @@ from pydantic import (
     model_validator,
 )
 
+from fedpatchcore.core.common.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -73,8 +75,11 @@ _RESERVED_VARIANT_NAMES = ("federated", "centralized")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-class ParameterError(ValueError):
-    """The run's parameters (or the dataset they point at) have problems; ``problems`` lists them."""
+class ParameterError(InputError):
+    """The run's parameters (or the dataset they point at) have problems; ``problems`` lists them.
+
+    An :class:`~fedpatchcore.core.common.errors.InputError`: ``kedro run`` prints the message
+    alone (``fedpatchcore.cli.run``)."""
 
     def __init__(self, problems: list[str], heading: str | None = None):
         self.problems = list(problems)

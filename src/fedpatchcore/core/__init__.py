@@ -3,7 +3,8 @@
 One sub-package per stage of the flow. A stage may import the stages listed before it and
 never one after it (``tests/test_architecture.py`` checks it on every run)::
 
-    common      seeds, devices and threads, quota arithmetic: what every stage uses
+    common      seeds, devices and threads, quota arithmetic, the error for bad input: what
+                every stage uses
     data        readers (AutoVI, MVTec, folders), the synthetic default, layout checks, download
     features    backbones, patch embedding, image batches, streamed extraction, feature files,
                 the public random projection, a category's setting

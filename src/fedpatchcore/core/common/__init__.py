@@ -1,5 +1,6 @@
 """What every stage uses: seeded randomness (``seeding``), devices and thread counts
-(``runtime``), and integer quota arithmetic (``quotas``).
+(``runtime``), integer quota arithmetic (``quotas``), and the error for input a user can fix
+(``errors``).
 
 Imports: nothing of fedpatchcore.
 """
