@@ -602,6 +602,32 @@ def mean_over_categories(per_category: Mapping[str, Mapping]) -> dict:
     return out
 
 
+def skipped_test_images(
+    index_skipped: Iterable[Mapping], scoring_skipped: Mapping[str, Iterable[Mapping]], categories: Iterable[str]
+) -> list[dict]:
+    """Test images of ``categories`` that no metric counts, ``{"category", "path", "reason"}``.
+
+    Two places leave a test image out: indexing, for a file whose header cannot be read
+    (``index_skipped``: entries with ``category`` and ``split``; an entry without them, from an
+    index written before they were recorded, cannot be placed and is left out), and scoring, for
+    one that fails to decode in full (``scoring_skipped``: per category, ``{"path", "reason"}``).
+    Sorted by category, then path.
+    """
+    chosen = set(categories)
+    found = [
+        {"category": entry["category"], "path": entry["path"], "reason": entry["reason"]}
+        for entry in index_skipped
+        if entry.get("split") == "test" and entry.get("category") in chosen
+    ]
+    found += [
+        {"category": category, **entry}
+        for category, entries in scoring_skipped.items()
+        if category in chosen
+        for entry in entries
+    ]
+    return sorted(found, key=lambda entry: (entry["category"], entry["path"]))
+
+
 def metrics_table(metrics: Mapping, spro_limit: str = "0.05") -> pd.DataFrame:
     """Per-category image AUC-ROC, AUC-sPRO@limit, pixel AUROC, PRO and F1, plus the mean row."""
     rows = {**metrics["categories"], "mean": metrics["mean"]}
