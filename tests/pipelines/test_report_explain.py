@@ -19,6 +19,7 @@ import pytest
 
 from fedpatchcore import structure
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data.loading import load_image
 from fedpatchcore.core.data.synthetic import SYNTHETIC_CATEGORIES
 from fedpatchcore.core.data.types import category_info_from_dict
@@ -223,6 +224,19 @@ def test_explain_writes_its_figure_and_shap_values(kedro_project, explained):
 def test_explain_names_the_variants_when_asked_for_an_unknown_one(kedro_project, federated_run):
     with pytest.raises(Exception, match="federated_iid"):
         kedro_project.run({"explain": {"image": "x.png", "variant": "nope"}}, pipeline_names=["explain"])
+
+
+@pytest.mark.slow
+def test_explain_refuses_a_category_or_a_client_that_contradicts_the_run(kedro_project, federated_run):
+    # Both used to be accepted: the image explained against another category's bank, or an
+    # "asking" client that holds none of the category's images.
+    index = federated_run.load("dataset_index")
+    image = index[(index["split"] == "test") & (index["category"] == "metal_plate")].iloc[0]["image_path"]
+    with pytest.raises(InputError, match=r"explain.category 'woven_fabric' contradicts dataset_index, where .* is an image of 'metal_plate'"):
+        kedro_project.run({"explain": {"image": image, "category": "woven_fabric"}}, pipeline_names=["explain"])
+    # The main variant's category layout: client textile holds woven_fabric only.
+    with pytest.raises(InputError, match=r"explain.client 'textile' does not hold category 'metal_plate' in variant 'federated'.*that hold it: \['metal'"):
+        kedro_project.run({"explain": {"image": image, "client": "textile"}}, pipeline_names=["explain"])
 
 
 # --------------------------------------------------------------------------------------- kedro viz
