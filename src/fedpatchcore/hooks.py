@@ -126,8 +126,17 @@ class MissingInputError(InputError):
     """A run reads saved results that no run has written yet."""
 
 
+def _filepath(catalog, name: str) -> str | None:
+    """The file ``name`` is configured to read or write (from the catalog's config: no dataset is built)."""
+    return (catalog.config_resolver.resolve_pattern(name) or {}).get("filepath")
+
+
 def missing_saved_inputs(pipeline, catalog) -> list[str]:
-    """Datasets ``pipeline`` reads without making them, persisted by the catalog and not saved yet."""
+    """Datasets ``pipeline`` reads without making them, persisted by the catalog and not saved yet.
+
+    An input that reads a file this pipeline writes under another name (``<experiment>_plot_png``
+    reads ``<experiment>_plot``'s image) is made by this run: not missing.
+    """
     missing = []
     for name in sorted(pipeline.inputs()):
         if name == "parameters" or name.startswith("params:"):
@@ -141,6 +150,9 @@ def missing_saved_inputs(pipeline, catalog) -> list[str]:
             saved = True
         if not saved:
             missing.append(name)
+    if missing:
+        written = {_filepath(catalog, name) for name in pipeline.all_outputs()} - {None}
+        missing = [name for name in missing if _filepath(catalog, name) not in written]
     return missing
 
 
