@@ -31,6 +31,21 @@ logger = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 
 
+def _scored_categories(
+    anomaly_maps: dict[str, dict[str, Any]],
+    image_scores: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+):
+    """Per category with maps: its name, info, maps entry, keys (maps order), their score rows and
+    every sample by key."""
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    scores = image_scores.set_index("key")
+    for category, entry in anomaly_maps.items():
+        keys = list(entry["keys"])
+        yield category, category_info_from_dict(category_info[category]), entry, keys, scores.loc[keys], samples
+
+
 def compute_curves(
     anomaly_maps: dict[str, dict[str, Any]],
     image_scores: pd.DataFrame,
@@ -39,14 +54,11 @@ def compute_curves(
     report: dict[str, Any],
 ) -> dict[str, Any]:
     """Per category: image ROC points and sPRO-vs-FPR points up to ``report.spro_max_fpr``."""
-    samples = {s.key: s for s in frame_to_samples(dataset_index)}
-    scores = image_scores.set_index("key")
     max_fpr = float(report["spro_max_fpr"])
     categories = {}
-    for category, entry in anomaly_maps.items():
-        info = category_info_from_dict(category_info[category])
-        keys = list(entry["keys"])
-        scored = scores.loc[keys]
+    for category, info, entry, keys, scored, samples in _scored_categories(
+        anomaly_maps, image_scores, dataset_index, category_info
+    ):
         roc = roc_curve(scored["image_score"].to_numpy(), scored["label"].to_numpy())
         if roc is not None:
             roc["threshold"][0] = None  # +inf is not JSON
@@ -147,13 +159,10 @@ def draw_overlays(
 ) -> dict[str, Figure]:
     """Per category: the top defects, the worst misses and the worst false alarms, each as image /
     ground-truth contour / anomaly map, every map of a category on ONE colour scale (its max)."""
-    samples = {s.key: s for s in frame_to_samples(dataset_index)}
-    scores = image_scores.set_index("key")
     figures = {}
-    for category, entry in anomaly_maps.items():
-        info = category_info_from_dict(category_info[category])
-        keys = list(entry["keys"])
-        scored = scores.loc[keys]
+    for category, info, entry, keys, scored, samples in _scored_categories(
+        anomaly_maps, image_scores, dataset_index, category_info
+    ):
         picks = pick_overlays(keys, scored["image_score"].to_numpy(), scored["label"].to_numpy(), report["overlays_per_group"])
         if not picks:
             continue
