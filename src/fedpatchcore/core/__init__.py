@@ -15,8 +15,8 @@ never one after it (``tests/test_architecture.py`` checks it on every run)::
     scoring     patch scores -> anomaly maps and image scores, thresholds, predicting new images
     evaluation  metrics (AutoVI / MVTec semantics), exported maps, the membership audit
     tuning      validation split, pseudo-anomalies, the per-category tuner
-    explain     why an image was flagged: neighbours, gradients, SHAP
-    reporting   curves and experiment tables built from results
+    explain     why an image was flagged: neighbours, gradients, SHAP; only the asker's pixels
+    reporting   curves, experiment tables and figures built from results
 
 Kedro pipelines (``fedpatchcore.pipelines``) and Flower apps (``fedpatchcore.flower``) are thin
 adapters over these.
