@@ -100,10 +100,12 @@ def test_check_layout_of_missing_root_fails(tmp_path, capsys):
 def test_the_project_run_is_kedros_run_with_its_options():
     """`kedro run` and `python -m fedpatchcore` find the project's run: Kedro's own command."""
     from kedro.framework.cli.project import run as kedro_run
+    from kedro.framework.cli.utils import find_run_command
 
     from fedpatchcore import cli as module
 
     assert module.cli.get_command(None, "run") is module.run
+    assert find_run_command("fedpatchcore") is module.run  # what `python -m fedpatchcore` runs (it failed: no cli.run)
     assert [p.name for p in module.run.params] == [p.name for p in kedro_run.params]
     assert "run" in module.cli.list_commands(None)
 
