@@ -49,6 +49,7 @@ from pydantic import (
     model_validator,
 )
 
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.structure import VARIANTS_KEY, variant_name_problem
 
 logger = logging.getLogger(__name__)
@@ -75,8 +76,11 @@ KNOWN_BLOCKS.extend(RESERVED_KEYS)
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-class ParameterError(ValueError):
-    """The run's parameters (or the dataset they point at) have problems; ``problems`` lists them."""
+class ParameterError(InputError):
+    """The run's parameters (or the dataset they point at) have problems; ``problems`` lists them.
+
+    An :class:`~fedpatchcore.core.common.errors.InputError`: ``kedro run`` prints the message
+    alone (``fedpatchcore.cli.run``)."""
 
     def __init__(self, problems: list[str], heading: str | None = None):
         self.problems = list(problems)

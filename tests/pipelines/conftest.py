@@ -143,14 +143,20 @@ def _indexed_dataset(root: Path, runtime_params: dict[str, Any]) -> dict[str, An
 
     dataset = {**project_parameters(runtime_params)["dataset"], "root": str(root)}
     raw = ingest.prepare_raw_dataset(dataset, seed=0)
-    index, infos, _ = ingest.index_raw_dataset(raw, dataset)
+    index, infos, skipped = ingest.index_raw_dataset(raw, dataset)
     # No label noise: nothing is set aside and every test image is evaluated.
-    return {"dataset_index": index, "category_info": infos, "label_noise_pool": {}, "evaluation_index": index}
+    return {
+        "dataset_index": index,
+        "category_info": infos,
+        "skipped_files": skipped,
+        "label_noise_pool": {},
+        "evaluation_index": index,
+    }
 
 
 @pytest.fixture(scope="session")
 def default_dataset(tmp_path_factory) -> dict[str, Any]:
-    """The embedded default dataset (as `kedro run` generates it), indexed: dataset_index + category_info."""
+    """The embedded default dataset (as `kedro run` generates it), indexed: dataset_index, category_info, skipped_files."""
     return _indexed_dataset(tmp_path_factory.mktemp("default_dataset") / "synthetic", {})
 
 

@@ -22,6 +22,7 @@ from fedpatchcore.core.evaluation.metrics import (
     fairness_metrics,
     mean_over_categories,
     metrics_table,
+    skipped_test_images,
 )
 from fedpatchcore.core.features import tuned_settings as run_settings
 from fedpatchcore.core.features.extraction import make_embedder
@@ -190,9 +191,11 @@ def compute_metrics(
     image_scores: pd.DataFrame,
     evaluation_index: pd.DataFrame,
     category_info: dict[str, Any],
+    skipped_files: list[dict[str, str]],
 ) -> dict[str, Any]:
-    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, their mean, the skips, and
-    how evenly the categories are served (``fairness.category``)."""
+    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, their mean, the test images
+    left out (unreadable at indexing, ``skipped_files``, or at scoring), and how evenly the
+    categories are served (``fairness.category``)."""
     samples = {s.key: s for s in frame_to_samples(evaluation_index)}
     scores_by_key = image_scores.set_index("key")
     per_category = {}
@@ -200,28 +203,21 @@ def compute_metrics(
         info = category_info_from_dict(category_info[category])
         scored = scores_by_key.loc[entry["keys"]]
         category_samples = [samples[key] for key in entry["keys"]]
-        masks = regions = None
-        if info.has_pixel_ground_truth:
-            truths = [ground_truth(s, info) for s in category_samples]
-            masks = [mask for mask, _ in truths]
-            regions = [image_regions for _, image_regions in truths]
+        truths = [ground_truth(s, info) for s in category_samples] if info.has_pixel_ground_truth else None
         per_category[category] = evaluate_category(
             scored["image_score"].to_numpy(),
             scored["label"].to_numpy(),
             [s.defect_type for s in category_samples],
             anomaly_maps=entry["maps"],
-            masks=masks,
-            regions_per_image=regions,
+            masks=None if truths is None else [mask for mask, _ in truths],
+            regions_per_image=None if truths is None else [regions for _, regions in truths],
         )
+    scoring_skipped = {category: entry.get("skipped", []) for category, entry in anomaly_maps.items()}
     metrics = {
         "categories": per_category,
         "mean": mean_over_categories(per_category),
-        # Test images that could not be read: not scored, not counted in n_good / n_anomalous.
-        "skipped_test_images": [
-            {"category": category, **entry}
-            for category, maps_entry in sorted(anomaly_maps.items())
-            for entry in maps_entry.get("skipped", [])
-        ],
+        # Not scored, not counted in n_good / n_anomalous.
+        "skipped_test_images": skipped_test_images(skipped_files or [], scoring_skipped, anomaly_maps),
         "fairness": fairness_metrics(per_category),
     }
     logger.info("Metrics:\n%s", metrics_table(metrics).to_string(float_format=lambda x: f"{x:.3f}"))

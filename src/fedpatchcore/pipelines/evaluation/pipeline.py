@@ -37,7 +37,7 @@ def evaluation_template(per_category: bool = False) -> Pipeline:
             ),
             node(
                 nodes.compute_metrics,
-                ["anomaly_maps", "image_scores", "evaluation_index", "category_info"],
+                ["anomaly_maps", "image_scores", "evaluation_index", "category_info", "skipped_files"],
                 "metrics",
                 name="compute_metrics",
             ),
@@ -49,10 +49,10 @@ def evaluation(variant: str) -> Pipeline:
     """``<variant>.memory_bank`` -> ``<variant>.anomaly_maps``, ``.image_scores``, ``.metrics``.
 
     Every variant is scored on ``evaluation_index``: the test images minus any that label
-    noise put into a training set.
+    noise put into a training set; its metrics list the test images ``skipped_files`` left out.
     """
     template = evaluation_template(per_category=variant == CENTRALIZED)
-    return in_variant(template, variant, inputs={"evaluation_index", "category_info"})
+    return in_variant(template, variant, inputs={"evaluation_index", "category_info", "skipped_files"})
 
 
 def centralized_evaluation() -> Pipeline:

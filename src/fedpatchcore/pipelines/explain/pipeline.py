@@ -13,8 +13,9 @@ from typing import Any
 from kedro.pipeline import Pipeline, node, pipeline
 
 from fedpatchcore import structure
+from fedpatchcore.core.reporting.figures import draw_explanation
 from fedpatchcore.pipelines import bind
-from fedpatchcore.pipelines.explain import figures, nodes
+from fedpatchcore.pipelines.explain import nodes
 from fedpatchcore.structure import CENTRALIZED_CLIENT
 
 NAMESPACE = "explain"
@@ -75,7 +76,7 @@ def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
                 list(OUTPUTS),
                 name="explain_image",
             ),
-            node(figures.draw_explanation, list(OUTPUTS), "figure", name="draw_explanation"),
+            node(draw_explanation, list(OUTPUTS), "figure", name="draw_explanation"),
         ]
     )
     free = {name for name in inputs if not name.startswith("params:")}

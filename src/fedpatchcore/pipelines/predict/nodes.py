@@ -24,14 +24,17 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
 from fedpatchcore.core.features import tuned_settings as run_settings
 from fedpatchcore.core.features.setting import EmbedderCache, Setting
 from fedpatchcore.core.scoring.predict import (
+    UNREADABLE,
     build_category_models,
     calibrate_from_validation,
     predict_folder,
     save_predictions,
+    training_image_sizes,
 )
 from fedpatchcore.core.scoring.thresholds import calibrations_from_dict, calibrations_to_dict
 
@@ -45,7 +48,7 @@ RETRAIN = (
 
 
 def unknown_variant(predict: dict[str, Any], *, known: list[str]) -> None:
-    raise ValueError(f"predict.variant {predict.get('variant')!r} is not a run of this experiment; choose one of {known}")
+    raise InputError(f"predict.variant {predict.get('variant')!r} is not a run of this experiment; choose one of {known}")
 
 
 def _training_keys(training_source: Any) -> set[str]:
@@ -60,11 +63,11 @@ def validation_samples(
 ) -> list:
     """The good validation images of the split, checked to be outside the variant's training images."""
     if validation_split is None or len(validation_split) == 0 or not (validation_split["role"] == "validation").any():
-        raise ValueError(f"predict needs a validation split to calibrate its thresholds, and there is none: {RETRAIN}")
+        raise InputError(f"predict needs a validation split to calibrate its thresholds, and there is none: {RETRAIN}")
     keys = set(validation_split.loc[validation_split["role"] == "validation", "key"].astype(str))
     leaked = keys & _training_keys(training_source)
     if leaked:
-        raise ValueError(
+        raise InputError(
             f"{len(leaked)} of the {len(keys)} validation images are among the training images of variant "
             f"{variant!r} (e.g. {sorted(leaked)[:3]}): its bank was trained without this validation split, "
             f"so thresholds calibrated on them would flag too many good parts; {RETRAIN}"
@@ -85,7 +88,7 @@ def build_models(
 ) -> dict[str, Any]:
     """One scoring model per category of the bank, with the setting the bank was built with."""
     if (privacy or {}).get("enabled", False):
-        raise ValueError(
+        raise InputError(
             "predict does not score against a differentially private bank yet (privacy.enabled): the public "
             "projection/clipping of test patches is applied by the evaluate pipeline only"
         )
@@ -140,11 +143,18 @@ def calibrate_thresholds(
     return calibrations_to_dict(calibrations)
 
 
-def predict_images(models: dict[str, Any], thresholds: dict[str, dict], predict: dict[str, Any]) -> pd.DataFrame:
-    """``predictions.csv`` (image, category, score, label, ...); masks/ and overlays/ in ``predict.output_dir``."""
+def predict_images(
+    models: dict[str, Any], thresholds: dict[str, dict], predict: dict[str, Any], dataset_index: pd.DataFrame
+) -> pd.DataFrame:
+    """``predictions.csv`` (image, category, score, label, ...); masks/ and overlays/ in ``predict.output_dir``.
+
+    Unreadable images are rows labelled UNREADABLE; an image of a size its category's training
+    images (``dataset_index``) do not have is warned about in its row's ``note``.
+    """
     if not predict.get("input"):
-        raise ValueError('predict.input is not set: kedro run --pipeline predict --params "predict.input=<folder>"')
+        raise InputError('predict.input is not set: kedro run --pipeline predict --params "predict.input=<folder>"')
     calibrations = calibrations_from_dict(thresholds)
+    training = dataset_index.loc[dataset_index["split"] == TRAIN]  # test rows are never read
     predictions = predict_folder(
         predict["input"],
         models,
@@ -153,18 +163,21 @@ def predict_images(models: dict[str, Any], thresholds: dict[str, dict], predict:
         tile=predict.get("tile"),
         tile_overlap=float(predict.get("tile_overlap", 0.25)),
         pattern=predict.get("pattern"),
+        training_sizes=training_image_sizes(s for s in frame_to_samples(training) if s.category in models),
     )
     if not predictions:
-        raise ValueError(f"predict.input {predict['input']!r} holds no readable image (pattern {predict.get('pattern')!r})")
+        raise InputError(f"predict.input {predict['input']!r} holds no image file (predict.pattern {predict.get('pattern')!r})")
     frame = save_predictions(
         predictions, predict["input"], predict["output_dir"], calibrations, overlays=bool(predict.get("overlays", True))
     )
     counts = frame["label"].value_counts().to_dict()
     logger.info(
-        "predict: %d images, %d NOK, %d OK; masks and overlays in %s",
+        "predict: %d images, %d NOK, %d OK, %d unreadable, %d of an untrained size; masks and overlays in %s",
         len(frame),
         counts.get("NOK", 0),
         counts.get("OK", 0),
+        counts.get(UNREADABLE, 0),
+        int((frame["note"].astype(bool) & (frame["label"] != UNREADABLE)).sum()),
         predict["output_dir"],
     )
     return frame

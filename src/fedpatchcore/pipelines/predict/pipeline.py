@@ -52,7 +52,12 @@ def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
                 "thresholds",
                 name="calibrate_thresholds",
             ),
-            node(nodes.predict_images, ["models", "thresholds", "params:predict"], "predictions", name="predict_images"),
+            node(
+                nodes.predict_images,
+                ["models", "thresholds", "params:predict", "dataset_index"],
+                "predictions",
+                name="predict_images",
+            ),
         ]
     )
     free = {f"{variant_name}.memory_bank", "category_info", "dataset_index", "validation_split", training_source}
