@@ -368,6 +368,11 @@ class ExportParams(Block):
         return _one_of("export format", value, list(EXPORTERS))
 
 
+@block("mlflow")
+class MlflowParams(Block):
+    enabled: bool = True
+
+
 class FlowerParams(Block):
     connect_timeout_s: Annotated[float, Field(gt=0)] = 120
     max_upload_bytes: PositiveInt | None = None
