@@ -3,6 +3,9 @@
 * :func:`build_category_models` turns a bank per category (e.g. the federated global bank,
   :class:`~fedpatchcore.core.banks.CategoryBanks`) and the setting each category was built
   with into ready-to-score :class:`CategoryModel`\\ s (one backbone per distinct setting);
+  ``runtime`` (:data:`RUNTIMES`) says what computes the patch embedding: ``torch`` (the
+  training code) or ``onnx`` (the same network exported at the category's input size and run
+  by ONNX Runtime, as on an inspection station); the rest of scoring is shared;
 * :func:`calibrate_from_validation` scores the GOOD validation images of each category
   (training images held out of the bank, :func:`~fedpatchcore.core.tuning.split.split_validation`)
   and sets its threshold at a target false-alarm rate (:mod:`fedpatchcore.core.scoring.thresholds`).
@@ -39,6 +42,7 @@ from fedpatchcore.core.data import loading
 from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample
 from fedpatchcore.core.features.batches import iter_image_batches
 from fedpatchcore.core.features.embedding import PatchEmbedder
+from fedpatchcore.core.features.onnx_embedder import OnnxEmbedder
 from fedpatchcore.core.features.setting import EmbedderCache, Setting
 from fedpatchcore.core.scoring.patch_scores import score_images
 from fedpatchcore.core.scoring.thresholds import Calibration, calibrate
@@ -47,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PREDICTION_COLUMNS",
+    "RUNTIMES",
     "CategoryModel",
     "Prediction",
     "build_category_models",
@@ -62,6 +67,8 @@ __all__ = [
 ]
 
 PREDICTION_COLUMNS = ["image", "category", "score", "label", "normalised_score", "threshold", "tiles"]
+#: What computes the patch embedding (parameter ``predict.runtime``).
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -71,7 +78,7 @@ class CategoryModel:
     category: str
     setting: Setting
     image_size: tuple[int, int]  # (width, height) images are resized to for the network
-    embedder: PatchEmbedder
+    embedder: PatchEmbedder | OnnxEmbedder  # anything with embed(uint8 images) -> (B, h, w, d) features
     bank: np.ndarray
     index: faiss.Index
     sigma: float = 4.0
@@ -102,20 +109,31 @@ def build_category_models(
     approximate_index_above: int | None = None,
     seed: int = 0,
     embedders: EmbedderCache | None = None,
+    runtime: str = "torch",
 ) -> dict[str, CategoryModel]:
     """One :class:`CategoryModel` per category of ``banks``.
 
     ``settings``: one :class:`Setting` for all categories, or one per category (the tuned
     choice); a bank must have been built with its category's setting (same backbone, layers,
-    resolution and neighbourhood), otherwise its dimension will not match.
+    resolution and neighbourhood), otherwise its dimension will not match. ``runtime``: one of
+    :data:`RUNTIMES` (``onnx``: one ONNX Runtime session per network and input size).
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown predict.runtime {runtime!r}; choose one of {list(RUNTIMES)}")
     embedders = embedders or EmbedderCache(device)
+    exported: dict[tuple, OnnxEmbedder] = {}
     models = {}
     for category, bank in sorted(banks.items()):
         if category not in infos:
             raise ValueError(f"bank category {category!r} has no CategoryInfo")
         setting = settings if isinstance(settings, Setting) else settings[category]
         embedder = embedders.get(setting)
+        size = tuple(setting.resolved_size(infos[category]))
+        if runtime == "onnx":
+            key = (setting.embedding_key, size)
+            if key not in exported:
+                exported[key] = OnnxEmbedder.from_embedder(embedder, size)
+            embedder = exported[key]
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         if bank.ndim != 2 or bank.shape[1] != embedder.feature_dim:
             raise ValueError(
@@ -126,7 +144,7 @@ def build_category_models(
         models[category] = CategoryModel(
             category,
             setting,
-            tuple(setting.resolved_size(infos[category])),
+            size,
             embedder,
             bank,
             build_index(bank, approximate=approximate, seed=seed),

@@ -1,14 +1,22 @@
-"""Export node: pair every persisted anomaly map with its sample; the catalog dataset writes files."""
+"""Export nodes: official-layout anomaly maps, and the inspector a station runs; the catalog datasets write files."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
-from fedpatchcore.core.data.types import frame_to_samples
+import fedpatchcore
+from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
+from fedpatchcore.core.features.setting import Setting
+from fedpatchcore.core.scoring.predict import build_category_models
+from fedpatchcore.core.scoring.thresholds import calibrations_from_dict
 from fedpatchcore.datasets.exported_maps import MapsExport, check_format
+from fedpatchcore.datasets.inspector import InspectorExport
 
 logger = logging.getLogger(__name__)
 
@@ -42,3 +50,46 @@ def export_anomaly_maps(
         export_format,
     )
     return MapsExport(format=export_format, categories=categories)
+
+
+def export_inspector(
+    memory_bank: dict[str, np.ndarray],
+    category_info: dict[str, Any],
+    backbone: dict[str, Any],
+    extraction: dict[str, Any],
+    scoring: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+    export: dict[str, Any],
+    thresholds: dict[str, dict] | None = None,
+) -> InspectorExport:
+    """Per category of the variant's bank: the torch model to export, with predict's calibration if any.
+
+    Each category is exported at its own input size (``category_info``), with the variant's
+    backbone / extraction / scoring blocks; ``thresholds`` is ``predict.thresholds`` when the
+    run holds a validation split out (``validation.enabled``), else the inspector ships none.
+    """
+    if (privacy or {}).get("enabled", False):
+        raise ValueError(
+            "export.inspector: a differentially private bank needs the public projection of test patches, "
+            "which the inspector does not ship; export a bank trained without privacy.enabled"
+        )
+    banks = CategoryBanks.from_arrays(memory_bank).banks
+    infos = {name: category_info_from_dict(category_info[name]) for name in banks}
+    setting = Setting.from_params(backbone, extraction, scoring)
+    models = build_category_models(
+        banks,
+        infos,
+        {c: replace(setting, image_size=infos[c].image_size) for c in banks},
+        sigma=float(scoring["sigma"]),
+        device="cpu",
+        seed=int(seed),
+    )
+    calibrations = calibrations_from_dict(thresholds) if thresholds else {}
+    logger.info(
+        "Exporting the inspector of %d categories (ONNX opset %d; thresholds: %s)",
+        len(models),
+        int(export["onnx_opset"]),
+        ", ".join(sorted(calibrations)) or "none, no validation split",
+    )
+    return InspectorExport(models, calibrations, int(export["onnx_opset"]), fedpatchcore.__version__)

@@ -1,4 +1,6 @@
-"""One export node per variant: ``<variant>.anomaly_maps`` -> ``<variant>.exported_maps``."""
+"""One export node per variant: ``<variant>.anomaly_maps`` -> ``<variant>.exported_maps``; and, with
+``export.inspector: onnx``, ``<variant>.export_inspector`` -> ``<variant>.inspector`` for the variant
+``predict.variant`` names (what ``predict`` scores with is what a station gets)."""
 
 from __future__ import annotations
 
@@ -34,3 +36,27 @@ def export_maps(variants: Iterable[str]) -> Pipeline:
 def export_enabled(parameters: dict) -> bool:
     """``export.enabled``: whether the centralized/federated pipelines end with the export step."""
     return bool((parameters.get("export") or {}).get("enabled", False))
+
+
+def inspector_export(variant: str, with_thresholds: bool) -> Pipeline:
+    """Node ``<variant>.export_inspector``; reads ``predict.thresholds`` when ``with_thresholds``."""
+    blocks = ["params:backbone", "params:extraction", "params:scoring", "params:privacy", "params:seed", "params:export"]
+    thresholds = ["predict.thresholds"] if with_thresholds else []
+    template = Pipeline(
+        [
+            node(
+                nodes.export_inspector,
+                ["memory_bank", "category_info", *blocks, *thresholds],
+                "inspector",
+                name="export_inspector",
+            )
+        ]
+    )
+    return in_variant(template, variant, inputs={"category_info", *thresholds})
+
+
+def inspector_variant(parameters: dict) -> str | None:
+    """The variant whose inspector ``export`` writes (``predict.variant``), or None without ``export.inspector``."""
+    if not (parameters.get("export") or {}).get("inspector"):
+        return None
+    return str((parameters.get("predict") or {}).get("variant") or "federated")

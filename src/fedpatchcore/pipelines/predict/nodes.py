@@ -82,8 +82,11 @@ def build_models(
     privacy: dict[str, Any],
     seed: int,
     tuned: dict[str, Any] | None = None,
+    *,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
-    """One scoring model per category of the bank, with the setting the bank was built with."""
+    """One scoring model per category of the bank, with the setting the bank was built with;
+    its patch embedding computed by ``predict.runtime`` (torch, or the network in ONNX Runtime)."""
     if (privacy or {}).get("enabled", False):
         raise ValueError(
             "predict does not score against a differentially private bank yet (privacy.enabled): the public "
@@ -104,6 +107,7 @@ def build_models(
         approximate_index_above=scoring.get("approximate_index_above"),
         seed=int(seed),
         embedders=EmbedderCache(backbone.get("device", "cpu")),
+        runtime=runtime,
     )
 
 
