@@ -14,8 +14,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from fedpatchcore.core.data.types import CategoryInfo
-from fedpatchcore.core.features.setting import Setting, settings_per_category
+import numpy as np
+
+from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.data.types import CategoryInfo, category_info_from_dict
+from fedpatchcore.core.features.setting import EmbedderCache, Setting, settings_per_category
+from fedpatchcore.core.scoring.predict import build_category_models
 
 
 def category_settings(
@@ -74,3 +78,43 @@ def describe(settings: Mapping[str, Setting | None], tuned: Mapping[str, Any] | 
         for category, setting in sorted(settings.items())
         if setting is not None
     }
+
+
+def category_models(
+    memory_bank: Mapping[str, np.ndarray],
+    category_info: Mapping[str, Any],
+    backbone: Mapping[str, Any],
+    extraction: Mapping[str, Any],
+    scoring: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+    seed: int,
+    tuned: Mapping[str, Any] | None = None,
+    *,
+    runtime: str = "torch",
+    what: str = "predict",
+) -> dict[str, Any]:
+    """One ready-to-score model per category of a persisted bank, with the setting it was built
+    with (its ``tuned`` entry, else the run's blocks at ``category_info``'s size): what ``predict``
+    scores with and what ``export.inspector`` ships. ``what`` names the caller in errors."""
+    if (privacy or {}).get("enabled", False):
+        raise ValueError(
+            f"{what} does not score against a differentially private bank yet (privacy.enabled): the public "
+            "projection/clipping of test patches is applied by the evaluate pipeline only"
+        )
+    banks = CategoryBanks.from_arrays(memory_bank).banks
+    infos = {name: category_info_from_dict(category_info[name]) for name in banks}
+    default = Setting.from_params(backbone, extraction, scoring)
+    chosen = category_settings(banks, backbone, extraction, scoring, tuned)
+    # A category without a tuned entry was trained at category_info's size: say so exactly.
+    settings = {c: s if s is not None else replace(default, image_size=infos[c].image_size) for c, s in chosen.items()}
+    return build_category_models(
+        banks,
+        infos,
+        settings,
+        sigma=float(scoring["sigma"]),
+        device=backbone.get("device", "cpu"),
+        approximate_index_above=scoring.get("approximate_index_above"),
+        seed=int(seed),
+        embedders=EmbedderCache(backbone.get("device", "cpu")),
+        runtime=runtime,
+    )

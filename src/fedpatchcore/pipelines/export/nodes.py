@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 import fedpatchcore
-from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
-from fedpatchcore.core.features.setting import Setting
-from fedpatchcore.core.scoring.predict import build_category_models
+from fedpatchcore.core.data.types import frame_to_samples
 from fedpatchcore.core.scoring.thresholds import calibrations_from_dict
 from fedpatchcore.datasets.exported_maps import MapsExport, check_format
 from fedpatchcore.datasets.inspector import InspectorExport
+from fedpatchcore.pipelines import settings as run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -62,28 +59,17 @@ def export_inspector(
     seed: int,
     export: dict[str, Any],
     thresholds: dict[str, dict] | None = None,
+    tuned: dict[str, Any] | None = None,
 ) -> InspectorExport:
     """Per category of the variant's bank: the torch model to export, with predict's calibration if any.
 
-    Each category is exported at its own input size (``category_info``), with the variant's
-    backbone / extraction / scoring blocks; ``thresholds`` is ``predict.thresholds`` when the
+    Each category is exported with the setting its bank was built with (as ``predict`` scores
+    it: the centralized baseline's ``tuned`` entry, else the variant's blocks at
+    ``category_info``'s size); ``thresholds`` is ``predict.thresholds`` when the
     run holds a validation split out (``validation.enabled``), else the inspector ships none.
     """
-    if (privacy or {}).get("enabled", False):
-        raise ValueError(
-            "export.inspector: a differentially private bank needs the public projection of test patches, "
-            "which the inspector does not ship; export a bank trained without privacy.enabled"
-        )
-    banks = CategoryBanks.from_arrays(memory_bank).banks
-    infos = {name: category_info_from_dict(category_info[name]) for name in banks}
-    setting = Setting.from_params(backbone, extraction, scoring)
-    models = build_category_models(
-        banks,
-        infos,
-        {c: replace(setting, image_size=infos[c].image_size) for c in banks},
-        sigma=float(scoring["sigma"]),
-        device="cpu",
-        seed=int(seed),
+    models = run_settings.category_models(
+        memory_bank, category_info, backbone, extraction, scoring, privacy, seed, tuned, what="export.inspector"
     )
     calibrations = calibrations_from_dict(thresholds) if thresholds else {}
     logger.info(
