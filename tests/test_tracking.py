@@ -49,6 +49,8 @@ def test_an_environment_is_an_experiment_of_its_own():
 def test_a_relative_sqlite_store_lives_in_the_project_folder(tmp_path):
     uri = tracking.store_uri("sqlite:///mlruns/mlflow.db", tmp_path)
     assert uri == f"sqlite:///{tmp_path.resolve()}/mlruns/mlflow.db"
+    assert not (tmp_path / "mlruns").exists()  # resolving a URI opens nothing
+    tracking.make_store_folder(uri)
     assert (tmp_path / "mlruns").is_dir()
     absolute = f"sqlite:///{tmp_path}/elsewhere.db"  # sqlite:////abs/path: left as it is
     assert tracking.store_uri(absolute, "/nowhere") == absolute

@@ -28,7 +28,9 @@ store write per parameter per node input). Tracking is switched off with
 ``--params mlflow.enabled=false``, or for some pipelines by the plugin's own
 ``tracking.disable_tracking.pipelines``. A store that cannot be created, opened or written
 (missing folder that cannot be made, read-only database, unreachable server) never stops a
-run: a warning says why and the run goes on untracked. Nothing here is imported by ``core/``.
+run: a warning says why and the run goes on untracked. The store is opened (and ``mlflow``
+imported) only when a pipeline runs: a context that runs none (``kedro viz``, a notebook, a
+Flower app reading the catalog) never touches it. Nothing here is imported by ``core/``.
 """
 
 from __future__ import annotations
@@ -108,15 +110,19 @@ def experiment_name(env: str | None, configured: str | None = None) -> str:
 
 
 def store_uri(uri: str, project_path: str | Path) -> str:
-    """A ``sqlite:///<relative path>`` store resolved against the project folder (made if missing)."""
+    """A ``sqlite:///<relative path>`` store resolved against the project folder; other URIs as they are."""
     if not uri.startswith(_SQLITE):
         return uri
     relative = uri[len(_SQLITE) :]
     if relative.startswith(("/", "file:")) or relative in ("", ":memory:"):  # absolute, an SQLite URI, in memory
         return uri
-    path = Path(project_path) / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return _SQLITE + str(path.resolve())
+    return _SQLITE + str((Path(project_path) / relative).resolve())
+
+
+def make_store_folder(uri: str) -> None:
+    """Create the folder of an SQLite store file (``sqlite:////abs/path/mlflow.db``) if missing."""
+    if uri.startswith(_SQLITE + "/"):
+        Path(uri[len(_SQLITE) :]).parent.mkdir(parents=True, exist_ok=True)
 
 
 def variant_overrides(parameters: Mapping[str, Any], variant: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -130,6 +136,24 @@ def variant_overrides(parameters: Mapping[str, Any], variant: str) -> tuple[dict
 # --------------------------------------------------------------------------- the hook
 
 
+class _PluginConfig:
+    """``context.mlflow`` until a run opens the store: kedro-mlflow's validated configuration,
+    built on first use (``kedro mlflow ui`` reads the UI's host and port and the store's URI)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self._config = config
+        self._validated = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._validated is None:
+            from kedro_mlflow.config.kedro_mlflow_config import KedroMlflowConfig
+
+            self._validated = KedroMlflowConfig.model_validate(self._config)
+        return getattr(self._validated, name)
+
+
 class MlflowTrackingHook:
     """Drives kedro-mlflow's hook and logs variants, metrics and artifacts (see the module doc)."""
 
@@ -138,6 +162,8 @@ class MlflowTrackingHook:
 
     def _reset(self) -> None:
         self._plugin = None  # kedro-mlflow's MlflowHook while this run is tracked
+        self._config: dict[str, Any] | None = None  # its configuration (mlflow.yml resolved) when tracking is on
+        self._context = None
         self._client = None
         self._run_id: str | None = None
         self._experiment_id: str | None = None
@@ -155,7 +181,7 @@ class MlflowTrackingHook:
         )
         self._client = self._run_id = None  # the plugin still tries to close its run
 
-    # -- set-up: the plugin's configuration with a project-relative store
+    # -- set-up: the plugin's configuration with a project-relative store, opened only for a run
 
     @hook_impl
     def after_context_created(self, context) -> None:
@@ -175,24 +201,35 @@ class MlflowTrackingHook:
             tracking = dict(config.get("tracking") or {})
             experiment = dict(tracking.get("experiment") or {})
             experiment["name"] = experiment_name(context.env, experiment.get("name"))
-            loader["mlflow"] = {**config, "server": server, "tracking": {**tracking, "experiment": experiment}}
-
-            from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
-
-            plugin = MlflowHook()
-            plugin.after_context_created(context)
-        except Exception as error:  # noqa: BLE001 - an unusable store must not stop the run
-            self._off("opening the MLflow store", error)
+        except Exception as error:  # noqa: BLE001 - a broken mlflow.yml must not stop the run
+            self._off("reading mlflow.yml", error)
             return
-        self._plugin = plugin
-        self._parameters = parameters
-        self._env = context.env
+        self._context, self._env = context, context.env
+        self._config = {**config, "server": server, "tracking": {**tracking, "experiment": experiment}}
+        # Contexts that run no pipeline (kedro viz, notebooks, a Flower app reading the catalog)
+        # never import mlflow nor touch the store; `kedro mlflow ui` reads context.mlflow.
+        context.__setattr__("mlflow", _PluginConfig(self._config))
+
+    def _open_store(self):
+        """kedro-mlflow's hook, set up on this run's configuration: creates the store and experiment."""
+        make_store_folder(self._config["server"]["mlflow_tracking_uri"])
+        from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
+
+        self._context.config_loader["mlflow"] = self._config
+        plugin = MlflowHook()
+        plugin.after_context_created(self._context)
+        return plugin
 
     # -- the run: the plugin starts it; parameters and tags once, in batches
 
     @hook_impl(trylast=True)  # after the parameter check and the run lock: a refused run is never started
     def before_pipeline_run(self, run_params, pipeline, catalog) -> None:
-        if self._plugin is None:
+        if self._config is None:
+            return
+        try:
+            self._plugin = self._open_store()
+        except Exception as error:  # noqa: BLE001 - an unusable store must not stop the run
+            self._off("opening the MLflow store", error)
             return
         try:
             import mlflow

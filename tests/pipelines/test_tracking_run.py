@@ -132,3 +132,17 @@ def test_a_read_only_store_warns_and_the_run_completes(kedro_project, tracked_ru
     assert "readonly" in caplog.text.replace("read-only", "readonly").replace(" ", "")
     assert len(catalog.load("dataset_index")) > 0
     assert len(_runs(client)) == before
+
+
+@pytest.mark.slow
+def test_a_context_that_runs_nothing_never_opens_the_store(kedro_project, tmp_path, monkeypatch):
+    # kedro viz, notebooks and the Flower apps create a context to read the catalog: no store for them.
+    store = tmp_path / "elsewhere" / "mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    with kedro_project.session(TRACKED) as session:
+        context = session.load_context()
+        assert not store.parent.exists()
+        # What `kedro mlflow ui` reads: the plugin's configuration, with this store.
+        assert context.mlflow.server.mlflow_tracking_uri == f"sqlite:///{store}"
+        assert (context.mlflow.ui.host, context.mlflow.ui.port) == ("127.0.0.1", "5000")
+    assert not store.parent.exists()
