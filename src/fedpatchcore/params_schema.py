@@ -347,6 +347,7 @@ class PredictParams(Block):
     pattern: str | None = None
     category: str | None = None
     variant: str = "federated"
+    runtime: str = "torch"
     max_false_alarm_rate: Annotated[float, Field(ge=0, lt=1)] = 0.05
     calibration: str = "conformal"
     tile: Size | None = None
@@ -361,11 +362,25 @@ class PredictParams(Block):
 
         return _one_of("calibration method", value, CALIBRATION_METHODS)
 
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        from fedpatchcore.core.scoring.predict import RUNTIMES
+
+        return _one_of("runtime", value, RUNTIMES)
+
 
 @block("export")
 class ExportParams(Block):
     enabled: bool = False
     format: str = "autovi"
+    inspector: str | None = None
+    onnx_opset: Annotated[int, Field(ge=7)] = 17
+
+    @field_validator("inspector")
+    @classmethod
+    def _known_inspector(cls, value: str | None) -> str | None:
+        return None if value is None else _one_of("inspector format", value, ["onnx"])
 
     @field_validator("format")
     @classmethod
@@ -373,6 +388,11 @@ class ExportParams(Block):
         from fedpatchcore.datasets.exported_maps import EXPORTERS
 
         return _one_of("export format", value, list(EXPORTERS))
+
+
+@block("mlflow")
+class MlflowParams(Block):
+    enabled: bool = True
 
 
 class FlowerParams(Block):

@@ -15,7 +15,9 @@
 ``predict``      every image under predict.input against a variant's persisted bank, at
                  thresholds calibrated on its validation split -> predictions.csv, masks, overlays
 ``export``       anomaly maps in the official AutoVI/MVTec layout from persisted maps
-                 (also appended to ``centralized``/``federated`` when export.enabled)
+                 (also appended to ``centralized``/``federated`` when export.enabled); with
+                 export.inspector=onnx also predict.variant's inspector (ONNX embedder, bank,
+                 thresholds, manifest per category)
 ``__default__``  federated
 """
 
@@ -30,7 +32,12 @@ from fedpatchcore import structure
 from fedpatchcore.config_loader import run_parameters
 from fedpatchcore.pipelines.evaluation.pipeline import centralized_evaluation
 from fedpatchcore.pipelines.explain.pipeline import create_pipeline as explain
-from fedpatchcore.pipelines.export.pipeline import export_enabled, export_maps
+from fedpatchcore.pipelines.export.pipeline import (
+    export_enabled,
+    export_maps,
+    inspector_export,
+    inspector_variant,
+)
 from fedpatchcore.pipelines.federated.pipeline import (
     federated_evaluation,
     federated_training,
@@ -90,6 +97,10 @@ def create_pipelines(parameters: Mapping[str, Any]) -> dict[str, Pipeline]:
     page = html_report(runs, comparison.get("name", "comparison") if compare else None)
     federated += page
     reporting += page
+    inspected = inspector_variant(parameters)
+    if inspected is not None:
+        with_thresholds = bool((parameters.get("validation") or {}).get("enabled", False))
+        exporting += inspector_export(inspected, with_thresholds)
     if export_enabled(parameters):
         centralized += export_maps([structure.CENTRALIZED])
         federated += exporting

@@ -51,8 +51,8 @@ VARIANTS_KEY = "variants"
 # description cannot vary inside it, `explain` and `predict` choose a variant themselves, the
 # validation split is held out of every variant's training images alike, and the tuned
 # per-category settings apply to the centralized baseline only (README "Tuning and inspecting
-# new images").
-NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned"}
+# new images"). Whether a run is tracked (`mlflow`) is the run's, not a variant's.
+NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned", "mlflow"}
 # Dict-valued parameters keyed by names the user chose (client ids, variant names,
 # categories): an override replaces them whole rather than adding its keys to the base ones.
 REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(

@@ -30,6 +30,9 @@ TINY_PARAMS: dict[str, Any] = {
     "extraction": {"batch_size": 4, "num_threads": 1, "num_workers": 1},
     "scoring": {"batch_size": 4},
     "coreset": {"ratio": 0.2},
+    # MLflow tracking only where a test asks for it (tests/pipelines/test_tracking_run.py): opening
+    # a fresh SQLite store costs seconds per session.
+    "mlflow": {"enabled": False},
 }
 
 

@@ -217,7 +217,7 @@ def test_autovi_environment_loads_with_five_clients():
     assert params["dataset"]["image_sizes"]["pipe_clip"] == [400, 400]
     assert params["backbone"]["name"] == "wide_resnet50_2"
     assert params["coreset"]["ratio"] == 0.01
-    assert params["export"] == {"enabled": True, "format": "autovi"}
+    assert params["export"] == {"enabled": True, "format": "autovi", "inspector": None, "onnx_opset": 17}
 
 
 def test_autovi_image_sizes_match_the_reader_defaults():

@@ -3,6 +3,9 @@
 * :func:`build_category_models` turns a bank per category (e.g. the federated global bank,
   :class:`~fedpatchcore.core.banks.CategoryBanks`) and the setting each category was built
   with into ready-to-score :class:`CategoryModel`\\ s (one backbone per distinct setting);
+  ``runtime`` (:data:`RUNTIMES`) says what computes the patch embedding: ``torch`` (the
+  training code) or ``onnx`` (the same network exported at the category's input size and run
+  by ONNX Runtime, as on an inspection station); the rest of scoring is shared;
 * :func:`calibrate_from_validation` scores the GOOD validation images of each category
   (training images held out of the bank, :func:`~fedpatchcore.core.tuning.split.split_validation`)
   and sets its threshold at a target false-alarm rate (:mod:`fedpatchcore.core.scoring.thresholds`).
@@ -33,19 +36,24 @@ import fnmatch
 import logging
 import math
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.banks.knn import build_index
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data import loading
-from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample
+from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample, category_info_from_dict
+from fedpatchcore.core.features import tuned_settings
 from fedpatchcore.core.features.batches import iter_image_batches
 from fedpatchcore.core.features.embedding import PatchEmbedder
+from fedpatchcore.core.features.onnx_embedder import OnnxEmbedder
 from fedpatchcore.core.features.setting import EmbedderCache, Setting
 from fedpatchcore.core.scoring.patch_scores import score_images
 from fedpatchcore.core.scoring.thresholds import Calibration, calibrate
@@ -54,8 +62,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PREDICTION_COLUMNS",
+    "RUNTIMES",
     "CategoryModel",
     "Prediction",
+    "bank_models",
     "build_category_models",
     "calibrate_from_validation",
     "list_images",
@@ -84,6 +94,8 @@ PREDICTION_COLUMNS = [
     "note",
 ]
 UNREADABLE = "UNREADABLE"  # label of a file that could not be read (the reason is in `note`)
+#: What computes the patch embedding (parameter ``predict.runtime``).
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -93,7 +105,7 @@ class CategoryModel:
     category: str
     setting: Setting
     image_size: tuple[int, int]  # (width, height) images are resized to for the network
-    embedder: PatchEmbedder
+    embedder: PatchEmbedder | OnnxEmbedder  # anything with embed(uint8 images) -> (B, h, w, d) features
     bank: np.ndarray
     index: faiss.Index
     sigma: float = 4.0
@@ -124,20 +136,31 @@ def build_category_models(
     approximate_index_above: int | None = None,
     seed: int = 0,
     embedders: EmbedderCache | None = None,
+    runtime: str = "torch",
 ) -> dict[str, CategoryModel]:
     """One :class:`CategoryModel` per category of ``banks``.
 
     ``settings``: one :class:`Setting` for all categories, or one per category (the tuned
     choice); a bank must have been built with its category's setting (same backbone, layers,
-    resolution and neighbourhood), otherwise its dimension will not match.
+    resolution and neighbourhood), otherwise its dimension will not match. ``runtime``: one of
+    :data:`RUNTIMES` (``onnx``: one ONNX Runtime session per network and input size).
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown predict.runtime {runtime!r}; choose one of {list(RUNTIMES)}")
     embedders = embedders or EmbedderCache(device)
+    exported: dict[tuple, OnnxEmbedder] = {}
     models = {}
     for category, bank in sorted(banks.items()):
         if category not in infos:
             raise ValueError(f"bank category {category!r} has no CategoryInfo")
         setting = settings if isinstance(settings, Setting) else settings[category]
         embedder = embedders.get(setting)
+        size = tuple(setting.resolved_size(infos[category]))
+        if runtime == "onnx":
+            key = (setting.embedding_key, size)
+            if key not in exported:
+                exported[key] = OnnxEmbedder.from_embedder(embedder, size)
+            embedder = exported[key]
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         if bank.ndim != 2 or bank.shape[1] != embedder.feature_dim:
             raise ValueError(
@@ -148,13 +171,53 @@ def build_category_models(
         models[category] = CategoryModel(
             category,
             setting,
-            tuple(setting.resolved_size(infos[category])),
+            size,
             embedder,
             bank,
             build_index(bank, approximate=approximate, seed=seed),
             float(sigma),
         )
     return models
+
+
+def bank_models(
+    memory_bank: Mapping[str, np.ndarray],
+    category_info: Mapping[str, Any],
+    backbone: Mapping[str, Any],
+    extraction: Mapping[str, Any],
+    scoring: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+    seed: int,
+    tuned: Mapping[str, Any] | None = None,
+    *,
+    runtime: str = "torch",
+    what: str = "predict",
+) -> dict[str, CategoryModel]:
+    """One ready-to-score model per category of a persisted bank, with the setting it was built
+    with (its ``tuned`` entry, else the run's blocks at ``category_info``'s size): what ``predict``
+    scores with and what ``export.inspector`` ships. ``what`` names the caller in errors."""
+    if (privacy or {}).get("enabled", False):
+        raise InputError(
+            f"{what} does not score against a differentially private bank yet (privacy.enabled): the public "
+            "projection/clipping of test patches is applied by the evaluate pipeline only"
+        )
+    banks = CategoryBanks.from_arrays(memory_bank).banks
+    infos = {name: category_info_from_dict(category_info[name]) for name in banks}
+    default = Setting.from_params(backbone, extraction, scoring)
+    chosen = tuned_settings.category_settings(banks, backbone, extraction, scoring, tuned)
+    # A category without a tuned entry was trained at category_info's size: say so exactly.
+    settings = {c: s if s is not None else replace(default, image_size=infos[c].image_size) for c, s in chosen.items()}
+    return build_category_models(
+        banks,
+        infos,
+        settings,
+        sigma=float(scoring["sigma"]),
+        device=backbone.get("device", "cpu"),
+        approximate_index_above=scoring.get("approximate_index_above"),
+        seed=int(seed),
+        embedders=EmbedderCache(backbone.get("device", "cpu")),
+        runtime=runtime,
+    )
 
 
 def score_samples(

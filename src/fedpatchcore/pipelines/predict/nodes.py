@@ -17,20 +17,16 @@ No test label is read: only ``split == "train"`` rows of ``dataset_index`` becom
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.common.errors import InputError
-from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.features import tuned_settings as run_settings
-from fedpatchcore.core.features.setting import EmbedderCache, Setting
+from fedpatchcore.core.data.types import TRAIN, frame_to_samples
 from fedpatchcore.core.scoring.predict import (
     UNREADABLE,
-    build_category_models,
+    bank_models,
     calibrate_from_validation,
     predict_folder,
     save_predictions,
@@ -85,28 +81,13 @@ def build_models(
     privacy: dict[str, Any],
     seed: int,
     tuned: dict[str, Any] | None = None,
+    *,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
-    """One scoring model per category of the bank, with the setting the bank was built with."""
-    if (privacy or {}).get("enabled", False):
-        raise InputError(
-            "predict does not score against a differentially private bank yet (privacy.enabled): the public "
-            "projection/clipping of test patches is applied by the evaluate pipeline only"
-        )
-    banks = CategoryBanks.from_arrays(memory_bank).banks
-    infos = {name: category_info_from_dict(category_info[name]) for name in banks}
-    default = Setting.from_params(backbone, extraction, scoring)
-    chosen = run_settings.category_settings(banks, backbone, extraction, scoring, tuned)
-    # A category without a tuned entry was trained at category_info's size: say so exactly.
-    settings = {c: s if s is not None else replace(default, image_size=infos[c].image_size) for c, s in chosen.items()}
-    return build_category_models(
-        banks,
-        infos,
-        settings,
-        sigma=float(scoring["sigma"]),
-        device=backbone.get("device", "cpu"),
-        approximate_index_above=scoring.get("approximate_index_above"),
-        seed=int(seed),
-        embedders=EmbedderCache(backbone.get("device", "cpu")),
+    """One scoring model per category of the bank, with the setting the bank was built with;
+    its patch embedding computed by ``predict.runtime`` (torch, or the network in ONNX Runtime)."""
+    return bank_models(
+        memory_bank, category_info, backbone, extraction, scoring, privacy, seed, tuned, runtime=runtime, what="predict"
     )
 
 

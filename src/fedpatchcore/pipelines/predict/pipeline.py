@@ -41,7 +41,7 @@ def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     template = Pipeline(
         [
             node(
-                nodes.build_models,
+                bind(nodes.build_models, runtime=str(predict.get("runtime") or "torch")),
                 [f"{variant_name}.memory_bank", "category_info", *blocks, *tuned],
                 "models",
                 name="build_models",
