@@ -13,7 +13,7 @@ from fedpatchcore.core.federation import generative as fed
 from fedpatchcore.core.federation.trust import TrustSettings
 from fedpatchcore.core.privacy import generative as gen
 from fedpatchcore.flower import generative as flower_gen
-from fedpatchcore.flower.server import FederationPlan
+from fedpatchcore.flower.rounds import FederationPlan
 from tests.core.privacy.test_generative import CATEGORIES, DIM, tiny_data
 from tests.flower.fakes import FakeGrid
 from tests.pipelines.conftest import TINY_PARAMS, merged, project_parameters

@@ -121,20 +121,18 @@ def site_data(
     return data, fed.model_shape(int(data.x.shape[-1]), categories, cvae)
 
 
-def answer(
-    message: Message, context: Context, node_configs: Mapping[int, Mapping[str, Any]] | None = None
-) -> Message:
-    """One round at a site: train locally from the broadcast weights, reply with the update."""
-    from fedpatchcore.flower.client_app import PARTITION_ID, open_site
+def round_parameters(content: RecordDict) -> dict[str, Any]:
+    """The run configuration a model round carries (what the site opens its data with)."""
+    return json.loads(str(content.config_records[CONFIG]["parameters"]))
 
+
+def answer(message: Message, context: Context, site: Any) -> Message:
+    """One round at ``site`` (this node's, ``client_app.node_site``): train locally from the
+    broadcast weights, reply with the update."""
     config = message.content.config_records[CONFIG]
     round_number = int(config["server-round"])
-    parameters = json.loads(str(config["parameters"]))
+    parameters = round_parameters(message.content)
     categories = json.loads(str(config["categories"]))
-    node_config = dict(context.node_config)
-    if node_configs is not None and PARTITION_ID in node_config:
-        node_config.update(node_configs[int(node_config[PARTITION_ID])])
-    site = open_site(node_config, parameters, context.run_config)
     data, shape = site_data(site, parameters, categories, context)
     settings = fed.GenerativeSettings.from_parameters(
         site.client_id,
