@@ -29,6 +29,20 @@ from fedpatchcore.core.privacy.release import PrivacySettings, choose_positions
 
 logger = logging.getLogger(__name__)
 
+#: The parameter blocks the server of a DP-CVAE federation reads: the averaging rule and the
+#: sampling (``privacy.dp_cvae``), trust's α, β, γ (``trust``), k-center's projection (``coreset``).
+SERVER_BLOCKS = ("seed", "privacy", "trust", "coreset")
+
+
+def is_generative(parameters: Mapping[str, Any]) -> bool:
+    """Whether the run's clients release a DP-CVAE (``privacy.mechanism: dp_cvae``) instead of rows."""
+    return (parameters.get("privacy") or {}).get("mechanism", "rows") == "dp_cvae"
+
+
+def cvae_settings(parameters: Mapping[str, Any]) -> gen.CVAESettings:
+    """The run's ``privacy.dp_cvae`` settings (the rounds, the averaging, the sampling)."""
+    return gen.CVAESettings.from_parameters((parameters.get("privacy") or {}).get("dp_cvae"))
+
 
 @dataclass(frozen=True)
 class GenerativeSettings:
@@ -57,6 +71,16 @@ class GenerativeSettings:
             privacy=PrivacySettings.from_parameters(privacy, seed),
             seed=int(seed),
             drift=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))).encoder_drift,
+        )
+
+    @classmethod
+    def from_run(cls, parameters: Mapping[str, Any], client_id: str) -> GenerativeSettings:
+        """Client ``client_id``'s settings from the run's client blocks (``privacy``, ``seed``, ``heterogeneity``)."""
+        return cls.from_parameters(
+            client_id,
+            privacy=parameters.get("privacy"),
+            seed=int(parameters["seed"]),
+            heterogeneity=parameters.get("heterogeneity"),
         )
 
     def plan(self, n_train: int) -> gen.TrainingPlan:
@@ -252,3 +276,55 @@ def average_round(
     weights, scores = averaging_weights(updates, cvae.averaging, trust, round_number)
     averaged = weighted_average([u.weights for u in updates], [weights[u.client_id] for u in updates])
     return averaged, round_report(updates, weights, scores, cvae.averaging, round_number)
+
+
+def features_dim(features: Any) -> int:
+    """The patch vectors' dimension of an ``ExtractedFeatures`` (every category's file has the same)."""
+    dims = {int(f.dim) for f in features.files.values()}
+    if len(dims) != 1:
+        raise ValueError(f"a client's feature files must share one dimension, got {sorted(dims)}")
+    return dims.pop()
+
+
+def global_bank(
+    weights: Mapping[str, np.ndarray],
+    categories: Sequence[str],
+    last_round: Mapping[str, Any],
+    parameters: Mapping[str, Any],
+) -> tuple[Any, dict[str, np.ndarray]]:
+    """After the last round: the synthetic memory bank of the global decoder, and the full samples.
+
+    ``last_round``: the last round's report (its clients' public training-image counts become
+    the bank's per-category image counts); ``parameters``: the run's :data:`SERVER_BLOCKS`.
+    """
+    cvae = cvae_settings(parameters)
+    shape = gen.ModelShape.from_weights(weights, categories, cvae)
+    n_images: dict[str, int] = {}
+    for sent in last_round["uploaded"].values():
+        for category, count in sent["n_images"].items():
+            n_images[category] = n_images.get(category, 0) + int(count)
+    return gen.synthetic_bank(
+        shape,
+        weights,
+        n_images,
+        cvae,
+        seed=int(parameters["seed"]),
+        projection_dim=(parameters.get("coreset") or {}).get("projection_dim"),
+    )
+
+
+def held_out_embeddings(
+    datas: Sequence[gen.GenerativeData], categories: Sequence[str], settings: gen.CVAESettings
+) -> dict[str, np.ndarray]:
+    """The clients' held-out real patch vectors per category, in the backbone's units (fidelity's reference).
+
+    An experimenter's measure, not a message of the protocol: no client sends these.
+    """
+    ordered = sorted(categories)
+    rows: dict[str, list[np.ndarray]] = {}
+    for data in datas:
+        for index in np.unique(data.category[data.holdout]):
+            chosen = data.holdout & (data.category == index)
+            vectors = data.x[chosen].reshape(-1, data.x.shape[-1]) * np.float32(settings.feature_scale)
+            rows.setdefault(ordered[int(index)], []).append(vectors)
+    return {category: np.concatenate(parts) for category, parts in rows.items()}

@@ -458,6 +458,9 @@ class TrainingPlan:
             "neighbouring": "replace-one image",
             "clipping": "per image (all its patches in one example)",
             "noise_multiplier": self.noise_multiplier,
+            # The rows release's "sigma" (what experiment.sigma publishes): the noise std of a step's
+            # summed clipped gradients.
+            "sigma": None if self.noise_multiplier is None else self.noise_multiplier * self.max_grad_norm,
             "report_noise_multiplier": self.report_noise_multiplier,
             "max_grad_norm": self.max_grad_norm,
             "sample_rate": self.sample_rate,

@@ -239,6 +239,8 @@ class PrivacySettings:
 def release_parameters(block: Mapping[str, Any] | None) -> dict[str, Any]:
     """What of the ``privacy`` block changes the released rows (variants equal here share lanes)."""
     block = dict(block or {})
+    if block.get("mechanism", "rows") != "rows":  # another mechanism releases no rows: never the same lane
+        return {k: v for k, v in block.items() if k != "audit"}
     if not block.get("enabled", False):
         return {"enabled": False}
     return {k: v for k, v in block.items() if k != "audit"}
@@ -272,7 +274,7 @@ class PublicTransform:
 
 def public_transform(settings: PrivacySettings, dim: int) -> PublicTransform | None:
     """The map for vectors of dimension ``dim`` (None when privacy is disabled: vectors stay as they are)."""
-    if not settings.enabled:
+    if not settings.enabled or settings.mechanism != "rows":  # a DP-CVAE's bank lives in the backbone's space
         return None
     matrix = None
     if settings.projection_dim is not None:

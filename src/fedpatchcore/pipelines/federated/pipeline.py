@@ -13,12 +13,19 @@ run's :data:`~fedpatchcore.core.federation.server.SERVER_BLOCKS`.
 
 from kedro.pipeline import Pipeline, node
 
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.evaluation import run_summary
 from fedpatchcore.core.federation.server import SERVER_BLOCKS
 from fedpatchcore.pipelines import bind, in_variant, node_with_parameters
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.federated.flower_pipeline import flower_federation, uses_flower
+from fedpatchcore.pipelines.federated.generative_pipeline import (
+    add_bank_fidelity,
+    generative_federation,
+    generative_rounds,
+    is_generative,
+)
 from fedpatchcore.pipelines.training.pipeline import client_lanes, later_round_uploads
 from fedpatchcore.structure import Variant, round_bank
 
@@ -93,6 +100,7 @@ def summary_pipeline(variant: Variant) -> Pipeline:
         f"client_{cid}_privacy_budget": f"{variant.lane_owner[cid]}.client_{cid}.privacy_budget"
         for cid in variant.client_ids
     }
+    rounds = generative_rounds(variant) if is_generative(variant) else variant.rounds
     template = Pipeline(
         [
             node(
@@ -104,7 +112,7 @@ def summary_pipeline(variant: Variant) -> Pipeline:
                     "partition_stats",
                     "dataset_index",
                     "params:aggregation",
-                    *[f"round_{r}_report" for r in range(1, variant.rounds + 1)],
+                    *[f"round_{r}_report" for r in range(1, rounds + 1)],
                 ],
                 "run_summary",
                 name="summarise_run",
@@ -133,6 +141,21 @@ def summary_pipeline(variant: Variant) -> Pipeline:
             ),
         ]
     )
+    if is_generative(variant):  # the synthetic bank's fidelity joins the published metrics
+        template = Pipeline(
+            [
+                n if n.name != "publish_privacy" else node(n.func, n.inputs, "privacy_metrics", name=n.name)
+                for n in template.nodes
+            ]
+            + [
+                node(
+                    add_bank_fidelity,
+                    ["privacy_metrics", "bank_fidelity"],
+                    "published_metrics",
+                    name="add_bank_fidelity",
+                )
+            ]
+        )
     inputs = {"dataset_index": "dataset_index", "evaluation_index": "evaluation_index", "category_info": "category_info"}
     if not variant.owns_partition:
         inputs.update({"partition": f"{partition}.partition", "partition_stats": f"{partition}.partition_stats"})
@@ -146,6 +169,13 @@ def summary_pipeline(variant: Variant) -> Pipeline:
 
 def federated_training(variant: Variant) -> Pipeline:
     partition = partition_pipeline(variant) if variant.owns_partition else Pipeline([])
+    if is_generative(variant):  # privacy.mechanism: dp_cvae -> a DP-CVAE trained over rounds, the bank sampled
+        if uses_flower(variant):
+            raise InputError(
+                f"variant {variant.name}: privacy.mechanism dp_cvae runs with federation.engine inprocess in Kedro "
+                "(the Flower path of the DP-CVAE is fedpatchcore.flower.generative.serve_generative)"
+            )
+        return partition + generative_federation(variant)
     if uses_flower(variant):  # federation.engine: flower -> one node runs the rounds through Flower
         return partition + flower_federation(variant)
     return partition + client_lanes(variant) + server_rounds(variant)
