@@ -160,3 +160,20 @@ def test_first_round_starts_every_client_from_the_same_public_model():
     averaged, report = fed.average_round(updates, cvae, TrustSettings(), 1)
     assert report["uploaded_bytes"] == sum(u.nbytes for u in updates)
     assert set(averaged) == set(updates[0].weights)
+
+
+def test_a_dp_cvae_variant_shares_features_but_never_a_rows_lane():
+    from fedpatchcore.core.federation.client import coreset_inputs, feature_inputs
+    from fedpatchcore.core.privacy.release import public_transform
+
+    rows = {"seed": 0, "backbone": {}, "extraction": {}, "coreset": {"ratio": 0.1}, "privacy": {"enabled": False}}
+    cvae = {**rows, "privacy": {"enabled": False, "mechanism": "dp_cvae"}}
+    drifted = {**cvae, "heterogeneity": {"1": {"encoder_drift": 3.0}}}
+    blurred = {**cvae, "heterogeneity": {"1": {"encoder_drift": 3.0, "motion_blur": 5}}}
+    assert feature_inputs(rows, "1") == feature_inputs(cvae, "1") == feature_inputs(drifted, "1")
+    assert feature_inputs(blurred, "1")["heterogeneity.1"] == {"motion_blur": 5}  # images degraded: own extraction
+    assert coreset_inputs(rows, "1") != coreset_inputs(cvae, "1")  # no raw coreset rows in a DP-CVAE lane
+    # A DP-CVAE's bank lives in the backbone's space: scoring applies no clipping map.
+    settings = PrivacySettings.from_parameters({"enabled": True, "mechanism": "dp_cvae"}, seed=0)
+    assert public_transform(settings, 8) is None
+    assert public_transform(PrivacySettings.from_parameters({"enabled": True}, seed=0), 8) is not None
