@@ -450,6 +450,7 @@ class TrainingPlan:
         """JSON-ready: what the training spends (``epsilon`` null: no guarantee)."""
         return {
             "mechanism": "dp_cvae",
+            "enabled": self.private,
             "private": self.private,
             "epsilon": self.epsilon,
             "delta": None if self.ledger is None else self.ledger.delta,
