@@ -33,6 +33,7 @@ from fedpatchcore.pipelines.federated import nodes as federated_nodes
 from fedpatchcore.pipelines.federated.pipeline import (
     federated_evaluation,
     federated_training,
+    privacy_budget_datasets,
     published_metrics_name,
 )
 from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
@@ -51,17 +52,34 @@ def centralized_evaluation() -> Pipeline:
                 ["metrics", "memory_bank", "params:tuned"],
                 "run_summary",
                 name="summarise_run",
-            ),
-            node(
-                bind(federated_nodes.add_privacy_budgets, client_ids=[training_nodes.CENTRALIZED_CLIENT]),
-                ["run_summary", "params:privacy", "params:seed", "privacy_budget"],
-                "published_metrics",
-                name="publish_privacy",
-            ),
+            )
         ]
     )
-    return evaluation(structure.CENTRALIZED) + in_variant(
-        summary, structure.CENTRALIZED, outputs={"published_metrics": "metrics_centralized"}
+    # Outside the namespace, after every release of the run (as each federated variant's).
+    name, parameters = structure.CENTRALIZED, f"params:{structure.VARIANTS_KEY}.{structure.CENTRALIZED}"
+    publish = node(
+        bind(training_nodes.publish_centralized_privacy, client_id=training_nodes.CENTRALIZED_CLIENT),
+        [
+            f"{name}.run_summary",
+            f"{name}.training_images",
+            "privacy_ledger_state",
+            f"{parameters}.privacy",
+            f"{parameters}.seed",
+            f"{name}.privacy_budget",
+        ],
+        "metrics_centralized",
+        name="publish_centralized_metrics",
+    )
+    return evaluation(structure.CENTRALIZED) + in_variant(summary, structure.CENTRALIZED) + Pipeline([publish])
+
+
+def privacy_ledger_state(variants, with_centralized: bool) -> Pipeline:
+    """One node after every release of the run: each published budget then reads the composed ε."""
+    budgets = sorted({name for v in variants for name in privacy_budget_datasets(v)})
+    if with_centralized:
+        budgets.append(f"{structure.CENTRALIZED}.privacy_budget")
+    return Pipeline(
+        [node(federated_nodes.close_privacy_ledger, budgets, "privacy_ledger_state", name="close_privacy_ledger")]
     )
 
 
@@ -74,6 +92,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     with_centralized = compare and comparison.get("centralized", True)
 
     centralized_eval = centralized_evaluation()
+    ledger = privacy_ledger_state(variants, with_centralized)
     centralized_report = report(structure.CENTRALIZED)
     centralized_all = centralized_training() + centralized_eval + centralized_report
 
@@ -85,8 +104,8 @@ def register_pipelines() -> dict[str, Pipeline]:
         published["metrics_centralized"] = "metrics_centralized"
     comparison_report = experiment_summary(comparison.get("name", "comparison"), published)
 
-    federated = ingest() + federated_train + federated_eval + federated_report
-    evaluate = federated_eval
+    federated = ingest() + federated_train + ledger + federated_eval + federated_report
+    evaluate = federated_eval + ledger
     reporting = federated_report
     exporting = export_maps(v.name for v in variants)
     if with_centralized:
@@ -97,7 +116,12 @@ def register_pipelines() -> dict[str, Pipeline]:
     if compare:
         federated += comparison_report
         reporting += comparison_report
-    centralized = ingest() + centralized_all + html_report([structure.CENTRALIZED], experiment=None)
+    centralized = (
+        ingest()
+        + centralized_all
+        + privacy_ledger_state([], with_centralized=True)
+        + html_report([structure.CENTRALIZED], experiment=None)
+    )
     # One HTML page over every run of the experiment (and its table and plot).
     runs = ([structure.CENTRALIZED] if with_centralized else []) + [v.name for v in variants]
     page = html_report(runs, comparison.get("name", "comparison") if compare else None)

@@ -72,6 +72,7 @@ SPLIT_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("federation", "clients"),
     ("federation", "qc_sample_ratio"),
     ("federation", "alpha"),
+    ("federation", "train_per_category"),
 )
 PARTITION_PARAMETERS = (*SPLIT_PARAMETERS, ("heterogeneity",))
 # What one client's feature extraction writes depends on the split, that client's own
@@ -216,7 +217,15 @@ class Variant:
         return client_ids_for(federation["partition"], federation.get("num_clients"), federation.get("clients"))
 
     @property
+    def summary(self) -> bool:
+        """Whether the variant's bank is a private summary (``privacy.mechanism: summary``)."""
+        return (self.parameters.get("privacy") or {}).get("mechanism", "rows") == "summary"
+
+    @property
     def rounds(self) -> int:
+        """Server rounds: ``federation.rounds``, or a summary's DP-Lloyd rounds (at least one report)."""
+        if self.summary:
+            return max(1, int(((self.parameters.get("privacy") or {}).get("summary") or {}).get("rounds", 2)))
         rounds = int(self.federation.get("rounds", 1))
         if rounds < 1:
             raise ValueError(f"federation.rounds must be at least 1 (variant {self.name}), got {rounds}")
@@ -278,6 +287,8 @@ def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Vari
             c: lane_owners.setdefault(fingerprint(released, (*LANE_PARAMETERS, *own[c]), c, selection), name)
             for c in clients
         }
+        if (values.get("privacy") or {}).get("mechanism", "rows") == "summary":
+            lanes = dict.fromkeys(clients, name)  # a summary variant runs (and charges) its own rounds
         variants.append(Variant(name, values, partition_owner, features, lanes))
     return variants
 

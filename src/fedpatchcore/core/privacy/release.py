@@ -56,7 +56,7 @@ from fedpatchcore.core.common.seeding import derive_rng, derive_seed
 from fedpatchcore.core.coreset.kcenter import greedy_kcenter
 from fedpatchcore.core.features.projection import random_projection_matrix
 from fedpatchcore.core.privacy.accounting import ACCOUNTANTS, PrivacyLedger, noise_multiplier_for
-from fedpatchcore.core.privacy.audit import CanaryAuditSettings
+from fedpatchcore.core.privacy.audit import CanaryAuditSettings, canary_audit, canary_inputs
 from fedpatchcore.core.privacy.ledger import Mechanism, SiteLedger, Spent, image_set_id
 from fedpatchcore.core.privacy.secure_sum import SecureAggregationSettings, noise_share
 from fedpatchcore.core.privacy.summary import (
@@ -656,3 +656,89 @@ def summary_upload_mechanism(
         return np.concatenate(released)
 
     return release
+
+
+# --------------------------------------------------------------------------- evidence
+
+
+def composed_budget(budget: Mapping[str, Any], settings: PrivacySettings, site: str, keys: Sequence[str]) -> dict[str, Any]:
+    """``budget`` with ``epsilon`` = what the site's ledger now holds for its most exposed image.
+
+    Read after every release of the run (the variants, the centralized baseline), so the
+    published ε is the composed one. Unchanged for a disabled release or an in-memory ledger.
+    """
+    budget = dict(budget)
+    if not budget.get("enabled") or settings.ledger_dir is None:
+        return budget
+    spent = settings.site_ledger(site).spent(keys)
+    budget.update(
+        {
+            "epsilon": float(spent.epsilon),
+            "releases_composed": len(spent.releases),
+            "private": bool(budget.get("private", True)) and spent.private,
+            "ledger": str(settings.site_ledger(site).path),
+        }
+    )
+    return budget
+
+
+def publish_budgets(
+    run_summary: Mapping[str, Any],
+    settings: PrivacySettings,
+    budgets: Sequence[Mapping[str, Any]],
+    client_ids: Sequence[str],
+    holdings: Mapping[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """``clients.<id>.privacy`` for every client, and ``experiment`` columns when private.
+
+    ``holdings`` (client -> its image keys): each budget's ``epsilon`` becomes the composed ε
+    the site's ledger holds for its images (:func:`composed_budget`). The experiment gets
+    ``sigma``, ``composed_epsilon`` (the most exposed site) and ``private``.
+    """
+    summary = {**run_summary, "clients": {cid: dict(values) for cid, values in run_summary["clients"].items()}}
+    published = []
+    for client_id, budget in zip(client_ids, budgets, strict=True):
+        if holdings is not None:
+            budget = composed_budget(budget, settings, client_id, holdings.get(client_id, []))
+        published.append(dict(budget))
+        summary["clients"].setdefault(client_id, {})["privacy"] = dict(budget)
+    if settings.enabled:
+        summary["experiment"] = {
+            **summary.get("experiment", {}),
+            "sigma": max(float(b["sigma"]) for b in published),
+            "composed_epsilon": max(float(b["epsilon"]) for b in published),
+            "private": all(bool(b.get("private", True)) for b in published),
+        }
+    return summary
+
+
+def audit_release(settings: PrivacySettings, coreset_ratio: float, seed: int) -> dict[str, Any]:
+    """The canary audit of this variant's mechanism on small public inputs (``privacy.canary_audit``).
+
+    rows: the release and the local k-center after it (what the server receives); summary: every
+    round's pooled sums around public centres. The claim is the release's per-image ε (None when
+    disabled: the bound then shows what the audit can see of an unprotected release).
+    """
+    audit = settings.canary_audit
+    per_image = settings.patches_per_image
+    if settings.mechanism == "summary":
+        scale = settings.summary.residual_clip
+        without, with_canary = canary_inputs(audit.images, per_image, audit.dim, scale, seed)
+        public = canary_inputs(audit.images, per_image, audit.dim, scale, derive_seed(seed, "canary_centres"))[0]
+        public = public.reshape(-1, public.shape[-1])
+        k = min(settings.summary.centres, len(public))
+        centres = public[greedy_kcenter(public, k, projection_dim=None, seed=seed)]
+        mechanism = summary_upload_mechanism(settings, centres)
+    else:
+        without, with_canary = canary_inputs(audit.images, per_image, audit.dim, settings.clip_norm, seed)
+        mechanism = rows_upload_mechanism(settings, coreset_ratio, seed)
+    result = canary_audit(
+        mechanism,
+        without,
+        with_canary,
+        trials=audit.trials,
+        delta=settings.delta,
+        claimed_epsilon=settings.image_epsilon() if settings.enabled else None,
+        seed=seed,
+    )
+    return {"enabled": True, "mechanism": settings.mechanism, **result.describe()}

@@ -30,6 +30,7 @@ from fedpatchcore.core.evaluation.metrics import (
 from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
 from fedpatchcore.core.scoring.category import score_category
+from fedpatchcore.core.scoring.summary import score_category_summary
 from fedpatchcore.datasets.arrays import FaissIndexes
 from fedpatchcore.pipelines import settings as run_settings
 
@@ -112,7 +113,8 @@ def score_test_images(
     Each category's maps entry also records ``skipped`` (test images that could not be read,
     ``{"path", "reason"}``) and the ``bank_fingerprint`` it was scored against.
     With ``privacy.enabled`` the bank holds released rows: test patches go through the same
-    public map (projection, clipping) before they are compared with it.
+    public map (projection, clipping) before they are compared with it. A summary bank (its
+    arrays carry ``radius/``) scores a patch by its distance to a centre over that centre's radius.
     ``tuned`` (the centralized baseline only): a category with an entry is scored with its
     own setting, at its own input size; its maps are then resized to ``category_info``'s size,
     where the ground truth and the report read them (the image scores are taken before that).
@@ -135,20 +137,34 @@ def score_test_images(
         if key not in embedders:
             embedders[key] = with_public_transform(make_embedder(cat_backbone, cat_extraction), privacy_settings)
         info = category_info_from_dict(category_info[category])
-        scores = score_category(
-            samples,
-            run_settings.info_for(setting, info),
-            embedders[key],
-            faiss_index[category],
-            batch_size=scoring["batch_size"],
-            sigma=scoring["sigma"],
-            reweight=cat_scoring["reweight"],
-            bank=banks.banks[category] if cat_scoring["reweight"] else None,
-            reweight_neighbours=cat_scoring["reweight_neighbours"],
-            num_workers=extraction["num_workers"],
-            image_score=cat_scoring.get("image_score", "max"),
-            topk=int(cat_scoring.get("topk", 10)),
-        )
+        if category in banks.radius:  # a private summary bank: distance over the centre's radius
+            scores = score_category_summary(
+                samples,
+                info,
+                embedders[key],
+                banks.banks[category],
+                banks.radius[category],
+                batch_size=scoring["batch_size"],
+                sigma=scoring["sigma"],
+                num_workers=extraction["num_workers"],
+                image_score=cat_scoring.get("image_score", "max"),
+                topk=int(cat_scoring.get("topk", 10)),
+            )
+        else:
+            scores = score_category(
+                samples,
+                run_settings.info_for(setting, info),
+                embedders[key],
+                faiss_index[category],
+                batch_size=scoring["batch_size"],
+                sigma=scoring["sigma"],
+                reweight=cat_scoring["reweight"],
+                bank=banks.banks[category] if cat_scoring["reweight"] else None,
+                reweight_neighbours=cat_scoring["reweight_neighbours"],
+                num_workers=extraction["num_workers"],
+                image_score=cat_scoring.get("image_score", "max"),
+                topk=int(cat_scoring.get("topk", 10)),
+            )
         if setting is not None:
             scores.maps = resize_maps(scores.maps, info.image_size)
         if scores.skipped:

@@ -23,9 +23,15 @@ from fedpatchcore.core.federation.heterogeneity import (
     label_noise_pool,
     parse_heterogeneity,
 )
-from fedpatchcore.core.federation.partition import make_partition, partition_statistics
+from fedpatchcore.core.federation.partition import make_partition, partition_statistics, subsample_per_category
 from fedpatchcore.core.federation.server import ServerSettings, run_round
-from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
+from fedpatchcore.core.privacy.release import (
+    PrivacySettings,
+    audit_release,
+    choose_positions,
+    publish_budgets,
+    with_public_transform,
+)
 from fedpatchcore.pipelines.ingest.nodes import validation_keys
 
 logger = logging.getLogger(__name__)
@@ -60,7 +66,11 @@ def reserve_label_noise_images(
         if not any(spec.label_noise for spec in specs.values()):
             continue
         held_out = validation_keys(dataset_index, parameters.get("validation"), parameters["seed"])
-        partitioned = [s for s in samples if s.key not in held_out]
+        partitioned = subsample_per_category(
+            [s for s in samples if s.key not in held_out],
+            parameters["federation"].get("train_per_category"),
+            parameters["seed"],
+        )
         for client_id, keys in _partition(partitioned, parameters["federation"], parameters["seed"]).items():
             spec = specs.get(str(client_id))
             if spec is None or not spec.label_noise:
@@ -96,12 +106,15 @@ def partition_clients(
 
     With ``heterogeneity.<client>.label_noise``, a share of that client's images is swapped for
     defective ones from the label-noise pool (its "good" folder holds defective parts).
-    With ``validation.enabled`` the validation split's training images go to no client.
+    With ``validation.enabled`` the validation split's training images go to no client; with
+    ``federation.train_per_category`` only a seeded choice of that many per category is dealt.
     Returns the partition (client -> image keys), its statistics, then one training-image
     table per client in ``client_ids`` order.
     """
     held_out = validation_keys(dataset_index, validation, seed)
     samples = [s for s in frame_to_samples(dataset_index) if s.key not in held_out]
+    # federation.train_per_category: the variant trains on a seeded share of each category.
+    samples = subsample_per_category(samples, federation.get("train_per_category"), seed)
     assignment = _partition(samples, federation, seed)
     if list(assignment) != list(client_ids):
         raise RuntimeError(f"partition made clients {list(assignment)}, the pipeline was built for {client_ids}")
@@ -239,7 +252,10 @@ def audit_membership(
     """Play the attacker holding the global bank: which images trained it? (``privacy.audit``)
 
     Members: every client's training images; non-members: the defect-free test images of the
-    same categories that are evaluated. Returns ``{"enabled": false}`` when the audit is off.
+    same categories that are evaluated. A private rows release takes only the public positions
+    of each image, so the attacker looks there only (a member's client's positions; a
+    non-member's as the first client of its category would have drawn them). Returns
+    ``{"enabled": false}`` when the audit is off.
     """
     settings = PrivacySettings.from_parameters(privacy, seed)
     if not settings.audit.enabled:
@@ -264,40 +280,85 @@ def audit_membership(
         seed=seed,
         epsilon=budget["epsilon"],
         delta=budget["delta"],
+        positions=_release_positions(settings, partition, samples),
     )
+
+
+def _release_positions(settings: PrivacySettings, partition: dict[str, list[str]], samples: dict[str, Any]):
+    """The public positions of a rows release, per image (None: every patch reached the bank)."""
+    if not (settings.enabled and settings.mechanism == "rows"):
+        return None
+    holder = {key: cid for cid, keys in partition.items() for key in keys}
+    first_holder: dict[str, str] = {}
+    for cid, keys in partition.items():
+        for key in keys:
+            first_holder.setdefault(samples[key].category, cid)
+
+    def positions(sample, grid):
+        client_id = holder.get(sample.key, first_holder.get(sample.category, ""))
+        return choose_positions(grid, settings.patches_per_image, settings.seed, client_id, sample.key)
+
+    return positions
+
+
+def audit_canary(privacy: dict[str, Any], coreset: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The canary audit of the variant's release mechanism (``privacy.canary_audit``; small public inputs)."""
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    if not settings.canary_audit.enabled:
+        return {"enabled": False}
+    result = audit_release(settings, float(coreset["ratio"]), seed)
+    logger.info(
+        "Canary audit (%s): empirical ε lower bound %.3f (claimed %s, at most %.2f with %d trials)",
+        settings.mechanism,
+        result["empirical_epsilon_lb"],
+        result["claimed_epsilon"],
+        result["epsilon_ceiling"],
+        result["trials"],
+    )
+    return result
+
+
+def close_privacy_ledger(*budgets: dict[str, Any]) -> dict[str, Any]:
+    """After every release of the run: what was released (the published budgets read the ledger next)."""
+    return {"releases": sum(1 for budget in budgets if budget.get("enabled")), "budgets": len(budgets)}
 
 
 def add_privacy_budgets(
     run_summary: dict[str, Any], privacy: dict[str, Any], seed: int, *budgets: dict[str, Any], client_ids: list[str]
 ) -> dict[str, Any]:
     """``clients.<id>.privacy``: what each client's release spent; ``experiment.sigma`` when private."""
-    summary = {**run_summary, "clients": {cid: dict(values) for cid, values in run_summary["clients"].items()}}
-    for client_id, budget in zip(client_ids, budgets, strict=True):
-        summary["clients"].setdefault(client_id, {})["privacy"] = dict(budget)
-    if PrivacySettings.from_parameters(privacy, seed).enabled:
-        summary["experiment"] = {**summary.get("experiment", {}), "sigma": max(float(b["sigma"]) for b in budgets)}
-    return summary
+    return publish_budgets(run_summary, PrivacySettings.from_parameters(privacy, seed), budgets, client_ids)
 
 
 def publish_privacy(
     run_summary: dict[str, Any],
     privacy_audit: dict[str, Any],
+    canary_audit: dict[str, Any],
+    privacy_ledger_state: dict[str, Any],
+    partition: dict[str, list[str]],
     privacy: dict[str, Any],
     seed: int,
     *budgets: dict[str, Any],
     client_ids: list[str],
 ) -> dict[str, Any]:
-    """The run's metrics with each client's privacy budget and, when audited, the attack's results.
+    """The run's metrics with each client's privacy budget and, when audited, the attacks' results.
 
-    An audited run also publishes ``experiment.sigma`` and ``experiment.attack_auc`` (columns of
-    the experiment's table).
+    Budgets carry the composed ε of the sites' ledgers (read after every release of the run:
+    ``privacy_ledger_state``). An audited run also publishes ``experiment.sigma``,
+    ``experiment.attack_auc`` and, with the canary audit, ``experiment.empirical_epsilon_lb``
+    (columns of the experiment's table).
     """
-    summary = add_privacy_budgets(run_summary, privacy, seed, *budgets, client_ids=client_ids)
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    summary = publish_budgets(run_summary, settings, budgets, client_ids, holdings=partition)
+    experiment = dict(summary.get("experiment", {}))
+    if privacy_audit.get("enabled") or canary_audit.get("enabled"):
+        experiment.setdefault("sigma", max(float(b["sigma"]) for b in budgets))
     if privacy_audit.get("enabled"):
         summary["privacy"] = {"audit": dict(privacy_audit)}
-        summary["experiment"] = {
-            **summary.get("experiment", {}),
-            "sigma": max(float(b["sigma"]) for b in budgets),
-            "attack_auc": privacy_audit["attack_auc"],
-        }
+        experiment["attack_auc"] = privacy_audit["attack_auc"]
+    if canary_audit.get("enabled"):
+        summary["privacy"] = {**summary.get("privacy", {}), "canary_audit": dict(canary_audit)}
+        experiment["empirical_epsilon_lb"] = canary_audit["empirical_epsilon_lb"]
+    if experiment:
+        summary["experiment"] = experiment
     return summary

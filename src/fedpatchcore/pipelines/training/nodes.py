@@ -15,6 +15,7 @@ from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
 from fedpatchcore.core.features.extraction import ExtractedFeatures, make_embedder
 from fedpatchcore.core.federation import client
+from fedpatchcore.core.privacy.release import PrivacySettings, publish_budgets
 from fedpatchcore.pipelines import settings as run_settings
 from fedpatchcore.pipelines.ingest.nodes import validation_keys
 
@@ -178,3 +179,22 @@ def prepare_later_upload(
 def coreset_as_memory_bank(local_coreset: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The centralized baseline's coreset is its memory bank (no server in between)."""
     return client.as_bank(client.LocalCoreset.from_arrays(local_coreset), CENTRALIZED_CLIENT).to_arrays()
+
+
+def publish_centralized_privacy(
+    run_summary: dict[str, Any],
+    training_images: pd.DataFrame,
+    privacy_ledger_state: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any],
+    *,
+    client_id: str,
+) -> dict[str, Any]:
+    """The baseline's published metrics with its budget: the composed ε of its images in the ledger.
+
+    ``privacy_ledger_state`` orders this after every release of the run.
+    """
+    holdings = {client_id: training_images["key"].astype(str).tolist()}
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    return publish_budgets(run_summary, settings, [budget], [client_id], holdings=holdings)
