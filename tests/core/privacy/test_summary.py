@@ -19,6 +19,7 @@ from fedpatchcore.core.privacy.release import (
 )
 from fedpatchcore.core.privacy.summary import (
     Statistics,
+    SummaryCategory,
     SummarySettings,
     centres_from_release,
     image_statistics,
@@ -63,8 +64,9 @@ def test_without_noise_a_round_is_lloyds_step_with_the_spread_around_the_new_cen
     centres = np.array([[0.0, 0.0], [10.0, 0.0]], dtype=np.float32)
     patches = np.array([[[0.5, 0.0], [-0.5, 1.0]], [[10.0, 1.0], [10.0, -0.2]]])
     pooled = image_statistics(patches, centres, 5.0, 100.0)
-    moved, bank = lloyd_update(centres, pooled, sigma=0.0, settings=SummarySettings(centres=2, residual_clip=5.0))
-    np.testing.assert_allclose(moved, [[0.0, 0.5], [10.0, 0.4]], atol=1e-6)
+    state = SummaryCategory(centres, np.ones(2, np.float32), np.ones(2))
+    following, bank = lloyd_update(state, pooled, sigma=0.0, settings=SummarySettings(centres=2, residual_clip=5.0))
+    np.testing.assert_allclose(following.centres, [[0.0, 0.5], [10.0, 0.4]], atol=1e-6)
     cell0 = np.array([[0.5, 0.0], [-0.5, 1.0]])
     expected_radius = np.sqrt(((cell0 - [0.0, 0.5]) ** 2).sum(1).mean())
     assert bank.radius[0] == pytest.approx(expected_radius, rel=1e-5)
@@ -74,12 +76,19 @@ def test_without_noise_a_round_is_lloyds_step_with_the_spread_around_the_new_cen
 def test_noisy_counts_under_the_threshold_drop_their_centre_and_noise_shrinks_the_move():
     centres = np.zeros((3, 4), dtype=np.float32)
     pooled = Statistics(np.array([[10.0, 0, 0, 0], [0.01, 0, 0, 0], [0, 0, 0, 0]]), np.array([50.0, 50.0, 1.0]), np.ones(3))
-    moved, bank = lloyd_update(centres, pooled, sigma=1.0, settings=SummarySettings(centres=3, residual_clip=1.0))
+    state = SummaryCategory(centres, np.array([7.0, 7.0, 7.0], np.float32), np.ones(3))
+    settings = SummarySettings(centres=3, residual_clip=1.0)
+    following, bank = lloyd_update(state, pooled, sigma=1.0, settings=settings)
+    moved = following.centres
     assert len(bank) == 2  # count 1 < 2σ: dropped
     # Centre 0: mean residual 10/50 = 0.2, noise d·(σR/N)² = 4/2500: moved by (1 - 0.0016/0.04)·0.2.
     assert moved[0, 0] == pytest.approx(0.96 * 0.2, rel=1e-5)
     assert moved[1, 0] == 0.0  # a mean residual (0.0002) far under its noise (0.04) is no move at all
-    assert moved[2].tolist() == [0, 0, 0, 0]  # a dropped centre stays where it was for the next round
+    assert moved[2].tolist() == [0, 0, 0, 0] and following.radius[2] == 7.0  # dropped: stays, keeps its radius
+    # No centre passes: the bank keeps them all where they were (something to score against).
+    starved = Statistics(np.zeros((3, 4)), np.array([0.5, -1.0, 1.0]), np.ones(3))
+    following, bank = lloyd_update(state, starved, sigma=1.0, settings=settings)
+    assert len(bank) == 3 and bank.radius.tolist() == [7.0, 7.0, 7.0]
 
 
 def test_the_upload_is_rebuilt_byte_for_byte_from_the_release_alone(tmp_path):
@@ -96,26 +105,30 @@ def test_the_upload_is_rebuilt_byte_for_byte_from_the_release_alone(tmp_path):
         writer.append(rng.normal(size=(5 * 4, 6)).astype(np.float32))
         files[site] = writer.close()
         keys[site] = [f"plate/{site}/{i}" for i in range(5)]
-    centres, released = public.centres, []
+    state, released = public, []
     for round_number in (1, 2):
         shares = [
             summary_share(
-                summary_statistics({"plate": files[s]}, {"plate": 5}, {"plate": (2, 2)}, {"plate": centres}, settings),
+                summary_statistics({"plate": files[s]}, {"plate": 5}, {"plate": (2, 2)}, {"plate": state.centres}, settings),
                 settings, {"plate": 2}, client_id=s, round_number=round_number, image_keys={"plate": keys[s]},
             )["plate"]
             for s in ("a", "b")
         ]
         pooled = secure_sum.pooled_sum(shares)
         released.append(pooled)
-        centres, bank = lloyd_update(centres, Statistics.from_vector(pooled, 2, 6), settings.sigma, settings.summary)
-    np.savez(tmp_path / "release.npz", start=public.centres, round_1=released[0], round_2=released[1])
+        state, bank = lloyd_update(state, Statistics.from_vector(pooled, 2, 6), settings.sigma, settings.summary)
+    np.savez(
+        tmp_path / "release.npz", start=public.centres, radius=public.radius, count=public.count,
+        round_1=released[0], round_2=released[1],
+    )
     (tmp_path / "public.json").write_text(json.dumps({"sigma": settings.sigma, "summary": block["summary"]}))
     script = f"""
 import json, numpy as np
-from fedpatchcore.core.privacy.summary import SummarySettings, centres_from_release
+from fedpatchcore.core.privacy.summary import SummaryCategory, SummarySettings, centres_from_release
 public = json.load(open({str(tmp_path / 'public.json')!r}))
 release = np.load({str(tmp_path / 'release.npz')!r})
-bank = centres_from_release(release["start"], [release["round_1"], release["round_2"]], public["sigma"],
+start = SummaryCategory(release["start"], release["radius"], release["count"])
+bank = centres_from_release(start, [release["round_1"], release["round_2"]], public["sigma"],
                             SummarySettings.from_parameters(public["summary"]))
 np.savez({str(tmp_path / 'rebuilt.npz')!r}, centres=bank.centres, radius=bank.radius, count=bank.count)
 """
@@ -124,7 +137,7 @@ np.savez({str(tmp_path / 'rebuilt.npz')!r}, centres=bank.centres, radius=bank.ra
     assert rebuilt["centres"].tobytes() == bank.centres.tobytes()
     assert rebuilt["radius"].tobytes() == bank.radius.tobytes()
     assert rebuilt["count"].tobytes() == bank.count.tobytes()
-    assert centres_from_release(public.centres, released, settings.sigma, settings.summary).centres.tobytes() == bank.centres.tobytes()
+    assert centres_from_release(public, released, settings.sigma, settings.summary).centres.tobytes() == bank.centres.tobytes()
 
 
 def test_noise_shares_add_up_to_one_release_of_sigma_even_with_dropouts():

@@ -61,6 +61,7 @@ from fedpatchcore.core.privacy.ledger import Mechanism, SiteLedger, Spent, image
 from fedpatchcore.core.privacy.secure_sum import SecureAggregationSettings, noise_share
 from fedpatchcore.core.privacy.summary import (
     Statistics,
+    SummaryCategory,
     SummarySettings,
     feature_file_statistics,
     image_statistics,
@@ -646,13 +647,16 @@ def summary_upload_mechanism(
     sigma, summary = settings.sigma, settings.summary
 
     def release(vectors: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        current = np.asarray(centres, dtype=np.float32)
+        state = SummaryCategory(
+            np.asarray(centres, dtype=np.float32), np.full(len(centres), summary.residual_clip, np.float32), np.ones(len(centres))
+        )
         released = []
         for _ in range(max(1, summary.rounds)):
-            stats = image_statistics(vectors, current, summary.residual_clip, summary.contribution_clip).to_vector()
+            stats = image_statistics(vectors, state.centres, summary.residual_clip, summary.contribution_clip).to_vector()
             noisy = stats + (rng.normal(0.0, sigma, size=stats.shape) if sigma > 0 else 0.0)
             released.append(noisy)
-            current, _ = lloyd_update(current, Statistics.from_vector(noisy, len(current), current.shape[1]), sigma, summary)
+            pooled = Statistics.from_vector(noisy, len(state.centres), state.centres.shape[1])
+            state, _ = lloyd_update(state, pooled, sigma, summary)
         return np.concatenate(released)
 
     return release

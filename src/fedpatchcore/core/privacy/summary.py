@@ -223,14 +223,18 @@ class SummaryCategory:
 
 
 def lloyd_update(
-    centres: np.ndarray, pooled: Statistics, sigma: float, settings: SummarySettings
-) -> tuple[np.ndarray, SummaryCategory]:
+    state: SummaryCategory, pooled: Statistics, sigma: float, settings: SummarySettings
+) -> tuple[SummaryCategory, SummaryCategory]:
     """One DP-Lloyd step from the pooled noisy sums (post-processing only).
 
-    Returns every centre after the step (dropped ones unmoved: the next round's centres keep
-    their number, so every site computes statistics of the same shape) and the category's
-    bank: the centres whose noisy count passes ``min_count`` × σ, with their radii.
+    ``state``: every centre of the round with its current radius (round 1: the public ones).
+    Returns the next state (every centre, so each site computes sums of the same shape next
+    round; a dropped centre stays where it was with its radius) and the category's bank: the
+    centres whose noisy count passes ``min_count`` × σ, with their new radii. If no centre
+    passes, the bank is the whole next state (the public start where nothing was learnt): a
+    bank always has a centre to score against.
     """
+    centres = np.asarray(state.centres, dtype=np.float32)
     residual_clip = settings.residual_clip
     dim = centres.shape[1]
     count = pooled.count
@@ -248,9 +252,11 @@ def lloyd_update(
     # E|x - (c + s·m)|² = E|x - c|² - (2s - s²)|m|²: the spread around the moved centre.
     variance = pooled.squared_sum * residual_clip**2 / positive - (2 * shrink - shrink**2) * mean_squared
     floor = settings.radius_floor * residual_clip
-    radius = np.sqrt(np.maximum(variance, floor**2)).astype(np.float32)
-    bank = SummaryCategory(moved[keep], radius[keep], count[keep].astype(np.float64))
-    return moved, bank
+    radius = np.where(keep, np.sqrt(np.maximum(variance, floor**2)), state.radius).astype(np.float32)
+    following = SummaryCategory(moved, radius, count.astype(np.float64))
+    if not keep.any():
+        return following, following
+    return following, SummaryCategory(moved[keep], radius[keep], count[keep].astype(np.float64))
 
 
 def public_centres(public_vectors: np.ndarray, settings: SummarySettings, seed: int) -> SummaryCategory:
@@ -283,19 +289,17 @@ def public_centres(public_vectors: np.ndarray, settings: SummarySettings, seed: 
 
 
 def centres_from_release(
-    start: np.ndarray, released: list[np.ndarray], sigma: float, settings: SummarySettings
+    start: SummaryCategory, released: list[np.ndarray], sigma: float, settings: SummarySettings
 ) -> SummaryCategory:
     """The category's bank rebuilt from public values and the released round sums alone.
 
-    ``start``: the public centres; ``released``: each round's pooled noisy statistic vector,
-    in order. This is all the server does, so a bank equal to this one is post-processing.
-    With no round released (``rounds: 0``) the public centres are returned with unit counts.
+    ``start``: the public centres and radii; ``released``: each round's pooled noisy statistic
+    vector, in order. This is all the server does, so a bank equal to this one is post-processing.
     """
-    centres = np.asarray(start, dtype=np.float32)
-    bank: SummaryCategory | None = None
+    state, bank = start, None
     for vector in released:
-        pooled = Statistics.from_vector(vector, len(centres), centres.shape[1])
-        centres, bank = lloyd_update(centres, pooled, sigma, settings)
+        pooled = Statistics.from_vector(vector, len(state.centres), state.centres.shape[1])
+        state, bank = lloyd_update(state, pooled, sigma, settings)
     if bank is None:
         raise ValueError("centres_from_release needs at least one released round")
     return bank

@@ -23,7 +23,11 @@ from fedpatchcore.core.federation.heterogeneity import (
     label_noise_pool,
     parse_heterogeneity,
 )
-from fedpatchcore.core.federation.partition import make_partition, partition_statistics, subsample_per_category
+from fedpatchcore.core.federation.partition import (
+    make_partition,
+    partition_statistics,
+    subsample_per_category,
+)
 from fedpatchcore.core.federation.server import ServerSettings, run_round
 from fedpatchcore.core.privacy.release import (
     PrivacySettings,

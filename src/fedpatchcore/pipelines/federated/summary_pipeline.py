@@ -33,7 +33,7 @@ from fedpatchcore.core.privacy.release import (
     summary_statistics,
 )
 from fedpatchcore.core.privacy.secure_sum import pooled_sum
-from fedpatchcore.core.privacy.summary import Statistics, lloyd_update
+from fedpatchcore.core.privacy.summary import Statistics, SummaryCategory, lloyd_update
 from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.training.pipeline import extraction_node
 from fedpatchcore.structure import Variant
@@ -52,8 +52,13 @@ def summary_rounds(parameters: Mapping[str, Any]) -> int:
 # --------------------------------------------------------------------------- nodes
 
 
-def _centres(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    return {c: np.asarray(v, dtype=np.float32) for c, v in unpack(arrays, ("centre", "radius", "count"), "summary centres")["centre"].items()}
+def _centres(arrays: Mapping[str, np.ndarray]) -> dict[str, SummaryCategory]:
+    """The broadcast state of a round: every centre with its current radius and count."""
+    parts = unpack(arrays, ("centre", "radius", "count"), "summary centres")
+    return {
+        c: SummaryCategory(np.asarray(v, dtype=np.float32), np.asarray(parts["radius"][c], np.float32), np.asarray(parts["count"][c]))
+        for c, v in parts["centre"].items()
+    }
 
 
 def _holders(partition_stats: Mapping[str, Any]) -> dict[str, int]:
@@ -109,7 +114,11 @@ def summary_share_round(
         spent = charge_release(settings, client_id, patch_features.image_keys, f"client {client_id} summary")
         budget = settings.budget(patch_features.n_images, most_exposed(spent)) if settings.enabled else settings.budget()
     statistics = summary_statistics(
-        patch_features.files, patch_features.n_images, patch_features.grid, _centres(centres), settings
+        patch_features.files,
+        patch_features.n_images,
+        patch_features.grid,
+        {c: state.centres for c, state in _centres(centres).items()},
+        settings,
     )
     clipped = {c: s.clipped for c, s in statistics.items()}
     logger.info("client %s: summary round %d, images clipped to B per category %s", client_id, round_number, clipped)
@@ -142,16 +151,24 @@ def summary_server_round(
     settings = PrivacySettings.from_parameters(privacy, seed)
     current = _centres(centres)
     by_client = {cid: unpack(arrays, ("share", "n_images"), f"the summary share of client {cid}") for cid, arrays in zip(client_ids, shares, strict=True)}
-    moved, banks, radius, n_images, dropped = {}, {}, {}, {}, {}
-    for category, start in sorted(current.items()):
+    following, banks, radius, n_images, dropped, fallback = {}, {}, {}, {}, {}, []
+    for category, state in sorted(current.items()):
         vectors = [parts["share"][category] for parts in by_client.values() if category in parts["share"]]
         if not vectors:
             continue
-        pooled = Statistics.from_vector(pooled_sum(vectors), len(start), start.shape[1])
-        moved[category], bank = lloyd_update(start, pooled, settings.sigma, settings.summary)
+        pooled = Statistics.from_vector(pooled_sum(vectors), len(state.centres), state.centres.shape[1])
+        following[category], bank = lloyd_update(state, pooled, settings.sigma, settings.summary)
         banks[category], radius[category] = bank.centres, bank.radius
         n_images[category] = int(sum(int(p["n_images"].get(category, 0)) for p in by_client.values()))
-        dropped[category] = int(len(start) - len(bank))
+        dropped[category] = int(len(state.centres) - len(bank))
+        if bank is following[category]:
+            fallback.append(category)
+            logger.warning(
+                "Summary round %d, %s: no centre passed the noisy count threshold; the bank keeps every centre "
+                "where it was with its previous radius",
+                round_number,
+                category,
+            )
     report = {
         "round": int(round_number),
         "mechanism": "summary",
@@ -165,16 +182,21 @@ def summary_server_round(
             for cid, parts in by_client.items()
         },
         "uploaded_bytes": int(sum(np.asarray(v).nbytes for p in by_client.values() for v in p["share"].values())),
-        "broadcast_bytes": int(sum(c.nbytes for c in current.values()) * len(client_ids)),
+        "broadcast_bytes": int(sum(c.centres.nbytes for c in current.values()) * len(client_ids)),
         "rejected": [],
         "trust": {},
         "bank_rows": {c: int(len(b)) for c, b in banks.items()},
         "dropped_centres": dropped,
+        "no_centre_passed": fallback,
         "sigma": settings.sigma,
     }
     logger.info("Summary round %d: centres kept per category %s (dropped %s)", round_number, report["bank_rows"], dropped)
     if not last:
-        return pack(centre=moved), report
+        return pack(
+            centre={c: s.centres for c, s in following.items()},
+            radius={c: s.radius for c, s in following.items()},
+            count={c: s.count for c, s in following.items()},
+        ), report
     return CategoryBanks(banks, n_images, radius=radius).to_arrays(), report
 
 
