@@ -37,6 +37,7 @@ from fedpatchcore.core.explain.attribution import (
 )
 from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.federation.client import LocalCoreset
+from fedpatchcore.core.privacy.release import PrivacySettings, public_transform
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,19 @@ def _locate(image: str | None, category: str | None, dataset_index: pd.DataFrame
     return sample, category
 
 
+def _stage(dimension: int, shallow_channels: int | None) -> str:
+    if shallow_channels is None:
+        return "projected"
+    return "shallow" if dimension < shallow_channels else "deep"
+
+
 def explain_image(
     explain: dict[str, Any],
     backbone: dict[str, Any],
     extraction: dict[str, Any],
     scoring: dict[str, Any],
     seed: int,
+    privacy: dict[str, Any],
     memory_bank: dict[str, np.ndarray],
     dataset_index: pd.DataFrame,
     category_info: dict[str, Any],
@@ -86,12 +94,19 @@ def explain_image(
 
     ``client_inputs``: each client's local coreset (``client_ids`` order), then, when there is
     an asking client, that client's own training-image table (where its crops come from).
+    A private rows bank holds released rows: the image's patches go through the same public
+    projection and clipping before they meet it (neighbours, gradients and SHAP alike).
     """
     local_coresets = dict(zip(client_ids, client_inputs[: len(client_ids)], strict=True))
     own_images = client_inputs[len(client_ids)] if asking_client is not None else None
     sample, category = _locate(explain.get("image"), explain.get("category"), dataset_index, category_info)
     info = category_info_from_dict(category_info[category])
     banks = CategoryBanks.from_arrays(memory_bank)
+    if banks.radius:
+        raise ValueError(
+            f"variant '{variant}' has a private summary bank (centres and radii, no client rows): explain shows "
+            "the nearest client rows of a row bank"
+        )
     if category not in banks.banks:
         raise ValueError(f"variant '{variant}' has no memory bank for category '{category}'")
     bank = banks.banks[category]
@@ -99,8 +114,11 @@ def explain_image(
     image = load_image(explain["image"], info.image_size)
     mask = load_mask(sample, info) if sample is not None and info.has_pixel_ground_truth else None
     embedder = make_embedder(backbone, extraction)
+    public_map = public_transform(PrivacySettings.from_parameters(privacy, seed), embedder.feature_dim)
     features = embedder.embed(image[None])[0]  # (h, w, d)
-    gradients = score_gradients(embedder, image, bank, float(scoring["sigma"]))
+    if public_map is not None:
+        features = public_map(features)
+    gradients = score_gradients(embedder, image, bank, float(scoring["sigma"]), public_map)
     stride = int(embedder.backbone.strides[0])
     crop_size = stride * int(extraction["neighbourhood"])  # the pixels one patch vector summarises
 
@@ -163,7 +181,8 @@ def explain_image(
     attribution = shap_dimensions(
         features[top[0], top[1]], bank, background, max_evals=explain.get("shap_max_evals"), seed=seed
     )
-    shallow_channels = int(embedder.backbone.channels[0])
+    # Projected dimensions mix both stages: no stage can be named for them.
+    shallow_channels = int(embedder.backbone.channels[0]) if public_map is None or public_map.matrix is None else None
     order = np.argsort(-np.abs(attribution.values), kind="stable")[: int(explain["shap_top_dimensions"])]
     explanation = {
         "image": str(explain["image"]),
@@ -186,16 +205,20 @@ def explain_image(
             "top_dimensions": [
                 {
                     "dimension": int(d),
-                    "stage": "shallow" if d < shallow_channels else "deep",
-                    "channel": int(d if d < shallow_channels else d - shallow_channels),
+                    "stage": _stage(int(d), shallow_channels),
+                    "channel": int(d if shallow_channels is None or d < shallow_channels else d - shallow_channels),
                     "value": float(attribution.values[d]),
                 }
                 for d in order
             ],
-            "stage_totals": {
-                "shallow": float(attribution.values[:shallow_channels].sum()),
-                "deep": float(attribution.values[shallow_channels:].sum()),
-            },
+            "stage_totals": (
+                {"projected": float(attribution.values.sum())}
+                if shallow_channels is None
+                else {
+                    "shallow": float(attribution.values[:shallow_channels].sum()),
+                    "deep": float(attribution.values[shallow_channels:].sum()),
+                }
+            ),
         },
     }
     arrays = {
