@@ -458,6 +458,7 @@ class ComparisonParams(Block):
     centralized: bool = True
     groups: str = "categories"
     labels: dict[str, dict[str, Any]] = {}
+    plot_x: str | None = None
     leave_one_out: LeaveOneOutParams | None = None
     # variant name -> overrides: {block: {key: value}}, plus optional `labels` for the table
     variants: dict[str, dict[str, Any] | None] | None = None
