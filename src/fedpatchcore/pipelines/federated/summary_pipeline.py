@@ -35,6 +35,7 @@ from fedpatchcore.core.privacy.release import (
 from fedpatchcore.core.privacy.secure_sum import pooled_sum
 from fedpatchcore.core.privacy.summary import Statistics, SummaryCategory, lloyd_update
 from fedpatchcore.pipelines import bind, in_variant
+from fedpatchcore.pipelines.federated.flower_pipeline import uses_flower
 from fedpatchcore.pipelines.training.pipeline import extraction_node
 from fedpatchcore.structure import Variant
 
@@ -219,6 +220,68 @@ def no_release_budget(privacy: dict[str, Any], seed: int) -> dict[str, Any]:
     return PrivacySettings.from_parameters(privacy, seed).budget()
 
 
+def run_flower_summary(
+    category_info: dict[str, Any],
+    centres: dict[str, np.ndarray],
+    partition_stats: dict[str, Any],
+    backbone: dict[str, Any],
+    extraction: dict[str, Any],
+    federation: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+    *training_images,
+    variant: str,
+    client_ids: list[str],
+    rounds: int,
+):
+    """``federation.engine: flower``: the rounds through Flower's simulation engine under SecAgg+.
+
+    Every simulated SuperNode gets only its own training-image table; the server learns only
+    the pooled sums. Outputs the bank, each round's report and each site's budget.
+    """
+    from pathlib import Path
+
+    from fedpatchcore.flower.secure_summary import SummaryPlan, remove_sites, simulate_summary, write_sites
+
+    privacy = dict(privacy)
+    if privacy.get("ledger_dir"):  # the simulated sites run elsewhere: give them the folder itself
+        privacy["ledger_dir"] = str(Path(privacy["ledger_dir"]).resolve())
+    parameters = {"backbone": backbone, "extraction": extraction, "privacy": privacy, "seed": seed,
+                  "coreset": {"ratio": 1.0}, "federation": federation}
+    n_images: dict[str, int] = {}
+    for stats in partition_stats["clients"].values():
+        for category, count in stats.get("categories", {}).items():
+            n_images[category] = n_images.get(category, 0) + int(count)
+    plan = SummaryPlan(tuple(client_ids), parameters, _centres(centres), _holders(partition_stats), n_images)
+    folder = Path(extraction["scratch_dir"]).resolve() / "flower_summary" / variant
+    try:
+        result = simulate_summary(plan, write_sites(folder, client_ids, training_images, category_info), federation.get("flower") or {})
+    finally:
+        remove_sites(folder)
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    held = {
+        cid: {c: int(n) for c, n in partition_stats["clients"][cid].get("categories", {}).items() if n}
+        for cid in client_ids
+    }
+    # Every site sends one vector of every category's sums (zeros where it holds none), masked.
+    vector_bytes = int(sum(np.asarray(v).nbytes for v in result.released[0].values()))
+    broadcast = int(sum(plan.start[c].centres.nbytes for c in plan.categories))
+    reports = [
+        {
+            **report,
+            "uploaded": {cid: {"rows": {}, "bytes": vector_bytes, "n_images": held[cid], "numbers": {}} for cid in client_ids},
+            "uploaded_bytes": vector_bytes * len(client_ids),
+            "broadcast_bytes": broadcast * len(client_ids),
+            "rejected": [],
+            "trust": {},
+        }
+        for report in result.reports
+    ]
+    outputs = [result.bank.to_arrays(), *reports]
+    outputs += [settings.budget(held[cid]) if settings.enabled else settings.budget() for cid in client_ids]
+    return tuple(outputs)
+
+
 # --------------------------------------------------------------------------- the pipeline
 
 
@@ -249,6 +312,29 @@ def summary_federation(variant: Variant) -> Pipeline:
     )
     steps = [public]
     budgets = {f"client_{cid}_privacy_budget": f"{variant.name}.client_{cid}.privacy_budget" for cid in client_ids}
+    if uses_flower(variant) and rounds > 0:
+        tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
+        steps.append(
+            node(
+                bind(run_flower_summary, variant=variant.name, client_ids=client_ids, rounds=rounds),
+                [
+                    "category_info",
+                    "summary_centres_round_1",
+                    "partition_stats",
+                    "params:backbone",
+                    "params:extraction",
+                    "params:federation",
+                    "params:privacy",
+                    "params:seed",
+                    *tables,
+                ],
+                ["memory_bank", *(f"round_{r}_report" for r in range(1, rounds + 1)), *budgets],
+                name="run_flower_summary",
+            )
+        )
+        return in_variant(
+            Pipeline(steps), variant.name, inputs={"category_info": "category_info", **stats, **tables}, outputs=budgets
+        )
     if rounds == 0:
         steps.append(node(summary_public_bank, ["summary_centres_round_1", "partition_stats"], ["memory_bank", "round_1_report"], name="summary_public_bank"))
         steps += [node(no_release_budget, ["params:privacy", "params:seed"], f"client_{cid}_privacy_budget", name=f"client_{cid}_summary_budget") for cid in client_ids]
