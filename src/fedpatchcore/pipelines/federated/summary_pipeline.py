@@ -364,7 +364,7 @@ def summary_federation(variant: Variant) -> Pipeline:
     rounds_pipeline = in_variant(
         Pipeline(steps),
         variant.name,
-        inputs={"category_info": "category_info", **features, **stats},
+        inputs={"category_info": "category_info", **(features if rounds else {}), **stats},
         outputs={**budgets, **shares_out},
     )
     return lanes + rounds_pipeline
