@@ -105,7 +105,7 @@ def main() -> None:
 
         results.setdefault("plain PatchCore (all patches)", {})[category] = _auroc(plain, good_features, bad_features)
         results.setdefault("public centres alone", {})[category] = _auroc(
-            lambda q: scaled_distances(q, public.centres, public.radius), good_features, bad_features
+            lambda q, p=public: scaled_distances(q, p.centres, p.radius), good_features, bad_features
         )
         rng = np.random.default_rng()  # OS entropy, as a release
         for epsilon in args.epsilons:

@@ -62,14 +62,30 @@ def _centres(arrays: Mapping[str, np.ndarray]) -> dict[str, SummaryCategory]:
     }
 
 
+def _held(partition_stats: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Client -> category -> its images (public: the counts clients report)."""
+    return {
+        cid: {c: int(n) for c, n in stats.get("categories", {}).items() if n}
+        for cid, stats in partition_stats["clients"].items()
+    }
+
+
 def _holders(partition_stats: Mapping[str, Any]) -> dict[str, int]:
-    """Category -> clients holding at least one of its images (public: the reported counts)."""
+    """Category -> clients holding at least one of its images."""
     holders: dict[str, int] = {}
-    for stats in partition_stats["clients"].values():
-        for category, count in stats.get("categories", {}).items():
-            if count:
-                holders[category] = holders.get(category, 0) + 1
+    for categories in _held(partition_stats).values():
+        for category in categories:
+            holders[category] = holders.get(category, 0) + 1
     return holders
+
+
+def _images_per_category(partition_stats: Mapping[str, Any]) -> dict[str, int]:
+    """Category -> images of all the clients holding it."""
+    totals: dict[str, int] = {}
+    for categories in _held(partition_stats).values():
+        for category, count in categories.items():
+            totals[category] = totals.get(category, 0) + count
+    return totals
 
 
 def summary_public_centres(
@@ -204,10 +220,7 @@ def summary_server_round(
 def summary_public_bank(centres: dict[str, np.ndarray], partition_stats: dict[str, Any]):
     """``rounds: 0``: the public centres and radii are the bank (nothing private released)."""
     parts = unpack(centres, ("centre", "radius", "count"), "summary centres")
-    n_images: dict[str, int] = {}
-    for stats in partition_stats["clients"].values():
-        for category, count in stats.get("categories", {}).items():
-            n_images[category] = n_images.get(category, 0) + int(count)
+    n_images = _images_per_category(partition_stats)
     banks = {c: v for c, v in parts["centre"].items() if n_images.get(c)}
     report = {"round": 1, "mechanism": "summary", "uploaded": {}, "uploaded_bytes": 0, "broadcast_bytes": 0,
               "rejected": [], "trust": {}, "bank_rows": {c: int(len(b)) for c, b in banks.items()}}
@@ -248,21 +261,16 @@ def run_flower_summary(
         privacy["ledger_dir"] = str(Path(privacy["ledger_dir"]).resolve())
     parameters = {"backbone": backbone, "extraction": extraction, "privacy": privacy, "seed": seed,
                   "coreset": {"ratio": 1.0}, "federation": federation}
-    n_images: dict[str, int] = {}
-    for stats in partition_stats["clients"].values():
-        for category, count in stats.get("categories", {}).items():
-            n_images[category] = n_images.get(category, 0) + int(count)
-    plan = SummaryPlan(tuple(client_ids), parameters, _centres(centres), _holders(partition_stats), n_images)
+    plan = SummaryPlan(
+        tuple(client_ids), parameters, _centres(centres), _holders(partition_stats), _images_per_category(partition_stats)
+    )
     folder = Path(extraction["scratch_dir"]).resolve() / "flower_summary" / variant
     try:
         result = simulate_summary(plan, write_sites(folder, client_ids, training_images, category_info), federation.get("flower") or {})
     finally:
         remove_sites(folder)
     settings = PrivacySettings.from_parameters(privacy, seed)
-    held = {
-        cid: {c: int(n) for c, n in partition_stats["clients"][cid].get("categories", {}).items() if n}
-        for cid in client_ids
-    }
+    held = _held(partition_stats)
     # Every site sends one vector of every category's sums (zeros where it holds none), masked.
     vector_bytes = int(sum(np.asarray(v).nbytes for v in result.released[0].values()))
     broadcast = int(sum(plan.start[c].centres.nbytes for c in plan.categories))
