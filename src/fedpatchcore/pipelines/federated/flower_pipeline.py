@@ -103,6 +103,8 @@ def run_flower_federation(
     from fedpatchcore.flower.simulation import simulate
     from fedpatchcore.flower.site import settings as site_settings
 
+    if (privacy or {}).get("ledger_dir"):  # the simulated sites run in other processes: the folder itself
+        privacy = {**privacy, "ledger_dir": str(Path(privacy["ledger_dir"]).resolve())}
     parameters = {
         "federation": federation,
         "aggregation": aggregation,
