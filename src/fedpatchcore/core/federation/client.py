@@ -3,7 +3,8 @@
     training images ──extract_features──► patch features (streamed to files on the site)
                     ──select_local_coreset──► local coreset (rows + where each came from);
                           with ``privacy.enabled`` it first releases m clipped, noised vectors
-                          per image (core/privacy/release.py; charged to the site's ledger first) and chooses among those only
+                          per image (core/privacy/release.py, charged to the site's ledger
+                          first) and chooses among those only
                     ──build_upload(round, broadcast)──► ClientUpload (what leaves the site)
 
 The local coreset keeps, for every row, the image and patch position it came from; that
