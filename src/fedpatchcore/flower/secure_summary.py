@@ -116,7 +116,7 @@ _FEATURES: dict[str, ExtractedFeatures] = {}  # per process: a site extracts its
 def _site_features(site: sites.Site, parameters: Mapping[str, Any]) -> ExtractedFeatures:
     key = sites.local_coreset_key(site, parameters)
     if key not in _FEATURES:
-        settings = sites.settings(site.client_id, parameters)
+        settings = client.ClientSettings.from_run(parameters, site.client_id)
         site.scratch_dir.mkdir(parents=True, exist_ok=True)
         scratch = tempfile.mkdtemp(prefix=f"flower_summary_{site.client_id}_", dir=site.scratch_dir)
         embedder = make_embedder(parameters["backbone"], parameters["extraction"])

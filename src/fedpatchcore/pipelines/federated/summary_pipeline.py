@@ -15,15 +15,16 @@ is the sum Flower's SecAgg+ gives the server (:mod:`fedpatchcore.flower.secure_s
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
-from kedro.pipeline import Pipeline, node
+from kedro.pipeline import Node, Pipeline, node
 
 from fedpatchcore.core.banks import CategoryBanks, pack, unpack
 from fedpatchcore.core.data.types import category_info_from_dict
 from fedpatchcore.core.features.extraction import ExtractedFeatures, make_embedder
+from fedpatchcore.core.federation.client import CLIENT_BLOCKS
 from fedpatchcore.core.privacy.public import public_summary
 from fedpatchcore.core.privacy.release import (
     PrivacySettings,
@@ -34,9 +35,8 @@ from fedpatchcore.core.privacy.release import (
 )
 from fedpatchcore.core.privacy.secure_sum import pooled_sum
 from fedpatchcore.core.privacy.summary import Statistics, SummaryCategory, lloyd_update
-from fedpatchcore.pipelines import bind, in_variant
+from fedpatchcore.pipelines import bind, in_variant, node_with_parameters
 from fedpatchcore.pipelines.federated.flower_pipeline import uses_flower
-from fedpatchcore.pipelines.training.pipeline import extraction_node
 from fedpatchcore.structure import Variant
 
 logger = logging.getLogger(__name__)
@@ -237,12 +237,8 @@ def run_flower_summary(
     category_info: dict[str, Any],
     centres: dict[str, np.ndarray],
     partition_stats: dict[str, Any],
-    backbone: dict[str, Any],
-    extraction: dict[str, Any],
-    federation: dict[str, Any],
-    privacy: dict[str, Any],
-    seed: int,
     *training_images,
+    parameters: dict[str, Any],
     variant: str,
     client_ids: list[str],
     rounds: int,
@@ -250,17 +246,18 @@ def run_flower_summary(
     """``federation.engine: flower``: the rounds through Flower's simulation engine under SecAgg+.
 
     Every simulated SuperNode gets only its own training-image table; the server learns only
-    the pooled sums. Outputs the bank, each round's report and each site's budget.
+    the pooled sums. ``parameters``: the run's client blocks (each site reads its settings with
+    ``ClientSettings.from_run``). Outputs the bank, each round's report and each site's budget.
     """
     from pathlib import Path
 
     from fedpatchcore.flower.secure_summary import SummaryPlan, remove_sites, simulate_summary, write_sites
 
-    privacy = dict(privacy)
+    privacy, seed, federation = dict(parameters["privacy"]), int(parameters["seed"]), parameters["federation"]
+    extraction = parameters["extraction"]
     if privacy.get("ledger_dir"):  # the simulated sites run elsewhere: give them the folder itself
         privacy["ledger_dir"] = str(Path(privacy["ledger_dir"]).resolve())
-    parameters = {"backbone": backbone, "extraction": extraction, "privacy": privacy, "seed": seed,
-                  "coreset": {"ratio": 1.0}, "federation": federation}
+    parameters = {**parameters, "privacy": privacy}
     plan = SummaryPlan(
         tuple(client_ids), parameters, _centres(centres), _holders(partition_stats), _images_per_category(partition_stats)
     )
@@ -293,9 +290,13 @@ def run_flower_summary(
 # --------------------------------------------------------------------------- the pipeline
 
 
-def summary_federation(variant: Variant) -> Pipeline:
+def summary_federation(variant: Variant, extraction_node: Callable[[str], Node]) -> Pipeline:
     """Extraction lanes (shared with other variants where the images and settings match), the
-    public centres, then the DP-Lloyd rounds: client shares and server updates."""
+    public centres, then the DP-Lloyd rounds: client shares and server updates.
+
+    ``extraction_node``: the client lane's feature-extraction node for a client id (the training
+    pipeline's builder, handed in by the federated variant that is made of it).
+    """
     client_ids = variant.client_ids
     rounds = summary_rounds(variant.parameters)
     lanes = Pipeline([])
@@ -323,21 +324,15 @@ def summary_federation(variant: Variant) -> Pipeline:
     if uses_flower(variant) and rounds > 0:
         tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
         steps.append(
-            node(
-                bind(run_flower_summary, variant=variant.name, client_ids=client_ids, rounds=rounds),
-                [
-                    "category_info",
-                    "summary_centres_round_1",
-                    "partition_stats",
-                    "params:backbone",
-                    "params:extraction",
-                    "params:federation",
-                    "params:privacy",
-                    "params:seed",
-                    *tables,
-                ],
+            node_with_parameters(
+                run_flower_summary,
+                ["category_info", "summary_centres_round_1", "partition_stats", *tables],
+                CLIENT_BLOCKS,
                 ["memory_bank", *(f"round_{r}_report" for r in range(1, rounds + 1)), *budgets],
                 name="run_flower_summary",
+                variant=variant.name,
+                client_ids=client_ids,
+                rounds=rounds,
             )
         )
         return in_variant(
