@@ -121,7 +121,7 @@ def test_releases_of_the_same_images_compose_and_the_published_epsilon_is_the_co
 
 def test_the_privacy_volume_experiment_builds_sharing_one_extraction_per_volume(recwarn):
     from fedpatchcore.config_loader import ProjectConfigLoader
-    from fedpatchcore.pipeline_registry import register_pipelines
+    from fedpatchcore.pipeline_registry import create_pipelines
     from tests.pipelines.conftest import REPO_ROOT
 
     loader = ProjectConfigLoader(str(REPO_ROOT / "conf"), base_env="base", default_run_env="base", env="privacy_volume")
@@ -131,12 +131,7 @@ def test_the_privacy_volume_experiment_builds_sharing_one_extraction_per_volume(
     assert {v.partition_owner for v in variants.values()} == {"federated", "rows_n24_eps_1", "rows_n240_eps_1"}
     assert variants["summary_n2400_eps_8"].feature_owner == dict.fromkeys(CLIENTS, "federated")
     assert variants["summary_n24_eps_1"].feature_owner == dict.fromkeys(CLIENTS, "rows_n24_eps_1")
-    structure.use_parameters(parameters)
-    try:
-        pipelines = register_pipelines()
-        names = {n.name for n in pipelines["federated"].nodes}
-    finally:
-        structure._run_parameters = None
+    names = {n.name for n in create_pipelines(parameters)["federated"].nodes}
     assert "public_only.summary_public_bank" in names and "public_only.client_qc_summary_share_round_1" not in names
     assert "summary_n2400_eps_8.client_qc_summary_share_round_2" in names
     assert "publish_summary_n2400_eps_8_metrics" in names and "close_privacy_ledger" in names
