@@ -46,6 +46,7 @@ def _plan(averaging: str, drift: float = 0.0, rounds: int = 2) -> FederationPlan
                 "privacy": {
                     "mechanism": "dp_cvae",
                     "noise_seed": 0,
+                    "reproducible_not_private": True,
                     "dp_cvae": {**CVAE, "averaging": averaging, "rounds": rounds},
                 },
                 "heterogeneity": {"3": {"encoder_drift": drift}} if drift else {},

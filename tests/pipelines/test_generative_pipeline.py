@@ -35,13 +35,18 @@ def generative_run(tiny_dataset, tmp_path_factory):
         {
             "extraction": {"scratch_dir": str(tmp_path_factory.mktemp("scratch"))},
             "federation": {"partition": "iid", "num_clients": 2},
-            "privacy": {"noise_seed": 0, "dp_cvae": DP_CVAE},
+            "privacy": {
+                "noise_seed": 0,
+                "reproducible_not_private": True,
+                "ledger_dir": str(tmp_path_factory.mktemp("ledger")),
+                "dp_cvae": DP_CVAE,
+            },
             "comparison": {
                 "enabled": True,
                 "variants": {
                     "cvae": {"privacy": {"enabled": True, "epsilon": 8.0, "mechanism": "dp_cvae"}},
-                    "cvae_drift": {
-                        "privacy": {"enabled": True, "epsilon": 8.0, "mechanism": "dp_cvae", "dp_cvae": {"averaging": "trust"}},
+                    "cvae_drift": {  # not private: the reports are exact, so trust sees the drift itself
+                        "privacy": {"enabled": False, "mechanism": "dp_cvae", "dp_cvae": {"averaging": "trust", "holdout_fraction": 0.5}},
                         "heterogeneity": {"2": {"encoder_drift": 3.0}},
                     },
                 },
@@ -68,7 +73,7 @@ def test_dp_cvae_variants_share_the_extraction_and_train_over_the_rounds(generat
     assert variants["cvae_drift"].feature_owner == {"1": "federated", "2": "federated"}
     report = outputs["cvae_drift.round_2_report"]
     assert report["round"] == 2 and report["averaging"] == "trust"
-    assert report["client_weights"]["2"] < report["client_weights"]["1"]  # trust lowers the drifted client
+    assert report["trust"]["2"]["trust"] < report["trust"]["1"]["trust"]  # trust lowers the drifted client
 
 
 def test_the_sampled_bank_has_the_real_dimension_and_no_real_row(generative_run):
@@ -87,7 +92,12 @@ def test_budget_fidelity_and_metrics_are_published(generative_run):
     outputs, _, _ = generative_run
     metrics = outputs["metrics_cvae"]
     budget = metrics["clients"]["1"]["privacy"]
-    assert budget == outputs["cvae.client_1.privacy_budget"]
+    # The published budget is the composed one of the site's ledger (this run's DP-CVAE its only release).
+    assert budget["releases_composed"] == 1
+    assert {k: v for k, v in budget.items() if k not in ("releases_composed", "ledger", "epsilon", "private")} == {
+        k: v for k, v in outputs["cvae.client_1.privacy_budget"].items() if k not in ("epsilon", "private")
+    }
+    assert budget["epsilon"] == pytest.approx(outputs["cvae.client_1.privacy_budget"]["epsilon"], rel=1e-6)
     assert budget["mechanism"] == "dp_cvae" and budget["unit"] == "image" and budget["rounds"] == DP_CVAE["rounds"]
     assert 0 < budget["epsilon"] <= 8.0 and budget["sigma"] > 0
     assert metrics["experiment"]["sigma"] == pytest.approx(max(c["privacy"]["sigma"] for c in metrics["clients"].values()))

@@ -24,6 +24,7 @@ from fedpatchcore.core.banks import pack, unpack
 from fedpatchcore.core.federation.heterogeneity import parse_client
 from fedpatchcore.core.federation.trust import TrustSettings, model_trust_scores
 from fedpatchcore.core.privacy import generative as gen
+from fedpatchcore.core.privacy.ledger import Mechanism, image_set_id
 from fedpatchcore.core.privacy.model_averaging import fedavg_weights, weighted_average
 from fedpatchcore.core.privacy.release import PrivacySettings, choose_positions
 
@@ -328,3 +329,31 @@ def held_out_embeddings(
             vectors = data.x[chosen].reshape(-1, data.x.shape[-1]) * np.float32(settings.feature_scale)
             rows.setdefault(ordered[int(index)], []).append(vectors)
     return {category: np.concatenate(parts) for category, parts in rows.items()}
+
+
+def charge_training(
+    settings: GenerativeSettings, plan: gen.TrainingPlan, image_keys: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
+    """Record the DP-CVAE's training in the site's ledger before any round runs; its budget.
+
+    Every image of a category is charged with every mechanism of the plan (DP-SGD steps of all
+    rounds and, for trust-aware averaging, the reports): conservative, since a held-out image
+    only enters the reports and a training image only the DP-SGD steps. Refused
+    (:class:`~fedpatchcore.core.privacy.ledger.BudgetExceeded`) past ``privacy.max_epsilon``.
+    The budget's ``epsilon`` is the plan's; the published one is what the ledger composes.
+    """
+    budget = {**plan.budget(), "private": plan.private and settings.privacy.private}
+    if plan.ledger is None:
+        return budget
+    privacy, client_id = settings.privacy, settings.client_id
+    mechanisms = [Mechanism(*entry) for entry in plan.ledger.entries]
+    ledger = privacy.site_ledger(client_id)
+    for category, keys in image_keys.items():
+        ledger.charge(
+            keys,
+            mechanisms,
+            label=f"client {client_id} {category}: dp_cvae, image ε={privacy.epsilon:g}",
+            private=privacy.private,
+            release_id=privacy.release_id(client_id, category, image_set_id(keys), "dp_cvae"),
+        )
+    return budget

@@ -15,10 +15,11 @@ Nodes are thin calls of :mod:`fedpatchcore.core.federation.generative`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Node, Pipeline
 
 from fedpatchcore.core.evaluation.fidelity import fidelity
 from fedpatchcore.core.federation import generative as fed
@@ -26,7 +27,6 @@ from fedpatchcore.core.federation.client import CLIENT_BLOCKS
 from fedpatchcore.core.federation.trust import TrustSettings
 from fedpatchcore.core.privacy import generative as gen
 from fedpatchcore.pipelines import in_variant, node_with_parameters
-from fedpatchcore.pipelines.training.pipeline import client_node, extraction_node
 from fedpatchcore.structure import Variant
 
 
@@ -51,7 +51,8 @@ def prepare_generative_data(
     settings = fed.GenerativeSettings.from_run(parameters, client_id)
     shape = fed.model_shape(fed.features_dim(patch_features), list(category_info), settings.cvae)
     data = fed.client_data(patch_features, shape, settings.cvae, settings.seed, settings.client_id)
-    return data.to_arrays(), settings.plan(int((~data.holdout).sum())).budget()
+    budget = fed.charge_training(settings, settings.plan(int((~data.holdout).sum())), patch_features.image_keys)
+    return data.to_arrays(), budget
 
 
 def train_model_round(
@@ -128,16 +129,17 @@ def add_bank_fidelity(published_metrics: dict[str, Any], bank_fidelity: dict[str
 # --------------------------------------------------------------------------- pipeline
 
 
-def generative_lane(variant: Variant, client_id: str) -> Pipeline:
+def generative_lane(variant: Variant, client_id: str, extraction_node: Callable[[str], Node]) -> Pipeline:
     """Client ``client_id``'s features (unless another variant extracts them) and DP-CVAE training set."""
     if not variant.owns_lane(client_id):
         return Pipeline([])
-    prepare = client_node(
+    prepare = node_with_parameters(
         prepare_generative_data,
         ["patch_features", "category_info"],
+        CLIENT_BLOCKS,
         ["generative_data", "privacy_budget"],
-        "prepare_generative_data",
-        client_id,
+        name="prepare_generative_data",
+        client_id=client_id,
     )
     owner = variant.feature_owner[client_id]
     if owner == variant.name:
@@ -213,7 +215,11 @@ def generative_model_rounds(variant: Variant) -> Pipeline:
     )
 
 
-def generative_federation(variant: Variant) -> Pipeline:
-    """The variant's DP-CVAE federation: the clients' lanes, the rounds, the sampled bank."""
-    lanes = sum((generative_lane(variant, cid) for cid in variant.client_ids), Pipeline([]))
+def generative_federation(variant: Variant, extraction_node: Callable[[str], Node]) -> Pipeline:
+    """The variant's DP-CVAE federation: the clients' lanes, the rounds, the sampled bank.
+
+    ``extraction_node``: the client lane's feature-extraction node for a client id (the training
+    pipeline's builder, handed in by the federated variant that is made of it).
+    """
+    lanes = sum((generative_lane(variant, cid, extraction_node) for cid in variant.client_ids), Pipeline([]))
     return lanes + generative_model_rounds(variant)
