@@ -365,3 +365,21 @@ def test_synthetic_bank_has_the_real_dimension_and_no_real_row():
     # Samples in the backbone's units (x feature_scale), around each category's centre (±3 model units).
     assert samples["a"].mean() == pytest.approx(6.0, abs=1.0)
     assert samples["b"].mean() == pytest.approx(-6.0, abs=1.0)
+
+
+def test_the_canary_audit_runs_on_the_dp_cvae_release():
+    """The privacy issue's canary audit, through the variant's audit entry point: under its claim
+    with DP-SGD; without noise the same training gives the canary away."""
+    from fedpatchcore.core.privacy.release import PrivacySettings, audit_release
+
+    cvae = {"latent_dim": 2, "hidden_dim": 8, "patches_per_image": 2, "position_grid": 0, "feature_scale": 1.0,
+            "rounds": 1, "local_epochs": 2, "batch_images": 4, "holdout_fraction": 0.0}
+    block = {"mechanism": "dp_cvae", "epsilon": 1.0, "clip_norm": 4.0,
+             "canary_audit": {"enabled": True, "trials": 40, "images": 6, "dim": 3}}
+    private = audit_release(PrivacySettings.from_parameters({**block, "enabled": True}, seed=0), 0.1, 0, cvae)
+    silent = audit_release(PrivacySettings.from_parameters({**block, "enabled": False}, seed=0), 0.1, 0, cvae)
+    assert private["mechanism"] == "dp_cvae" and private["trials"] == 40
+    assert 0.9 < private["claimed_epsilon"] <= 1.0  # what the plan spends, within the target
+    assert private["empirical_epsilon_lb"] <= private["claimed_epsilon"]
+    assert silent["claimed_epsilon"] is None
+    assert silent["empirical_epsilon_lb"] > private["claimed_epsilon"]  # no noise: the audit sees the canary
