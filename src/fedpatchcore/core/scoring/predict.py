@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from fedpatchcore.core.banks.knn import build_index
+from fedpatchcore.core.banks.knn import IndexSpec
 from fedpatchcore.core.data import loading
 from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample
 from fedpatchcore.core.features.batches import iter_image_batches
@@ -99,15 +99,15 @@ def build_category_models(
     *,
     sigma: float = 4.0,
     device: str = "cpu",
-    approximate_index_above: int | None = None,
-    seed: int = 0,
+    index: IndexSpec | None = None,
     embedders: EmbedderCache | None = None,
 ) -> dict[str, CategoryModel]:
     """One :class:`CategoryModel` per category of ``banks``.
 
     ``settings``: one :class:`Setting` for all categories, or one per category (the tuned
     choice); a bank must have been built with its category's setting (same backbone, layers,
-    resolution and neighbourhood), otherwise its dimension will not match.
+    resolution and neighbourhood), otherwise its dimension will not match. ``index``: the
+    search index of each bank (``scoring.index``; default exact).
     """
     embedders = embedders or EmbedderCache(device)
     models = {}
@@ -122,14 +122,13 @@ def build_category_models(
                 f"bank of {category!r} has shape {bank.shape} but setting {setting.name} gives "
                 f"{embedder.feature_dim}-dim features: was it built with another setting?"
             )
-        approximate = approximate_index_above is not None and len(bank) > int(approximate_index_above)
         models[category] = CategoryModel(
             category,
             setting,
             tuple(setting.resolved_size(infos[category])),
             embedder,
             bank,
-            build_index(bank, approximate=approximate, seed=seed),
+            (index or IndexSpec()).build(bank),
             float(sigma),
         )
     return models

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.banks.knn import IndexSpec
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
 from fedpatchcore.core.features.setting import EmbedderCache, Setting
 from fedpatchcore.core.scoring.predict import (
@@ -101,8 +102,7 @@ def build_models(
         settings,
         sigma=float(scoring["sigma"]),
         device=backbone.get("device", "cpu"),
-        approximate_index_above=scoring.get("approximate_index_above"),
-        seed=int(seed),
+        index=IndexSpec.from_params(scoring, int(seed)),
         embedders=EmbedderCache(backbone.get("device", "cpu")),
     )
 
