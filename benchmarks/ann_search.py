@@ -36,13 +36,12 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from end_to_end import autovi_run_params, write_autovi_like  # noqa: E402
+from end_to_end import METRICS, autovi_run_params, table_metrics, write_autovi_like  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = (
     "exact;ivf:nprobe=4;ivf:nprobe=16;ivf:nprobe=64;hnsw:ef_search=16;hnsw:ef_search=64;hnsw:ef_search=256"
 )
-METRICS = ("image_auroc", "aucspro_0.05")
 
 
 def parse_configs(text: str) -> list[tuple[str, dict]]:
@@ -150,7 +149,7 @@ def compare_variant(context, variant: str, configs, dataset: str) -> list[dict]:
                 "bank_rows": len(banks[category]), "test_images": len(kept), "patches": len(queries),
                 "build_s": built, "search_ms_per_image": 1000 * searched / len(kept),
                 "recall_at_1": float((ids[:, 0] == exact_ids).mean()),
-                **{m: metrics.get(m) for m in METRICS},
+                **table_metrics(metrics),
             })  # fmt: skip
     return rows
 

@@ -262,10 +262,13 @@ def published_metrics(project: Path, pipeline: str) -> dict[str, dict[str, float
     if not versions:
         return {}
     published = json.loads(versions[-1].read_text())
-    return {
-        category: {name: values.get(name) for name in METRICS}
-        for category, values in sorted(published.get("categories", {}).items())
-    }
+    return {category: table_metrics(values) for category, values in sorted(published.get("categories", {}).items())}
+
+
+def table_metrics(values: dict) -> dict[str, float | None]:
+    """``image_auroc`` and ``aucspro_0.05`` of one category's metrics entry (``aucspro`` is keyed by limit)."""
+    spro = {float(limit): value for limit, value in (values.get("aucspro") or {}).items()}
+    return {"image_auroc": values.get("image_auroc"), "aucspro_0.05": spro.get(0.05)}
 
 
 def export_revision(revision: str, into: Path) -> Path:
