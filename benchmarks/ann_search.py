@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -36,9 +35,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from end_to_end import METRICS, autovi_run_params, table_metrics, write_autovi_like  # noqa: E402
+from end_to_end import METRICS, autovi_run_params, prepare_project, table_metrics, write_autovi_like  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIGS = (
     "exact;ivf:nprobe=4;ivf:nprobe=16;ivf:nprobe=64;hnsw:ef_search=16;hnsw:ef_search=64;hnsw:ef_search=256"
 )
@@ -62,16 +60,9 @@ def run_pipelines(workdir: Path, pipelines: list[str], params: str):
     os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
     from kedro.framework.cli.utils import _split_params
     from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
 
     project = workdir / "project"
-    project.mkdir(parents=True)
-    shutil.copy(REPO / "pyproject.toml", project)
-    shutil.copytree(REPO / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-    (project / "conf" / "local").mkdir()
-    (project / "src").mkdir()
-    os.chdir(project)
-    bootstrap_project(project)
+    prepare_project(project)
     runtime_params = _split_params(None, None, params) if params else {}
     for pipeline in pipelines:
         with KedroSession.create(project_path=project, runtime_params=runtime_params) as session:

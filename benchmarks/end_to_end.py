@@ -214,6 +214,21 @@ def profile_scoring_node() -> dict:
     return totals
 
 
+def prepare_project(project: Path, code: Path = REPO) -> None:
+    """A throwaway copy of the project at ``code`` in ``project`` (pyproject + conf, an empty
+    conf/local), made the current directory and bootstrapped for a KedroSession."""
+    from kedro.framework.startup import bootstrap_project
+
+    project.mkdir(parents=True, exist_ok=True)
+    shutil.copy(code / "pyproject.toml", project)
+    shutil.copytree(code / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    # bootstrap_project wants a source folder; the package itself is imported from PYTHONPATH / the install.
+    (project / "src").mkdir()
+    os.chdir(project)
+    bootstrap_project(project)
+
+
 def run_child(pipeline: str, params: str, code: Path, result_path: Path, profile: bool = False) -> None:
     """Run ``pipeline`` in a throwaway copy of the project at ``code`` (a checkout or an exported
     revision); write stage times, wall, peak RSS and the published metrics per category as JSON."""
@@ -221,19 +236,12 @@ def run_child(pipeline: str, params: str, code: Path, result_path: Path, profile
     from kedro.framework.cli.utils import _split_params
     from kedro.framework.project import settings
     from kedro.framework.session import KedroSession
-    from kedro.framework.startup import bootstrap_project
 
     from fedpatchcore.hooks import NodeTimingHook
 
     with tempfile.TemporaryDirectory(prefix="fedpatchcore_e2e_") as workdir:
         project = Path(workdir)
-        shutil.copy(code / "pyproject.toml", project)
-        shutil.copytree(code / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
-        (project / "conf" / "local").mkdir()
-        # bootstrap_project wants a source folder; the package itself is imported from the install.
-        (project / "src").mkdir()
-        os.chdir(project)
-        bootstrap_project(project)
+        prepare_project(project, code)
         runtime_params = _split_params(None, None, params) if params else {}
         scoring_profile = profile_scoring_node() if profile else None
         start = time.perf_counter()
