@@ -117,8 +117,6 @@ def test_row_kernel_value_does_not_depend_on_the_other_rows(dim):
         for pick in (np.arange(7, 20), rng.permutation(len(rows))[:1001], np.arange(len(rows))[::-3]):
             part = np.ascontiguousarray(rows[pick])
             np.testing.assert_array_equal(dots(part, centre, np.empty(len(pick), np.float32)), full[pick])
-            # ... and the rows picked by index, without a gathered copy (the sparse steps' path)
-            np.testing.assert_array_equal(dots.of_rows(rows, pick, centre, np.empty(len(pick), np.float32)), full[pick])
     assert full.dtype == np.float32
 
 

@@ -139,35 +139,6 @@ def _is_row_deterministic(kernel, dim: int) -> bool:
         return False
 
 
-def _faiss_dots_by_index(work: np.ndarray, ids: np.ndarray, centre: np.ndarray, out: np.ndarray) -> None:
-    import faiss
-
-    faiss.fvec_inner_products_by_idx(
-        faiss.swig_ptr(out), faiss.swig_ptr(centre), faiss.swig_ptr(work), faiss.swig_ptr(ids),
-        work.shape[1], 1, len(ids),
-    )  # fmt: skip
-
-
-@functools.cache
-def _by_index_is_exact(dim: int) -> bool:
-    """Does faiss' by-index kernel give each row what :func:`_faiss_dots` gives it? (It runs one
-    dot per row; the batched kernel has its own code for some dimensions, e.g. 12 on AVX2.)"""
-    rng = np.random.default_rng(dim + 1)
-    rows = rng.standard_normal((203, dim), dtype=np.float32)
-    centre = np.ascontiguousarray(rows[5] * np.float32(0.5) + np.float32(0.25))
-    try:
-        full = np.empty(len(rows), dtype=np.float32)
-        _faiss_dots(rows, centre, full)
-        for ids in (np.arange(len(rows)), rng.permutation(len(rows))[:77], np.array([9])):
-            got = np.empty(len(ids), dtype=np.float32)
-            _faiss_dots_by_index(rows, ids.astype(np.int64), centre, got)
-            if not np.array_equal(got, full[ids]):
-                return False
-        return True
-    except (ImportError, AttributeError, TypeError):  # pragma: no cover - faiss without the helper
-        return False
-
-
 @functools.cache
 def _kernel_name(dim: int) -> str:
     for name in ("faiss", "einsum", "elementwise"):
@@ -219,14 +190,6 @@ class RowDots:
         for future in futures:
             future.result()
         return out
-
-    def of_rows(self, work: np.ndarray, rows: np.ndarray, centre: np.ndarray, out: np.ndarray) -> np.ndarray:
-        """``out[i] = work[rows[i]] · centre``: the value :meth:`__call__` gives those rows, without
-        gathering them into a copy first where faiss' by-index kernel gives the same values."""
-        if self.kernel_name == "faiss" and len(rows) and _by_index_is_exact(self.dim):
-            _faiss_dots_by_index(work, np.ascontiguousarray(rows, dtype=np.int64), centre, out)
-            return out
-        return self(work[rows], centre, out)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -480,10 +443,13 @@ def half_sq_distances(rows, row_half_norms, centre, centre_half_norm, dots, out)
 def _exact_values(rows, current, work, half_norms, index, centre, dots):
     """The plain loop's values of ``rows`` for the new centre; those below ``current`` move."""
     got = np.empty(len(rows), dtype=np.float32)
-    dots.of_rows(work, rows, centre, got)
-    # the plain loop's (||x||²/2 - x·c) + ||c||²/2, in this order (half_sq_distances)
-    np.subtract(half_norms[rows], got, out=got)
-    np.add(got, half_norms[index], out=got)
+    # (faiss' by-index kernel would save the gathered copy, but it opens an OpenMP region per
+    # call whose spinning threads cost more than the copy)
+    for lo in range(0, len(rows), _GATHER_ROWS):
+        part = rows[lo : lo + _GATHER_ROWS]
+        half_sq_distances(
+            work[part], half_norms[part], centre, half_norms[index], dots, got[lo : lo + len(part)]
+        )
     smaller = got < current
     return rows[smaller], got[smaller]
 
