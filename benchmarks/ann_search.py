@@ -134,7 +134,7 @@ def compare_variant(context, variant: str, configs, dataset: str) -> list[dict]:
             frame = pd.DataFrame(
                 {"key": [s.key for s in kept], "label": [s.label for s in kept], "image_score": scores}
             )
-            metrics = compute_metrics({category: entry}, frame, evaluation_index, category_info)["categories"][category]
+            metrics = compute_metrics({category: entry}, frame, evaluation_index, category_info, [])["categories"][category]
             rows.append({
                 "dataset": dataset, "variant": variant, "category": category, "config": name,
                 "bank_rows": len(banks[category]), "test_images": len(kept), "patches": len(queries),
@@ -156,9 +156,13 @@ def with_deltas(table: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="default,autovi", help="comma list: default, autovi")
-    parser.add_argument("--pipelines", default="centralized,federated", help="variants whose banks are compared")
+    parser.add_argument("--pipelines", default="centralized,federated", help="pipelines run (once each)")
+    parser.add_argument(
+        "--variants", default="", help="variants whose banks are compared (default: the --pipelines names)"
+    )
     parser.add_argument("--fraction", type=float, default=0.2, help="autovi: share of AutoVI's image counts")
     parser.add_argument("--keep-data", type=Path, default=None, help="autovi: the dataset folder (reused if there)")
+    parser.add_argument("--categories", default="", help="autovi: comma list of categories (default: all 6)")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help="';'-separated index configurations, exact first")
     parser.add_argument("--params", default="", help='Kedro-style "a.b=1,c=x" overrides of every run')
     parser.add_argument("--guard", type=float, default=0.002, help="largest metric change allowed per category")
@@ -166,6 +170,7 @@ def main() -> None:
     args = parser.parse_args()
     configs = parse_configs(args.configs)
     pipelines = [p for p in args.pipelines.split(",") if p]
+    variants = [v for v in args.variants.split(",") if v] or pipelines
     rows = []
     with tempfile.TemporaryDirectory(prefix="fedpatchcore_ann_") as tmp:
         for dataset in [d for d in args.data.split(",") if d]:
@@ -175,12 +180,12 @@ def main() -> None:
                 from fedpatchcore.core.features.backbones import DEFAULT_BACKBONE
 
                 root = args.keep_data or Path(tmp) / "autovi_like"
-                write_autovi_like(root, args.fraction)
+                write_autovi_like(root, args.fraction, categories=[c for c in args.categories.split(",") if c])
                 params = autovi_run_params(root, DEFAULT_BACKBONE, extra=args.params)
             elif dataset != "default":
                 raise SystemExit(f"unknown --data {dataset!r}: default or autovi")
             context = run_pipelines(workdir, pipelines, params)
-            for variant in pipelines:
+            for variant in variants:
                 rows.extend(compare_variant(context, variant, configs, dataset))
     table = with_deltas(pd.DataFrame(rows))
     pd.set_option("display.width", 250)

@@ -63,8 +63,6 @@ _BISECTIONS = 3
 #: Principal components kept per row for the cheap lower bound of a distance (rows of more
 #: dimensions only); rows sampled to estimate them.
 _FILTER_DIM = 32
-#: Leading principal coordinates of the first (cheapest) bound of a centre-to-centre distance.
-_LEAD_DIM = 8
 #: The skipping loop hands over to the plain loop (exactly: the values are the same) when,
 #: after ``max(_WARMUP, k // 8)`` steps, its last ``_WINDOW`` steps looked at more than this
 #: share of all rows per step: data without low-dimensional structure cannot be pruned.
@@ -227,61 +225,12 @@ def _compiled() -> SimpleNamespace:
         open_groups=jit(_open_groups_kernel),
         open_rows=jit(_open_rows_kernel),
         prefix_total=jit(_prefix_total_kernel),
-        next_centre=jit(_next_centre_kernel),
-        leave=jit(_leave_kernel),
     )
 
 
-def _leave_kernel(
-    movers, mover_values, where, slot_row, group_of, start, count, slot_dist, group_max, group_arg, min_dist,
-    marks, touched,
-):  # fmt: skip
-    """Step 4's bookkeeping: movers take their new values and leave holes; each group they left
-    starts at its next live slot, and its head (farthest live row) is looked up again.
-    ``marks`` (zeros, one per group) and ``touched`` are workspace; ``marks`` is zero again after."""
-    n_touched = 0
-    for i in range(len(movers)):
-        row = movers[i]
-        min_dist[row] = mover_values[i]
-        slot_row[where[row]] = -1
-        g = group_of[row]
-        if marks[g] == 0:
-            marks[g] = 1
-            touched[n_touched] = g
-            n_touched += 1
-    last = len(slot_dist) - 1
-    for i in range(n_touched):
-        g = touched[i]
-        marks[g] = 0
-        first = start[g]
-        stop = first + count[g]
-        while first < stop and slot_row[first] < 0:
-            first += 1
-        start[g] = first
-        count[g] = stop - first
-        head = min(first, last)
-        group_max[g] = slot_dist[head] if stop > first else -np.inf
-        group_arg[g] = slot_row[head]
-
-
-def _next_centre_kernel(group_max, group_arg, t):
-    """The row of the largest min distance over groups ``0..t-1``; among equal values the smallest
-    row index (``np.argmax`` over the rows would pick it): one pass, no temporaries."""
-    best = group_max[0]
-    row = group_arg[0]
-    for j in range(1, t):
-        value = group_max[j]
-        if value > best:
-            best = value
-            row = group_arg[j]
-        elif value == best and group_arg[j] < row:
-            row = group_arg[j]
-    return row
-
-
 def _open_groups_kernel(
-    t, index, home, centres, centre_sq, centre_proj, lead_proj, group_max, start, count, slot_dist, where,
-    eps_cross, delta, eta, res_slack, groups, prefix, limit, rest_w, half_gap, rest_w_lead, squares_lead,
+    t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
+    eps_cross, delta, eta, res_slack,
 ):  # fmt: skip
     """Groups the new centre ``t`` may take rows from, their prefix lengths and bounds.
 
@@ -290,33 +239,27 @@ def _open_groups_kernel(
     group's size in place of its prefix: :func:`_open_rows_kernel` walks a group's slots (sorted
     by decreasing distance, holes included) only down to its limit, and
     :func:`_prefix_total_kernel` counts the true prefixes where a step may be dense.
-
-    The first bound, from the leading principal coordinates, is computed for every earlier
-    centre in one vectorised pass over ``lead_proj`` (those coordinates, one contiguous array
-    per coordinate) into ``squares_lead``; only the groups it leaves open read their centre's
-    other coordinates. The results go into the workspace arrays ``groups`` ... ``rest_w_lead``
-    (length >= t; ``rest_w_lead`` bounds the part of ``w`` outside the leading coordinates, for
-    the rows' first bound in :func:`_open_rows_kernel`); returns how many groups are open and
-    their slots in all.
     """
     q = centre_proj.shape[1]
-    lead = lead_proj.shape[0]
+    lead = min(q, 8)
     dim = centres.shape[1]
-    squares_lead[:t] = 0.0
-    # |P^T w|² <= |w|² (1 + 2e-5) for the float32 basis, and so is any part of the sum: lower
-    # bounds of the distance, from the leading coordinates first
-    for a in range(lead):
-        mine = lead_proj[a, t]
-        theirs = lead_proj[a]
-        for j in range(t):
-            u = mine - theirs[j]
-            squares_lead[j] += u * u
+    groups = np.empty(t, np.int64)
+    prefix = np.empty(t, np.int64)
+    limit = np.empty(t, np.float64)
+    rest_w = np.empty(t, np.float64)
+    half_gap = np.empty(t, np.float64)
     m = 0
     total = 0
     for j in range(t):
         farthest = np.float64(group_max[j])
-        squares = squares_lead[j]
-        # (an empty group has farthest = -inf and is never open, except the new centre's own)
+        if farthest == -np.inf and j != home:
+            continue  # an empty group
+        # |P^T w|² <= |w|² (1 + 2e-5) for the float32 basis, and so is any part of the sum: lower
+        # bounds of the distance, from the leading coordinates first (one cache line a centre)
+        squares = 0.0
+        for a in range(lead):
+            u = centre_proj[t, a] - centre_proj[j, a]
+            squares += u * u
         if j != home and not (farthest > max(squares * (1.0 - 1e-4) - eps_cross, 0.0) / 8.0 - delta):
             continue
         for a in range(lead, q):
@@ -333,7 +276,6 @@ def _open_groups_kernel(
         if not (farthest > keep_below) and j != home:
             continue
         rest = d2 + eps_cross - squares * (1.0 - 1e-6)
-        rest_lead = d2 + eps_cross - squares_lead[j] * (1.0 - 1e-6)
         # The whole group as its prefix: the walk stops at its first slot at or below the limit
         # (a binary search here would cost a cache miss per probe; the walk's reads are in order).
         length = count[j]
@@ -341,28 +283,21 @@ def _open_groups_kernel(
         prefix[m] = length
         limit[m] = keep_below
         rest_w[m] = np.sqrt(max(rest, 0.0)) + res_slack
-        rest_w_lead[m] = np.sqrt(max(rest_lead, 0.0)) + res_slack
         half_gap[m] = d2_low / 2.0 - 2.0 * delta - eta
         total += length
         m += 1
-    return m, total
+    return groups[:m], prefix[:m], limit[:m], rest_w[:m], half_gap[:m], total
 
 
 def _open_rows_kernel(
-    groups, prefix, limit, rest_w, half_gap, rest_w_lead, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn,
-    slot_lead, slot_rc_lead, slot_rn_lead, centre_p,
-):  # fmt: skip
+    groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p
+):
     """Rows of the group prefixes that no bound rules out, their current values, rows looked at.
 
     The bound of ``(x - c_j)·w`` is evaluated in float64 from the stored float32 residuals: more
     precise than the numpy path's float32, and ``eta`` covers the float32 residuals themselves.
-    It is tried first with the leading principal coordinates alone (``slot_lead``: a compact
-    copy, a few rows per cache line; ``slot_rn_lead`` bounds the rest of the residual and
-    ``rest_w_lead`` the rest of ``w``): most rows are ruled out there, before their full
-    residual is read.
     """
     q = slot_res.shape[1]
-    lead = slot_lead.shape[1]
     total = 0
     for g in range(len(groups)):
         total += prefix[g]
@@ -379,12 +314,6 @@ def _open_rows_kernel(
             if row < 0:
                 continue
             looked += 1
-            lhs = 0.0
-            for a in range(lead):
-                lhs += np.float64(slot_lead[slot, a]) * np.float64(centre_p[a])
-            lhs = lhs - np.float64(slot_rc_lead[slot]) + np.float64(slot_rn_lead[slot]) * rest_w_lead[g]
-            if not (lhs > half_gap[g]):
-                continue
             lhs = 0.0
             for a in range(q):
                 lhs += np.float64(slot_res[slot, a]) * np.float64(centre_p[a])
@@ -413,13 +342,12 @@ def _prefix_total_kernel(groups, limit, start, count, slot_dist):
 
 
 def _compiled_sparse_rows(
-    groups, prefix, limit, rest_w, half_gap, rest_w_lead, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn,
-    slot_lead, slot_rc_lead, slot_rn_lead, centre_p, work, half_norms, index, centre, dots,
+    groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p,
+    work, half_norms, index, centre, dots,
 ):  # fmt: skip
     """:func:`_sparse_rows` with the compiled walk: (rows, values, looked, computed)."""
     rows, current, looked = _compiled().open_rows(
-        groups, prefix, limit, rest_w, half_gap, rest_w_lead, start, slot_row, slot_dist, slot_res, slot_rc,
-        slot_rn, slot_lead, slot_rc_lead, slot_rn_lead, centre_p,
+        groups, prefix, limit, rest_w, half_gap, start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_p
     )  # fmt: skip
     movers, values = _exact_values(rows, current, work, half_norms, index, centre, dots)
     return movers, values, looked, len(rows)
@@ -443,8 +371,6 @@ def half_sq_distances(rows, row_half_norms, centre, centre_half_norm, dots, out)
 def _exact_values(rows, current, work, half_norms, index, centre, dots):
     """The plain loop's values of ``rows`` for the new centre; those below ``current`` move."""
     got = np.empty(len(rows), dtype=np.float32)
-    # (faiss' by-index kernel would save the gathered copy, but it opens an OpenMP region per
-    # call whose spinning threads cost more than the copy)
     for lo in range(0, len(rows), _GATHER_ROWS):
         part = rows[lo : lo + _GATHER_ROWS]
         half_sq_distances(
@@ -555,11 +481,6 @@ def greedy_skipping(
     slot_res = np.empty((capacity, q), dtype=f32)
     slot_rn = np.empty(capacity, dtype=f32)
     slot_rc = np.empty(capacity, dtype=f32)  # res · P^T c_g
-    # the same for the leading principal coordinates alone (the compiled walk's first bound)
-    lead = min(q, _LEAD_DIM)
-    slot_lead = np.empty((capacity, lead), dtype=f32)  # res[:lead], contiguous
-    slot_rn_lead = np.empty(capacity, dtype=f32)  # >= |x - c_g outside the leading coordinates|
-    slot_rc_lead = np.empty(capacity, dtype=f32)  # res[:lead] · P[:, :lead]^T c_g
     where = np.empty(n_rows, dtype=np.intp)  # slot of each row
     group_of = np.zeros(n_rows, dtype=np.intp)
     start = np.zeros(k, dtype=np.intp)
@@ -569,51 +490,36 @@ def greedy_skipping(
     centres = np.empty((k, dim), dtype=f32)
     centre_sq = np.empty(k, dtype=np.float64)
     centre_proj = np.empty((k, q), dtype=np.float64)
-    basis64 = basis.astype(np.float64)
-    # the compiled steps: the centres' leading principal coordinates, one contiguous array per
-    # coordinate (the first bound streams through them), and the open groups' workspace
-    lead_proj = np.empty((lead, k), dtype=np.float64)
-    open_workspace = (
-        np.empty(k, np.int64), np.empty(k, np.int64), np.empty(k, np.float64), np.empty(k, np.float64),
-        np.empty(k, np.float64), np.empty(k, np.float64), np.empty(k, np.float64),
-    )  # fmt: skip
-    leave_workspace = (np.zeros(k, np.int8), np.empty(k, np.int64))
     end = 0
     looked = computed = dense_steps = groups_examined = 0
     recent = np.zeros(_WINDOW, dtype=np.int64)  # rows looked at in the last steps
     give_up_after = max(_WARMUP, k // 8)
     plain_from = k
 
-    def residuals(rows: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """res = P^T (x - c) and upper bounds of |(I - P P^T)(x - c)| and of the part of x - c
-        outside the leading principal coordinates, for ``rows``."""
+    def residuals(rows: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """res = P^T (x - c) and an upper bound of |(I - P P^T)(x - c)| for ``rows``."""
         res = np.empty((len(rows), q), dtype=f32)
         rest = np.empty(len(rows), dtype=f32)
-        rest_lead = np.empty(len(rows), dtype=f32)
         for lo in range(0, len(rows), _GATHER_ROWS):
             diff = work[rows[lo : lo + _GATHER_ROWS]]
             diff -= centre
             part = res[lo : lo + len(diff)]
             np.matmul(diff, basis, out=part)
-            squared = np.einsum("ij,ij->i", diff, diff).astype(np.float64) * (1.0 + 4.0 * gamma)
-            for out, coords in ((rest, part), (rest_lead, part[:, :lead])):
-                full = squared - np.einsum("ij,ij->i", coords, coords).astype(np.float64) * (1.0 - 4.0 * gamma)
-                np.maximum(full, 0.0, out=full)
-                out[lo : lo + len(diff)] = np.sqrt(full) + res_slack
-        return res, rest, rest_lead
+            full = np.einsum("ij,ij->i", diff, diff).astype(np.float64) * (1.0 + 4.0 * gamma)
+            full -= np.einsum("ij,ij->i", part, part).astype(np.float64) * (1.0 - 4.0 * gamma)
+            np.maximum(full, 0.0, out=full)
+            rest[lo : lo + len(diff)] = np.sqrt(full) + res_slack
+        return res, rest
 
     def new_group(g: int, rows: np.ndarray, dist: np.ndarray, centre: np.ndarray, at: int) -> int:
         """Put ``rows`` (sorted) in slots ``at...`` as group ``g``; returns the new end."""
-        res, rest, rest_lead = residuals(rows, centre)
+        res, rest = residuals(rows, centre)
         slots = np.arange(at, at + len(rows))
         slot_row[slots] = rows
         slot_dist[slots] = dist
         slot_res[slots] = res
         slot_rn[slots] = rest
         slot_rc[slots] = res @ centre_proj[g].astype(f32)
-        slot_lead[slots] = res[:, :lead]
-        slot_rn_lead[slots] = rest_lead
-        slot_rc_lead[slots] = res[:, :lead] @ centre_proj[g, :lead].astype(f32)
         where[rows] = slots
         group_of[rows] = g
         start[g], count[g] = at, len(rows)
@@ -627,8 +533,6 @@ def greedy_skipping(
     for t in range(k):
         if t < len(starts):
             index = int(starts[t])
-        elif COMPILED:
-            index = int(_compiled().next_centre(group_max, group_arg, t))
         else:
             best = group_max[:t].max()
             ties = np.flatnonzero(group_max[:t] == best)
@@ -640,8 +544,7 @@ def greedy_skipping(
         centres[t] = centre
         centre64 = centre.astype(np.float64)
         centre_sq[t] = float(centre64 @ centre64)
-        centre_proj[t] = centre64 @ basis64
-        lead_proj[:, t] = centre_proj[t, : len(lead_proj)]
+        centre_proj[t] = centre64 @ basis.astype(np.float64)
 
         if t == 0:  # every row joins the first centre's group
             dense_steps += 1
@@ -661,17 +564,11 @@ def greedy_skipping(
         #    P^T(x - c_j)·P^T w + |rest of x - c_j| |rest of w| (principal coordinates).
         # 2. The prefix of each group above its triangle limit.
         home = group_of[index]
-        if COMPILED:
-            opened, total = _compiled().open_groups(
-                t, index, home, centres, centre_sq, centre_proj, lead_proj, group_max, start, count, slot_dist,
-                where, eps_cross, delta, eta, res_slack, *open_workspace,
-            )  # fmt: skip
-            groups, prefix, limit, rest_w, half_gap = (a[:opened] for a in open_workspace[:5])
-        else:
-            groups, prefix, limit, rest_w, half_gap, total = _open_groups(
-                t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
-                eps_cross, delta, eta, res_slack,
-            )  # fmt: skip
+        open_groups = _compiled().open_groups if COMPILED else _open_groups
+        groups, prefix, limit, rest_w, half_gap, total = open_groups(
+            t, index, home, centres, centre_sq, centre_proj, group_max, start, count, slot_dist, where,
+            eps_cross, delta, eta, res_slack,
+        )  # fmt: skip
         if COMPILED and total > dense_limit:  # group sizes; is the step dense by its prefixes?
             total = _compiled().prefix_total(groups, limit, start, count, slot_dist)
         groups_examined += len(groups)
@@ -690,15 +587,10 @@ def greedy_skipping(
             # 3b. Sparse step: rows of the prefixes that no bound rules out get their exact value
             #     (large steps in two halves on two threads: the kernels, numpy and faiss release
             #     the GIL).
-            if COMPILED:
-                sparse_rows = _compiled_sparse_rows
-                step_bounds = (groups, prefix, limit, rest_w, half_gap, open_workspace[5][: len(groups)])
-                step = (start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, slot_lead, slot_rc_lead, slot_rn_lead)
-            else:
-                sparse_rows = _sparse_rows
-                step_bounds = (groups, prefix, limit, rest_w, half_gap)
-                step = (start, slot_row, slot_dist, slot_res, slot_rc, slot_rn)
-            step += (centre_proj[t].astype(f32), work, half_norms, index, centre, dots)
+            sparse_rows = _compiled_sparse_rows if COMPILED else _sparse_rows
+            step_bounds = (groups, prefix, limit, rest_w, half_gap)
+            step = (start, slot_row, slot_dist, slot_res, slot_rc, slot_rn, centre_proj[t].astype(f32))
+            step += (work, half_norms, index, centre, dots)
             if side_pool is not None and total > _SPLIT_ROWS and len(groups) > 1:
                 cut = _half_cut(prefix, total)
                 later = side_pool.submit(sparse_rows, *(x[cut:] for x in step_bounds), *step)
@@ -716,28 +608,21 @@ def greedy_skipping(
 
         # 4. Movers leave holes; a group whose first slot became a hole starts at its next live
         #    slot. They form the new centre's group, sorted, appended after ``end``.
-        if COMPILED:
-            _compiled().leave(
-                movers, mover_values, where, slot_row, group_of, start, count, slot_dist, group_max, group_arg,
-                min_dist, *leave_workspace,
-            )  # fmt: skip
-        else:
-            min_dist[movers] = mover_values
-            mover_slots = where[movers]
-            slot_row[mover_slots] = -1
-            touched = np.unique(group_of[movers])
-            for g in touched[slot_row[start[touched]] < 0]:
-                first, stop = int(start[g]), int(start[g] + count[g])
-                first = _next_live(slot_row, first, stop)
-                start[g], count[g] = first, stop - first
-            heads = np.minimum(start[touched], capacity - 1)
-            group_max[touched] = np.where(count[touched] > 0, slot_dist[heads], minus_inf)
-            group_arg[touched] = slot_row[heads]
+        min_dist[movers] = mover_values
+        mover_slots = where[movers]
+        slot_row[mover_slots] = -1
+        touched = np.unique(group_of[movers])
+        for g in touched[slot_row[start[touched]] < 0]:
+            first, stop = int(start[g]), int(start[g] + count[g])
+            first = _next_live(slot_row, first, stop)
+            start[g], count[g] = first, stop - first
+        heads = np.minimum(start[touched], capacity - 1)
+        group_max[touched] = np.where(count[touched] > 0, slot_dist[heads], minus_inf)
+        group_arg[touched] = slot_row[heads]
         order = np.lexsort((movers, -mover_values))
         movers, mover_values = movers[order], mover_values[order]
         if end + len(movers) > capacity:
-            slot_data = (slot_dist, slot_res, slot_rn, slot_rc, slot_lead, slot_rn_lead, slot_rc_lead)
-            end = _pack(slot_row, slot_data, where, start, count, t)
+            end = _pack(slot_row, (slot_dist, slot_res, slot_rn, slot_rc), where, start, count, t)
         end = new_group(t, movers, mover_values, centre, end)
 
         if t >= give_up_after and recent.sum() > _GIVE_UP_SHARE * _WINDOW * n_rows:
