@@ -24,7 +24,7 @@ and without the weight file the run stops.
 ``--code REV`` runs the pipelines with the project code and conf of a git revision (exported
 with ``git archive`` into a temporary folder; the harness is this file), so a "before" and an
 "after" run on the same machine in the same hour are two commands, e.g.
-``--code 15152b6`` and no ``--code``. ``--keep-data DIR`` writes the dataset once and reuses
+``--code 3222ee9`` (main before issue 25) and no ``--code``. ``--keep-data DIR`` writes the dataset once and reuses
 it (same fraction and seed) in the next run. ``--json FILE`` saves what is printed.
 
     python benchmarks/end_to_end.py [--pipeline federated] [--params "coreset.ratio=0.05"]
