@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import faiss
@@ -27,20 +27,13 @@ from fedpatchcore.core.features.batches import iter_image_batches
 from fedpatchcore.core.features.embedding import PatchEmbedder
 from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
-from fedpatchcore.core.scoring.patch_scores import PatchScorer, resize_maps
+from fedpatchcore.core.scoring.patch_scores import CategoryScores, PatchScorer, resize_maps
+from fedpatchcore.core.scoring.summary import score_category_summary
 
 logger = logging.getLogger(__name__)
 
 #: ``scoring.query_dtype`` values: how test-patch features wait for their search.
 QUERY_DTYPES = {"float32": np.float32, "float16": np.float16}
-
-
-@dataclass
-class CategoryScores:
-    samples: list[Sample]  # scored images, in the order of the rows below
-    maps: np.ndarray  # float32 (n, H, W), raw distances: one scale for the whole category
-    image_scores: np.ndarray  # float32 (n,)
-    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -123,14 +116,18 @@ def score_test_set(
     banks: Mapping[str, np.ndarray],
     privacy: PrivacySettings,
     search: SearchBatches,
+    radius: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, CategoryScores]:
     """Anomaly maps and image scores of every category of ``samples``, each from its plan.
 
     ``indexes`` / ``banks``: the search index and the rows of each category's memory bank (the
     rows are read only by scorers that need them, e.g. the reweighting). With ``privacy``
     enabled the bank holds released rows: test patches go through the same public map
-    (projection, clipping) before they are compared with it.
+    (projection, clipping) before they are compared with it. ``radius``: the released radius
+    of each centre of a category whose bank is a private summary bank
+    (:mod:`~fedpatchcore.core.scoring.summary`: distance to a centre over its radius).
     """
+    radius = radius or {}
     embedders: dict[str, Any] = {}
     scores = {}
     for category, category_samples in samples.items():
@@ -139,16 +136,33 @@ def score_test_set(
         plan = plans[category]
         if plan.network_key not in embedders:
             embedders[plan.network_key] = with_public_transform(make_embedder(plan.backbone, plan.extraction), privacy)
-        scores[category] = score_category(
-            category_samples,
-            plan.info,
-            embedders[plan.network_key],
-            indexes[category],
-            plan.scorer,
-            bank=banks[category] if plan.scorer.needs_bank else None,
-            search=search,
-            output_size=plan.output_size,
-        )
+        if category in radius:
+            scorer = plan.scorer
+            summary = score_category_summary(
+                category_samples,
+                plan.info,
+                embedders[plan.network_key],
+                banks[category],
+                radius[category],
+                batch_size=search.batch_size,
+                sigma=scorer.sigma,
+                num_workers=search.num_workers,
+                image_score=scorer.image_score,
+                topk=scorer.topk,
+            )
+            summary.maps = resize_maps(summary.maps, plan.output_size)
+            scores[category] = summary
+        else:
+            scores[category] = score_category(
+                category_samples,
+                plan.info,
+                embedders[plan.network_key],
+                indexes[category],
+                plan.scorer,
+                bank=banks[category] if plan.scorer.needs_bank else None,
+                search=search,
+                output_size=plan.output_size,
+            )
         if scores[category].skipped:
             logger.warning(
                 "%s: %d unreadable test image(s) left out of scoring and metrics (listed in the metrics "

@@ -12,7 +12,7 @@ parameters become a scorer: a new scoring option goes there and into the scorer.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from scipy.ndimage import gaussian_filter
 
 from fedpatchcore.core.banks.knn import nearest_neighbours
+from fedpatchcore.core.data.types import Sample
 from fedpatchcore.core.features.embedding import image_hw
 from fedpatchcore.core.features.setting import IMAGE_SCORES
 
 __all__ = [
     "IMAGE_SCORES",
+    "CategoryScores",
     "PatchScorer",
     "anomaly_maps",
     "resize_maps",
@@ -38,6 +40,16 @@ __all__ = [
 
 def _as_f32(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+@dataclass
+class CategoryScores:
+    """What scoring one category's test images gives."""
+
+    samples: list[Sample]  # scored images, in the order of the rows below
+    maps: np.ndarray  # float32 (n, H, W), raw distances: one scale for the whole category
+    image_scores: np.ndarray  # float32 (n,)
+    skipped: list[dict[str, str]] = field(default_factory=list)
 
 
 def anomaly_maps(

@@ -25,7 +25,7 @@ from fedpatchcore.core.evaluation.metrics import (
     skipped_test_images,
 )
 from fedpatchcore.core.features import tuned_settings as run_settings
-from fedpatchcore.core.privacy.release import PrivacySettings
+from fedpatchcore.core.privacy.release import PrivacySettings, publish_budgets
 from fedpatchcore.core.scoring.category import CategoryPlan, SearchBatches, score_test_set
 from fedpatchcore.datasets.arrays import FaissIndexes
 
@@ -103,6 +103,9 @@ def score_test_images(
 
     Each category's maps entry also records ``skipped`` (test images that could not be read,
     ``{"path", "reason"}``) and the ``bank_fingerprint`` it was scored against.
+    With ``privacy.enabled`` the bank holds released rows: test patches go through the same
+    public map (projection, clipping) before they are compared with it. A summary bank (its
+    arrays carry ``radius/``) scores a patch by its distance to a centre over that centre's radius.
     ``tuned`` (the centralized baseline only): a category with an entry is scored with its
     own setting, at its own input size; its maps are then resized to ``category_info``'s size,
     where the ground truth and the report read them (the image scores are taken before that).
@@ -117,13 +120,15 @@ def score_test_images(
         info = category_info_from_dict(category_info[category])
         blocks = run_settings.blocks_for(setting, backbone, extraction, scoring)
         plans[category] = CategoryPlan.from_blocks(info, *blocks, input_size=run_settings.info_for(setting, info).image_size)
+    banks = CategoryBanks.from_arrays(memory_bank)
     scores = score_test_set(
         plans,
         by_category,
         indexes,
-        CategoryBanks.from_arrays(memory_bank).banks,
+        banks.banks,
         PrivacySettings.from_parameters(privacy, seed),
         SearchBatches.from_params(scoring, extraction),
+        radius=banks.radius,
     )
     maps = {
         category: {
@@ -140,8 +145,6 @@ def score_test_images(
         for s, v in zip(result.samples, result.image_scores, strict=True)
     ]
     return maps, pd.DataFrame(rows, columns=["key", "category", "defect_type", "label", "image_score"])
-
-
 
 
 def compute_metrics(
@@ -201,3 +204,22 @@ def summarise_centralized_run(
         settings = run_settings.category_settings(metrics["categories"], {}, {}, {}, tuned)
         summary["tuned"] = run_settings.describe(settings, tuned)
     return summary
+
+
+def publish_centralized_privacy(
+    run_summary: dict[str, Any],
+    training_images: pd.DataFrame,
+    privacy_ledger_state: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any],
+    *,
+    client_id: str,
+) -> dict[str, Any]:
+    """The baseline's published metrics with its budget: the composed ε of its images in the ledger.
+
+    ``privacy_ledger_state`` orders this after every release of the run.
+    """
+    holdings = {client_id: training_images["key"].astype(str).tolist()}
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    return publish_budgets(run_summary, settings, [budget], [client_id], holdings=holdings)
