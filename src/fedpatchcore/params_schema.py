@@ -244,13 +244,28 @@ class CoresetParams(Block):
     _device = field_validator("device")(classmethod(lambda cls, value: _device(value)))
 
 
+class IvfParams(Block):
+    nlist: PositiveInt | None = None
+    nprobe: PositiveInt = 8
+
+
+class HnswParams(Block):
+    m: Annotated[int, Field(ge=2)] = 32
+    ef_construction: PositiveInt = 40
+    ef_search: PositiveInt = 64
+
+
 @block("scoring")
 class ScoringParams(Block):
     sigma: Annotated[float, Field(ge=0)]
     reweight: bool
     reweight_neighbours: PositiveInt
     batch_size: PositiveInt
-    approximate_index_above: PositiveInt | None = 200000
+    query_patches: PositiveInt | None = None
+    query_dtype: str = "float32"
+    index: str = "exact"
+    ivf: IvfParams = IvfParams()
+    hnsw: HnswParams = HnswParams()
     image_score: str = "max"
     topk: PositiveInt = 10
 
@@ -258,6 +273,28 @@ class ScoringParams(Block):
     @classmethod
     def _known_image_score(cls, value: str) -> str:
         return _one_of("image score", value, ("max", "topk_mean"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "approximate_index_above" in values:
+            raise ValueError(
+                "scoring.approximate_index_above was replaced by scoring.index (exact | ivf | hnsw) "
+                "and its scoring.ivf / scoring.hnsw settings"
+            )
+        return values
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        from fedpatchcore.core.banks.knn import INDEX_KINDS
+
+        return _one_of("scoring.index", value, INDEX_KINDS)
+
+    @field_validator("query_dtype")
+    @classmethod
+    def _known_query_dtype(cls, value: str) -> str:
+        return _one_of("scoring.query_dtype", value, ("float32", "float16"))
 
     @model_validator(mode="after")
     def _reweight_needs_max(self) -> ScoringParams:
