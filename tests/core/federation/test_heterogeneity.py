@@ -171,3 +171,22 @@ def test_label_noise_is_reproducible_from_the_seed():
     again = partition_clients(index, pool, federation, heterogeneity, 0, client_ids=["1", "2"])
     assert first[1]["label_noise"] == again[1]["label_noise"]
     pd.testing.assert_frame_equal(first[2], again[2])
+
+
+def test_every_noisy_client_holds_its_own_defective_images():
+    index = _dataset()
+    federation = {"partition": "iid", "num_clients": 2}
+    heterogeneity = {"1": {"label_noise": 0.3}, "2": {"label_noise": 0.3}}
+    variants = {
+        "one": {"seed": 0, "federation": federation, "heterogeneity": {"1": {"label_noise": 0.3}}},
+        "both": {"seed": 0, "federation": federation, "heterogeneity": heterogeneity},
+    }
+    pool, evaluation = reserve_label_noise_images(index, variants, seed=0)
+    noisy = partition_clients(index, pool, federation, heterogeneity, 0, client_ids=["1", "2"])
+    added = {
+        cid: {k for swap in swaps.values() for k in swap["added"]} for cid, swaps in noisy[1]["label_noise"].items()
+    }
+    assert added["1"] and added["2"] and added["1"].isdisjoint(added["2"])
+    # the pool holds what the variant needing most (both clients together) takes
+    assert sum(len(keys) for keys in pool.values()) == len(added["1"]) + len(added["2"])
+    assert {k for keys in added.values() for k in keys}.isdisjoint(evaluation["key"])

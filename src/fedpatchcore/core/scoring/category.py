@@ -40,11 +40,13 @@ def score_category(
     num_workers: int = 2,
     image_score: str = "max",
     topk: int = 10,
+    row_weights: np.ndarray | None = None,
 ) -> CategoryScores:
     """Anomaly map and image score of every readable test image of ``info.name``.
 
     ``image_score`` / ``topk``: parameters ``scoring.image_score`` / ``scoring.topk``
     (:func:`~fedpatchcore.core.scoring.patch_scores.score_images`); the default ``"max"`` is unchanged.
+    ``row_weights``: the bank's outlier weights, with ``scoring.soft_weights`` (None: plain distances).
     """
     width, height = info.image_size
     maps = np.empty((len(samples), height, width), dtype=np.float32)
@@ -64,6 +66,7 @@ def score_category(
             num_neighbours=reweight_neighbours,
             image_score=image_score,
             topk=topk,
+            row_weights=row_weights,
         )
         rows = slice(len(kept), len(kept) + len(batch.samples))
         maps[rows] = batch_maps

@@ -4,7 +4,9 @@
 patch-score grid upsampled bilinearly to the image size, then Gaussian-smoothed; image
 score (``image_score``) = max of that RAW map (``"max"``, the default; never normalised
 per image), or the PatchCore paper's reweighted max patch score (``reweight``), or the
-mean of the ``topk`` highest patch scores (``"topk_mean"``).
+mean of the ``topk`` highest patch scores (``"topk_mean"``). With ``row_weights`` (the bank's
+outlier weights from patch denoising, ``scoring.soft_weights``) a patch score is the distance
+to the nearest bank row times that row's weight (SoftPatch).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ def score_images(
     batch_size: int = 65536,
     image_score: str = "max",
     topk: int = 10,
+    row_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps and image scores for patch features ``(B, h, w, d)``.
 
@@ -105,6 +108,8 @@ def score_images(
             ``"topk_mean"``: mean of the ``topk`` highest patch scores (raw nearest-neighbour
             distances on the patch grid), which a single noisy patch moves less.
         topk: patches averaged by ``"topk_mean"``.
+        row_weights: ``(M,)`` weight of every bank row (``scoring.soft_weights``): the patch
+            score is the distance to the nearest row (found by plain distance) times its weight.
 
     Returns:
         ``maps`` ``(B, H, W)`` float32 in raw distance units and ``image_scores`` ``(B,)``:
@@ -121,6 +126,8 @@ def score_images(
     n_img, h, w, d = feats.shape
     flat = _as_f32(feats.reshape(-1, d))
     dist, ids = nearest_neighbours(index, flat, k=1, batch_size=batch_size)
+    if row_weights is not None:
+        dist[:, 0] *= np.asarray(row_weights, dtype=np.float32)[ids[:, 0]]
     patch_scores = dist[:, 0].reshape(n_img, h, w)
     maps = anomaly_maps(patch_scores, image_size, sigma=sigma)
     if image_score == "topk_mean":

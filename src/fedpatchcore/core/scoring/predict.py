@@ -75,6 +75,7 @@ class CategoryModel:
     bank: np.ndarray
     index: faiss.Index
     sigma: float = 4.0
+    row_weights: np.ndarray | None = None  # the bank's outlier weights (scoring.soft_weights)
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw anomaly maps ``(B, H, W)`` and image scores ``(B,)`` of uint8 images at ``image_size``."""
@@ -89,6 +90,7 @@ class CategoryModel:
             num_neighbours=self.setting.num_neighbours,
             image_score=self.setting.image_score,
             topk=self.setting.topk,
+            row_weights=self.row_weights,
         )
 
 
@@ -102,8 +104,11 @@ def build_category_models(
     approximate_index_above: int | None = None,
     seed: int = 0,
     embedders: EmbedderCache | None = None,
+    row_weights: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, CategoryModel]:
     """One :class:`CategoryModel` per category of ``banks``.
+
+    ``row_weights``: per category, the outlier weight of every bank row (``scoring.soft_weights``).
 
     ``settings``: one :class:`Setting` for all categories, or one per category (the tuned
     choice); a bank must have been built with its category's setting (same backbone, layers,
@@ -131,6 +136,7 @@ def build_category_models(
             bank,
             build_index(bank, approximate=approximate, seed=seed),
             float(sigma),
+            None if row_weights is None else row_weights[category],
         )
     return models
 

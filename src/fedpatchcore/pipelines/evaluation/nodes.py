@@ -148,6 +148,7 @@ def score_test_images(
             num_workers=extraction["num_workers"],
             image_score=cat_scoring.get("image_score", "max"),
             topk=int(cat_scoring.get("topk", 10)),
+            row_weights=banks.row_weights(category) if scoring.get("soft_weights", False) else None,
         )
         if setting is not None:
             scores.maps = resize_maps(scores.maps, info.image_size)

@@ -50,7 +50,8 @@ def reserve_label_noise_images(
 
     Returns the pool (category -> keys) and the evaluation index: the dataset without them, so
     no variant is ever scored on an image some client trained on, and all variants of a run
-    are scored on the same images.
+    are scored on the same images. Noisy clients of one variant hold distinct images, so a
+    category's pool is the most any variant needs over all its noisy clients together.
     """
     samples = frame_to_samples(dataset_index)
     category_of = {s.key: s.category for s in samples}
@@ -61,6 +62,7 @@ def reserve_label_noise_images(
             continue
         held_out = validation_keys(dataset_index, parameters.get("validation"), parameters["seed"])
         partitioned = [s for s in samples if s.key not in held_out]
+        in_variant: dict[str, int] = {}
         for client_id, keys in _partition(partitioned, parameters["federation"], parameters["seed"]).items():
             spec = specs.get(str(client_id))
             if spec is None or not spec.label_noise:
@@ -69,7 +71,9 @@ def reserve_label_noise_images(
             for key in keys:
                 per_category[category_of[key]] = per_category.get(category_of[key], 0) + 1
             for category, count in label_noise_counts(per_category, spec.label_noise).items():
-                needed[category] = max(needed.get(category, 0), count)
+                in_variant[category] = in_variant.get(category, 0) + count
+        for category, count in in_variant.items():
+            needed[category] = max(needed.get(category, 0), count)
         logger.info("Variant %s: label noise needs %s defective images per category", name, needed)
     defective = {}
     for s in samples:

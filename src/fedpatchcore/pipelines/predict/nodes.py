@@ -89,7 +89,8 @@ def build_models(
             "predict does not score against a differentially private bank yet (privacy.enabled): the public "
             "projection/clipping of test patches is applied by the evaluate pipeline only"
         )
-    banks = CategoryBanks.from_arrays(memory_bank).banks
+    bank = CategoryBanks.from_arrays(memory_bank)
+    banks = bank.banks
     infos = {name: category_info_from_dict(category_info[name]) for name in banks}
     default = Setting.from_params(backbone, extraction, scoring)
     chosen = run_settings.category_settings(banks, backbone, extraction, scoring, tuned)
@@ -104,6 +105,7 @@ def build_models(
         approximate_index_above=scoring.get("approximate_index_above"),
         seed=int(seed),
         embedders=EmbedderCache(backbone.get("device", "cpu")),
+        row_weights={c: bank.row_weights(c) for c in banks} if scoring.get("soft_weights", False) else None,
     )
 
 

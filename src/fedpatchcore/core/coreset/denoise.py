@@ -1,0 +1,281 @@
+"""Patch-level denoising of a client's training patches before k-center (SoftPatch).
+
+A real "good" folder holds a few defective parts. PatchCore keeps every patch it is given, and
+greedy k-center picks the most outlying patches first, so a defect in the training folder
+becomes a bank row and a matching test defect scores as normal. SoftPatch (Jiang et al.,
+NeurIPS 2022, "SoftPatch: Unsupervised Anomaly Detection with Noisy Data") scores every
+training patch against the patches at the same position in the client's *other* images,
+drops the most outlying share before the coreset and keeps the score of every kept row as a
+weight the scorer can use (``scoring.soft_weights``).
+
+Here a patch at grid position (y, x) of image i is compared with the patches of every other
+image j != i at the positions within ``radius`` grid steps of (y, x) (a (2r+1)² window; the
+image's own patches are never its references, so a defect spanning several patches cannot
+vouch for itself). ``method`` (``coreset.denoise``):
+
+* ``knn``: mean distance to the ``neighbours`` nearest references;
+* ``lof``: local outlier factor (Breunig et al. 2000) over those ``neighbours`` nearest
+  references: the references' local reachability density over the patch's own (about 1 for
+  a patch as dense as its neighbours, larger for an outlier);
+* ``gaussian``: Mahalanobis distance to a Gaussian fitted to the window's patches of all
+  images (Ledoit-Wolf shrunk covariance, since a window holds fewer patches than dimensions).
+
+Each score is divided by the median score of the same window (so a typical patch scores 1
+whatever the position's own spread) before the ``share`` highest are dropped; the weight of
+a kept row is that ratio, floored at 1: a row as typical as its position's median, or more,
+keeps its distances unchanged, a row ``w`` times more outlying multiplies the distance of a
+test patch matched to it by ``w``.
+
+Scores are computed on the vectors k-center chooses on (the feature file's random
+projection), a window at a time: memory is one window's distance matrix, not N × N.
+
+Imports: ``common``, ``data``, ``features`` (and this package).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedpatchcore.core.coreset.streaming import projected_rows
+from fedpatchcore.core.features.feature_store import PatchFeatureFile
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["METHODS", "DenoiseResult", "DenoiseSettings", "denoise_feature_file", "denoise_rows", "outlier_scores"]
+
+#: ``coreset.denoise`` values; ``none`` keeps every patch (PatchCore as before).
+METHODS = ("none", "knn", "lof", "gaussian")
+
+
+@dataclass(frozen=True)
+class DenoiseSettings:
+    """How a client scores and drops outlying training patches (``coreset.denoise*``)."""
+
+    method: str = "none"
+    share: float = 0.1  # share of a category's patch rows dropped, most outlying first
+    radius: int = 1  # positions within this many grid steps (Chebyshev) are one position's window
+    neighbours: int = 3  # nearest references of knn and lof
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"coreset.denoise must be one of {list(METHODS)}, got {self.method!r}")
+        if not 0.0 <= float(self.share) < 1.0:
+            raise ValueError(f"coreset.denoise_share must lie in [0, 1), got {self.share!r}")
+        if int(self.radius) < 0:
+            raise ValueError(f"coreset.denoise_radius must be >= 0, got {self.radius!r}")
+        if int(self.neighbours) < 1:
+            raise ValueError(f"coreset.denoise_neighbours must be >= 1, got {self.neighbours!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @classmethod
+    def from_parameters(cls, coreset: Mapping[str, Any] | None, category: str | None = None) -> DenoiseSettings:
+        """From the ``coreset`` block; ``coreset.denoise_by_category.<category>`` overrides
+        ``coreset.denoise`` for that category (what validation chose for it)."""
+        coreset = coreset or {}
+        method = (coreset.get("denoise_by_category") or {}).get(category, coreset.get("denoise", "none"))
+        return cls(
+            method=str(method),
+            share=float(coreset.get("denoise_share", cls.share)),
+            radius=int(coreset.get("denoise_radius", cls.radius)),
+            neighbours=int(coreset.get("denoise_neighbours", cls.neighbours)),
+        )
+
+
+@dataclass
+class DenoiseResult:
+    """Which rows of a category's patch file survive, and the weight of each survivor."""
+
+    kept: np.ndarray  # (M,) int64, increasing: rows of the feature file k-center may choose
+    weights: np.ndarray  # (M,) float32 >= 1, one per kept row
+    scores: np.ndarray  # (N,) float32, every row's outlier score over its window's median
+
+    @property
+    def dropped(self) -> np.ndarray:
+        mask = np.ones(len(self.scores), dtype=bool)
+        mask[self.kept] = False
+        return np.flatnonzero(mask)
+
+
+# --------------------------------------------------------------------------- windows
+
+
+def _window(y: int, x: int, radius: int, height: int, width: int) -> tuple[slice, slice]:
+    return slice(max(0, y - radius), min(height, y + radius + 1)), slice(max(0, x - radius), min(width, x + radius + 1))
+
+
+def _grid_view(vectors: np.ndarray, n_images: int, grid: tuple[int, int]) -> np.ndarray:
+    height, width = int(grid[0]), int(grid[1])
+    vectors = np.asarray(vectors)
+    if vectors.ndim != 2 or vectors.shape[0] != n_images * height * width:
+        raise ValueError(
+            f"expected {n_images} images x {height}x{width} patches = {n_images * height * width} rows, "
+            f"got an array of shape {vectors.shape}"
+        )
+    return vectors.reshape(n_images, height, width, vectors.shape[1])
+
+
+def _neighbour_table(grid_rows: np.ndarray, radius: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distances and global row ids (N, k') of every row's k' nearest references (k' = min(k, refs))."""
+    n_images, height, width, _ = grid_rows.shape
+    n_rows = n_images * height * width
+    side = 2 * radius + 1
+    k_eff = max(1, min(k, (n_images - 1) * min(side, height) * min(side, width)))
+    distances = np.full((n_rows, k_eff), np.inf, dtype=np.float64)
+    ids = np.zeros((n_rows, k_eff), dtype=np.int64)
+    row_ids = np.arange(n_rows).reshape(n_images, height, width)
+    for y in range(height):
+        for x in range(width):
+            ys, xs = _window(y, x, radius, height, width)
+            refs = grid_rows[:, ys, xs].astype(np.float64)  # (n, wy, wx, d)
+            per_image = refs.shape[1] * refs.shape[2]
+            refs = refs.reshape(n_images * per_image, -1)
+            ref_ids = row_ids[:, ys, xs].reshape(-1)
+            queries = grid_rows[:, y, x].astype(np.float64)  # (n, d)
+            sq = (queries**2).sum(1)[:, None] + (refs**2).sum(1)[None, :] - 2.0 * queries @ refs.T
+            np.maximum(sq, 0.0, out=sq)
+            owner = np.repeat(np.arange(n_images), per_image)
+            sq[owner[None, :] == np.arange(n_images)[:, None]] = np.inf  # never one's own image
+            kk = min(k_eff, sq.shape[1])
+            nearest = np.argpartition(sq, kk - 1, axis=1)[:, :kk] if kk < sq.shape[1] else np.argsort(sq, axis=1)
+            order = np.take_along_axis(sq, nearest, axis=1).argsort(axis=1)
+            nearest = np.take_along_axis(nearest, order, axis=1)
+            rows = row_ids[:, y, x]
+            distances[rows, :kk] = np.sqrt(np.take_along_axis(sq, nearest, axis=1))
+            ids[rows, :kk] = ref_ids[nearest]
+    return distances, ids
+
+
+def _knn_scores(grid_rows: np.ndarray, radius: int, k: int) -> np.ndarray:
+    distances, _ = _neighbour_table(grid_rows, radius, k)
+    return distances.mean(axis=1)
+
+
+def _lof_scores(grid_rows: np.ndarray, radius: int, k: int) -> np.ndarray:
+    distances, ids = _neighbour_table(grid_rows, radius, k)
+    k_distance = distances[:, -1]
+    reach = np.maximum(distances, k_distance[ids])  # reach-dist(p, o) = max(k-distance(o), d(p, o))
+    tiny = np.finfo(np.float64).tiny
+    density = 1.0 / np.maximum(reach.mean(axis=1), tiny)  # local reachability density
+    return density[ids].mean(axis=1) / density
+
+
+def _mahalanobis_shrunk(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Mahalanobis distance of ``queries`` (q, d) to a Gaussian fitted to ``pool`` (m, d).
+
+    The covariance is Ledoit-Wolf's shrinkage ``(1 - a) S + a (tr S / d) I`` (the formula of
+    scikit-learn's ``ledoit_wolf``), computed in the m-dimensional space of the pool's Gram
+    matrix (Woodbury), since a window holds fewer patches than dimensions: cost m² d, not d³.
+    """
+    m, dim = pool.shape
+    mean = pool.mean(axis=0)
+    centred = pool - mean
+    gram = centred @ centred.T  # (m, m)
+    norms_sq = np.diag(gram)
+    mu = norms_sq.sum() / (m * dim)  # tr(S) / d
+    # Ledoit-Wolf: delta = ||S - mu I||²_F / d, beta = min(delta, mean ||x xᵀ - S||²_F / (m d))
+    delta = (np.sum(gram**2) / m**2 - 2.0 * mu * norms_sq.sum() / m + dim * mu**2) / dim
+    beta = min(delta, (np.sum(norms_sq**2) / m - np.sum(gram**2) / m**2) / (m * dim))
+    shrinkage = 0.0 if delta <= 0 else max(beta, 0.0) / delta
+    offsets = queries - mean
+    if mu <= 0:
+        return np.sqrt((offsets**2).sum(axis=1))
+    if shrinkage >= 1.0:
+        return np.sqrt((offsets**2).sum(axis=1) / mu)
+    # Σ = (1-a)/m · XᵀX + a·mu·I;  Σ⁻¹ = (I - Xᵀ (c I + X Xᵀ)⁻¹ X) / (a mu),  c = m a mu / (1-a)
+    ridge = shrinkage * mu
+    projected = centred @ offsets.T  # (m, q)
+    if ridge <= 0:  # no shrinkage (rare: enough patches for a full-rank covariance): pseudo-inverse
+        inverse = np.linalg.pinv(centred.T @ centred / m)
+        return np.sqrt(np.maximum(((offsets @ inverse) * offsets).sum(axis=1), 0.0))
+    c = m * ridge / (1.0 - shrinkage)
+    solved = np.linalg.solve(gram + c * np.eye(m), projected)
+    quadratic = ((offsets**2).sum(axis=1) - (projected * solved).sum(axis=0)) / ridge
+    return np.sqrt(np.maximum(quadratic, 0.0))
+
+
+def _gaussian_scores(grid_rows: np.ndarray, radius: int) -> np.ndarray:
+    n_images, height, width, dim = grid_rows.shape
+    scores = np.empty((n_images, height, width), dtype=np.float64)
+    for y in range(height):
+        for x in range(width):
+            ys, xs = _window(y, x, radius, height, width)
+            pool = grid_rows[:, ys, xs].reshape(-1, dim).astype(np.float64)
+            scores[:, y, x] = _mahalanobis_shrunk(pool, grid_rows[:, y, x].astype(np.float64))
+    return scores.reshape(-1)
+
+
+def _relative_to_window_median(raw: np.ndarray, n_images: int, grid: tuple[int, int], radius: int) -> np.ndarray:
+    """Each score over the median score of its window (all images): 1 for a typical patch.
+
+    A window whose median is 0 (most patches duplicated in another image) is scaled by its mean
+    instead, and one whose scores are all 0 scores 1 throughout.
+    """
+    height, width = grid
+    scores = raw.reshape(n_images, height, width)
+    out = np.empty_like(scores)
+    for y in range(height):
+        for x in range(width):
+            ys, xs = _window(y, x, radius, height, width)
+            window = scores[:, ys, xs]
+            scale = float(np.median(window)) or float(window.mean())
+            out[:, y, x] = scores[:, y, x] / scale if scale > 0 else 1.0
+    return out.reshape(-1)
+
+
+def outlier_scores(
+    vectors: np.ndarray, n_images: int, grid: tuple[int, int], method: str, radius: int = 1, neighbours: int = 3
+) -> np.ndarray:
+    """(N,) float32 outlier score of every row over its window's median (see the module docstring).
+
+    ``vectors``: (N, d) rows image after image, each image's ``grid`` = (h, w) patches in
+    row-major order (a feature file's layout). With fewer than two images there is nothing to
+    compare a patch with: every row scores 1.
+    """
+    if method not in METHODS or method == "none":
+        raise ValueError(f"outlier_scores needs a method among {list(METHODS[1:])}, got {method!r}")
+    grid_rows = _grid_view(vectors, int(n_images), grid)
+    if n_images < 2:
+        return np.ones(len(vectors), dtype=np.float32)
+    if method == "knn":
+        raw = _knn_scores(grid_rows, radius, neighbours)
+    elif method == "lof":
+        raw = _lof_scores(grid_rows, radius, neighbours)
+    else:
+        raw = _gaussian_scores(grid_rows, radius)
+    return _relative_to_window_median(raw, int(n_images), (int(grid[0]), int(grid[1])), radius).astype(np.float32)
+
+
+def denoise_rows(vectors: np.ndarray, n_images: int, grid: tuple[int, int], settings: DenoiseSettings) -> DenoiseResult:
+    """Score every row, drop the ``settings.share`` most outlying (ties: the earlier row first),
+    weigh the rest by their score floored at 1.
+
+    Disabled (``method: none``): every row kept with weight 1.
+    """
+    n_rows = len(vectors)
+    if not settings.enabled:
+        return DenoiseResult(np.arange(n_rows, dtype=np.int64), np.ones(n_rows, np.float32), np.ones(n_rows, np.float32))
+    scores = outlier_scores(vectors, n_images, grid, settings.method, settings.radius, settings.neighbours)
+    n_drop = int(np.floor(settings.share * n_rows))
+    order = np.lexsort((np.arange(n_rows), -scores))  # most outlying first, earlier row first on ties
+    kept = np.sort(order[n_drop:])
+    weights = np.maximum(scores[kept], 1.0).astype(np.float32)
+    return DenoiseResult(kept.astype(np.int64), weights, scores)
+
+
+def denoise_feature_file(
+    feature_file: PatchFeatureFile, n_images: int, grid: tuple[int, int], settings: DenoiseSettings
+) -> DenoiseResult:
+    """:func:`denoise_rows` of a streamed feature file, on the projection k-center chooses on
+    (the full float16 vectors when the file keeps no projection)."""
+    vectors = projected_rows(feature_file)
+    if vectors is None:
+        vectors = feature_file.load(mmap=True)
+    return denoise_rows(vectors, n_images, grid, settings)
