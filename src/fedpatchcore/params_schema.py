@@ -348,6 +348,17 @@ class TuneParams(Block):
     pseudo_anomalies_per_image: PositiveInt = 4
     min_gain: Annotated[float, Field(ge=0)] = 0.0
     categories: list[str] | None = None
+    denoise_methods: list[str] = []
+    planted_share: Annotated[float, Field(ge=0, lt=1)] = 0.15
+
+    @field_validator("denoise_methods")
+    @classmethod
+    def _known_denoise_methods(cls, value: list[str]) -> list[str]:
+        from fedpatchcore.core.coreset.denoise import METHODS
+
+        for method in value:
+            _one_of("denoise method", method, METHODS)
+        return value
 
     @field_validator("backbones")
     @classmethod
