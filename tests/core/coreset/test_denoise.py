@@ -58,6 +58,21 @@ def test_gaussian_scores_the_patch_off_its_positions_distribution():
     assert scores.argmax() == 7 and scores[7] > 2 * np.median(scores)
 
 
+@pytest.mark.parametrize(("rows", "dim"), [(45, 32), (300, 8)])  # fewer patches than dimensions, and more
+def test_gaussian_distance_is_mahalanobis_under_ledoit_wolf_shrinkage(rows, dim):
+    from sklearn.covariance import ledoit_wolf
+
+    from fedpatchcore.core.coreset.denoise import _mahalanobis_shrunk
+
+    rng = np.random.default_rng(1)
+    pool = rng.normal(size=(rows, dim)) @ rng.normal(size=(dim, dim)) + 5.0
+    queries = rng.normal(size=(4, dim)) + 5.0
+    covariance, _ = ledoit_wolf(pool - pool.mean(0), assume_centered=True)
+    offsets = queries - pool.mean(0)
+    expected = np.sqrt(np.einsum("ij,jk,ik->i", offsets, np.linalg.inv(covariance), offsets))
+    np.testing.assert_allclose(_mahalanobis_shrunk(pool, queries), expected, rtol=1e-9)
+
+
 def test_drop_the_share_most_outlying_and_weigh_the_rest():
     rows = _grid_rows([[[0, 10]], [[1, 11]], [[5, 12]], [[0.5, 10.5]]])
     result = denoise_rows(rows, 4, (1, 2), DenoiseSettings("knn", share=0.125, radius=0, neighbours=1))

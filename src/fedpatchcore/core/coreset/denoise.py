@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from fedpatchcore.core.coreset.streaming import projected_rows
 from fedpatchcore.core.features.feature_store import PatchFeatureFile
@@ -123,33 +124,39 @@ def _grid_view(vectors: np.ndarray, n_images: int, grid: tuple[int, int]) -> np.
 
 
 def _neighbour_table(grid_rows: np.ndarray, radius: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Distances and global row ids (N, k') of every row's k' nearest references (k' = min(k, refs))."""
+    """Distances (float64) and global row ids (N, k') of every row's k' nearest references.
+
+    k' = min(k, what the smallest (corner) window holds from the other images), so every row
+    has k' finite references. Distances are computed in float32 (``|q|² + |r|² - 2 q·r``, one
+    matrix product per window), which ranks neighbours as exactly as outlier scores need.
+    """
     n_images, height, width, _ = grid_rows.shape
     n_rows = n_images * height * width
-    side = 2 * radius + 1
-    k_eff = max(1, min(k, (n_images - 1) * min(side, height) * min(side, width)))
-    distances = np.full((n_rows, k_eff), np.inf, dtype=np.float64)
-    ids = np.zeros((n_rows, k_eff), dtype=np.int64)
+    corner = min(radius + 1, height) * min(radius + 1, width)
+    k_eff = max(1, min(k, (n_images - 1) * corner))
+    distances = np.empty((n_rows, k_eff), dtype=np.float64)
+    ids = np.empty((n_rows, k_eff), dtype=np.int64)
     row_ids = np.arange(n_rows).reshape(n_images, height, width)
+    grid_rows = np.ascontiguousarray(grid_rows, dtype=np.float32)
+    norms = np.einsum("nhwd,nhwd->nhw", grid_rows, grid_rows)
+    images = np.arange(n_images)
     for y in range(height):
         for x in range(width):
             ys, xs = _window(y, x, radius, height, width)
-            refs = grid_rows[:, ys, xs].astype(np.float64)  # (n, wy, wx, d)
-            per_image = refs.shape[1] * refs.shape[2]
-            refs = refs.reshape(n_images * per_image, -1)
-            ref_ids = row_ids[:, ys, xs].reshape(-1)
-            queries = grid_rows[:, y, x].astype(np.float64)  # (n, d)
-            sq = (queries**2).sum(1)[:, None] + (refs**2).sum(1)[None, :] - 2.0 * queries @ refs.T
+            refs = grid_rows[:, ys, xs].reshape(-1, grid_rows.shape[-1])  # image after image
+            per_image = len(refs) // n_images
+            sq = grid_rows[:, y, x] @ refs.T  # (n, n * per_image)
+            sq *= -2.0
+            sq += norms[:, y, x][:, None]
+            sq += norms[:, ys, xs].reshape(1, -1)
             np.maximum(sq, 0.0, out=sq)
-            owner = np.repeat(np.arange(n_images), per_image)
-            sq[owner[None, :] == np.arange(n_images)[:, None]] = np.inf  # never one's own image
-            kk = min(k_eff, sq.shape[1])
-            nearest = np.argpartition(sq, kk - 1, axis=1)[:, :kk] if kk < sq.shape[1] else np.argsort(sq, axis=1)
-            order = np.take_along_axis(sq, nearest, axis=1).argsort(axis=1)
-            nearest = np.take_along_axis(nearest, order, axis=1)
+            sq.reshape(n_images, n_images, per_image)[images, images] = np.inf  # never one's own image
+            nearest = np.argpartition(sq, k_eff - 1, axis=1)[:, :k_eff]
+            near = np.take_along_axis(sq, nearest, axis=1)
+            order = near.argsort(axis=1)
             rows = row_ids[:, y, x]
-            distances[rows, :kk] = np.sqrt(np.take_along_axis(sq, nearest, axis=1))
-            ids[rows, :kk] = ref_ids[nearest]
+            distances[rows] = np.sqrt(np.take_along_axis(near, order, axis=1))
+            ids[rows] = row_ids[:, ys, xs].reshape(-1)[np.take_along_axis(nearest, order, axis=1)]
     return distances, ids
 
 
@@ -170,33 +177,40 @@ def _lof_scores(grid_rows: np.ndarray, radius: int, k: int) -> np.ndarray:
 def _mahalanobis_shrunk(pool: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """Mahalanobis distance of ``queries`` (q, d) to a Gaussian fitted to ``pool`` (m, d).
 
-    The covariance is Ledoit-Wolf's shrinkage ``(1 - a) S + a (tr S / d) I`` (the formula of
-    scikit-learn's ``ledoit_wolf``), computed in the m-dimensional space of the pool's Gram
-    matrix (Woodbury), since a window holds fewer patches than dimensions: cost m² d, not d³.
+    The covariance is Ledoit-Wolf's shrinkage ``Σ = (1 - a) S + a (tr S / d) I`` (the formula
+    of scikit-learn's ``ledoit_wolf``), solved in the smaller of the two spaces: the d × d
+    covariance when the window holds more patches than dimensions, else the m × m Gram matrix
+    of the pool (Woodbury): cost min(m, d)² · max(m, d), never m² · d for a large window.
     """
     m, dim = pool.shape
     mean = pool.mean(axis=0)
     centred = pool - mean
-    gram = centred @ centred.T  # (m, m)
-    norms_sq = np.diag(gram)
+    small = centred @ centred.T if m <= dim else centred.T @ centred  # Gram (m, m) or scatter (d, d)
+    norms_sq = (centred**2).sum(axis=1)
     mu = norms_sq.sum() / (m * dim)  # tr(S) / d
-    # Ledoit-Wolf: delta = ||S - mu I||²_F / d, beta = min(delta, mean ||x xᵀ - S||²_F / (m d))
-    delta = (np.sum(gram**2) / m**2 - 2.0 * mu * norms_sq.sum() / m + dim * mu**2) / dim
-    beta = min(delta, (np.sum(norms_sq**2) / m - np.sum(gram**2) / m**2) / (m * dim))
+    # Ledoit-Wolf: delta = ||S - mu I||²_F / d, beta = min(delta, mean ||x xᵀ - S||²_F / (m d));
+    # ||X Xᵀ||_F = ||Xᵀ X||_F, so either matrix gives them.
+    frobenius_sq = float(np.sum(small**2))
+    delta = (frobenius_sq / m**2 - 2.0 * mu * norms_sq.sum() / m + dim * mu**2) / dim
+    beta = min(delta, (np.sum(norms_sq**2) / m - frobenius_sq / m**2) / (m * dim))
     shrinkage = 0.0 if delta <= 0 else max(beta, 0.0) / delta
     offsets = queries - mean
     if mu <= 0:
         return np.sqrt((offsets**2).sum(axis=1))
+    ridge = shrinkage * mu
+    if m > dim or ridge <= 0:  # Σ itself (pseudo-inverse when unshrunk and singular)
+        covariance = (1.0 - shrinkage) * (centred.T @ centred if m <= dim else small) / m + ridge * np.eye(dim)
+        if ridge <= 0:
+            solved = np.linalg.pinv(covariance, hermitian=True) @ offsets.T
+        else:
+            solved = np.linalg.solve(covariance, offsets.T)
+        return np.sqrt(np.maximum((offsets * solved.T).sum(axis=1), 0.0))
     if shrinkage >= 1.0:
         return np.sqrt((offsets**2).sum(axis=1) / mu)
     # Σ = (1-a)/m · XᵀX + a·mu·I;  Σ⁻¹ = (I - Xᵀ (c I + X Xᵀ)⁻¹ X) / (a mu),  c = m a mu / (1-a)
-    ridge = shrinkage * mu
     projected = centred @ offsets.T  # (m, q)
-    if ridge <= 0:  # no shrinkage (rare: enough patches for a full-rank covariance): pseudo-inverse
-        inverse = np.linalg.pinv(centred.T @ centred / m)
-        return np.sqrt(np.maximum(((offsets @ inverse) * offsets).sum(axis=1), 0.0))
     c = m * ridge / (1.0 - shrinkage)
-    solved = np.linalg.solve(gram + c * np.eye(m), projected)
+    solved = np.linalg.solve(small + c * np.eye(m), projected)
     quadratic = ((offsets**2).sum(axis=1) - (projected * solved).sum(axis=0)) / ridge
     return np.sqrt(np.maximum(quadratic, 0.0))
 
@@ -244,12 +258,15 @@ def outlier_scores(
     grid_rows = _grid_view(vectors, int(n_images), grid)
     if n_images < 2:
         return np.ones(len(vectors), dtype=np.float32)
-    if method == "knn":
-        raw = _knn_scores(grid_rows, radius, neighbours)
-    elif method == "lof":
-        raw = _lof_scores(grid_rows, radius, neighbours)
-    else:
-        raw = _gaussian_scores(grid_rows, radius)
+    # One window's matrices are small: BLAS threads would spend more time waking than computing
+    # (20x slower on a busy 2-core machine).
+    with threadpool_limits(limits=1, user_api="blas"):
+        if method == "knn":
+            raw = _knn_scores(grid_rows, radius, neighbours)
+        elif method == "lof":
+            raw = _lof_scores(grid_rows, radius, neighbours)
+        else:
+            raw = _gaussian_scores(grid_rows, radius)
     return _relative_to_window_median(raw, int(n_images), (int(grid[0]), int(grid[1])), radius).astype(np.float32)
 
 
