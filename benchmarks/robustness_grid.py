@@ -56,6 +56,7 @@ EMBED_BATCH = 16  # images per forward pass
 LOF = {"denoise": "lof", "denoise_share": 0.05}
 STRATEGIES = {  # name -> (coreset overrides, aggregation strategy), as conf/robustness names them
     "federated_coreset": ({}, "federated_coreset"),
+    "denoise+soft_weights": (LOF, "federated_coreset"),  # scored with scoring.soft_weights (not in conf/robustness)
     "consensus": ({}, "consensus"),
     "calibrated_consensus": ({"upload_folds": True}, "calibrated_consensus"),
     "denoise": (LOF, "federated_coreset"),
@@ -132,7 +133,10 @@ def run_scenario(samples, infos, features, workdir: Path, seed: int, num_clients
         for category in sorted(bank.banks):
             tests = [s for s in samples if s.category == category and s.split == TEST and s.key not in reserved]
             test_features = np.stack([features[s.key] for s in tests])
-            _, scores = score_images(build_index(bank.banks[category]), test_features, infos[category].image_size)
+            weights = bank.row_weights(category) if name.endswith("soft_weights") else None
+            _, scores = score_images(
+                build_index(bank.banks[category]), test_features, infos[category].image_size, row_weights=weights
+            )
             per_category[category] = image_auroc(scores, [s.label for s in tests])
         results[name] = per_category
     return results
@@ -158,7 +162,7 @@ def main() -> None:
     parser.add_argument("--test-per-defect", type=int, default=10)
     parser.add_argument("--clients", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="partition / label-noise / k-center seeds")
-    parser.add_argument("--strategies", nargs="+", default=list(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", default=[s for s in STRATEGIES if not s.endswith("soft_weights")])
     parser.add_argument("--scenarios", nargs="+", default=None)
     parser.add_argument("--workdir", default=None, help="dataset and feature cache (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write every per-seed, per-category value here")
