@@ -16,9 +16,10 @@ vouch for itself). ``method`` (``coreset.denoise``):
 * ``knn``: mean distance to the ``neighbours`` nearest references;
 * ``lof``: local outlier factor (Breunig et al. 2000) over those ``neighbours`` nearest
   references: the references' local reachability density over the patch's own (about 1 for
-  a patch as dense as its neighbours, larger for an outlier). Blind to a cluster of at least
-  ``neighbours`` alike defects in one window (several images with the same defect at the same
-  place are each other's dense neighbourhood), which ``knn`` still sees as far from the rest;
+  a patch as dense as its neighbours, larger for an outlier). It compares densities, so alike
+  defects at one place in a few images can make each other's neighbourhood look as dense as a
+  normal one (two stained images of ten, 3 neighbours: nothing planted was dropped), where
+  ``knn``'s distances still stand out;
 * ``gaussian``: Mahalanobis distance to a Gaussian fitted to the window's patches of all
   images (Ledoit-Wolf shrunk covariance, since a window holds fewer patches than dimensions).
 
