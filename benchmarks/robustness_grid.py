@@ -94,7 +94,9 @@ def embed_dataset(root: Path, cache: Path) -> tuple[list, dict, dict[str, np.nda
     return samples, infos, features
 
 
-def run_scenario(samples, infos, features, workdir: Path, seed: int, num_clients: int, heterogeneity: dict, names):
+def run_scenario(
+    samples, infos, features, workdir: Path, seed: int, num_clients: int, heterogeneity: dict, names, options=None
+):
     """{strategy: {category: image AUC-ROC}} for one partition seed and scenario."""
     train = [s for s in samples if s.split == TRAIN]
     assignment = make_partition(train, "iid", num_clients=num_clients, seed=seed)
@@ -127,7 +129,7 @@ def run_scenario(samples, infos, features, workdir: Path, seed: int, num_clients
             )
             extracted = _feature_files([by_key[k] for k in keys], features, workdir / name / cid, seed)
             uploads.append(client.build_upload(client.select_local_coreset(extracted, settings), settings))
-        server = ServerSettings(strategy, None, min_clients=1, projection_dim=128, seed=seed)
+        server = ServerSettings(strategy, None, min_clients=1, projection_dim=128, seed=seed, options=options or {})
         bank = run_round(uploads, server).bank
         per_category = {}
         for category in sorted(bank.banks):
@@ -164,6 +166,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="partition / label-noise / k-center seeds")
     parser.add_argument("--strategies", nargs="+", default=[s for s in STRATEGIES if not s.endswith("soft_weights")])
     parser.add_argument("--scenarios", nargs="+", default=None)
+    parser.add_argument("--confirm-quantile", type=float, default=None, help="aggregation.options.confirm_quantile")
     parser.add_argument("--workdir", default=None, help="dataset and feature cache (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write every per-seed, per-category value here")
     args = parser.parse_args()
@@ -186,7 +189,10 @@ def main() -> None:
         names = [n for n in args.strategies if num_clients > 1 or "consensus" not in n]
         for seed in args.seeds:
             with tempfile.TemporaryDirectory(dir=workdir) as scratch:
-                result = run_scenario(samples, infos, features, Path(scratch), seed, num_clients, heterogeneity, names)
+                options = {} if args.confirm_quantile is None else {"confirm_quantile": args.confirm_quantile}
+                result = run_scenario(
+                    samples, infos, features, Path(scratch), seed, num_clients, heterogeneity, names, options
+                )
             for strategy, per_category in result.items():
                 values.setdefault(scenario, {}).setdefault(strategy, {})[seed] = per_category
         means = {s: np.mean([np.mean(list(c.values())) for c in v.values()]) for s, v in values[scenario].items()}
