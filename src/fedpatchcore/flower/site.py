@@ -14,7 +14,6 @@ No Flower import here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -27,6 +26,7 @@ from typing import Any
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
+from fedpatchcore.core.common.fingerprint import fingerprint
 from fedpatchcore.core.data.index import index_dataset
 from fedpatchcore.core.data.synthetic import MANIFEST_FILE
 from fedpatchcore.core.data.types import (
@@ -41,10 +41,8 @@ from fedpatchcore.core.federation import client
 
 logger = logging.getLogger(__name__)
 
-# The parameter blocks the server sends to every site (the run configuration of a round);
-# `heterogeneity` is the simulated degradation of a site's images (experiments; {} otherwise).
-CLIENT_BLOCKS = ("backbone", "extraction", "coreset", "federation", "heterogeneity", "fairness", "privacy", "seed")
-# Of the dataset block, what a site needs to read its folder the way the server reads its own.
+# The server sends every site the client's parameter blocks (core.federation.client.CLIENT_BLOCKS)
+# and, of the dataset block, what a site needs to read its folder the way the server reads its own.
 DATASET_KEYS = ("format", "image_sizes")
 
 
@@ -105,34 +103,15 @@ def site_from_table(
     return site_from_frame(client_id, read_training_images(training_images), infos, scratch_dir)
 
 
-def settings(client_id: str, parameters: Mapping[str, Any]) -> client.ClientSettings:
-    return client.ClientSettings.from_parameters(
-        client_id,
-        coreset=parameters["coreset"],
-        federation=parameters["federation"],
-        extraction=parameters["extraction"],
-        seed=parameters["seed"],
-        heterogeneity=parameters.get("heterogeneity"),
-        fairness=parameters.get("fairness"),
-        privacy=parameters.get("privacy"),
-    )
-
-
 def local_coreset_key(site: Site, parameters: Mapping[str, Any]) -> str:
-    """What a cached local coreset depends on: the site's images and the extraction/coreset settings."""
-    relevant = {
-        "client": site.client_id,
-        "images": [s.key for s in site.samples],
-        "settings": repr(settings(site.client_id, parameters)),
-        "backbone": parameters["backbone"],
-        "extraction": parameters["extraction"],
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+    """What a cached local coreset depends on: the site's images and the client's coreset inputs."""
+    images = [s.key for s in site.samples]
+    return fingerprint(site.client_id, images, client.coreset_inputs(parameters, site.client_id))
 
 
 def build_local_coreset(site: Site, parameters: Mapping[str, Any]) -> client.LocalCoreset:
     """Extract the site's patch features and keep its local coreset (the Kedro lane's two steps)."""
-    run_settings = settings(site.client_id, parameters)
+    run_settings = client.ClientSettings.from_run(parameters, site.client_id)
     site.scratch_dir.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f"flower_{site.client_id}_", dir=site.scratch_dir)
     try:
@@ -149,7 +128,7 @@ def round_upload(
     local: client.LocalCoreset, client_id: str, parameters: Mapping[str, Any], broadcast: CategoryBanks | None
 ) -> ClientUpload:
     """What the site sends in a round (round 1: its coreset; later: rows the broadcast bank misses)."""
-    return client.build_upload(local, settings(client_id, parameters), broadcast)
+    return client.build_upload(local, client.ClientSettings.from_run(parameters, client_id), broadcast)
 
 
 def make_site_folder(

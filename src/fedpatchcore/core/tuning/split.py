@@ -9,8 +9,9 @@ label 1).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from fedpatchcore.core.data import loading
 from fedpatchcore.core.data.types import TRAIN, Sample, group_by_category
 from fedpatchcore.core.tuning.pseudo_anomalies import PSEUDO_ANOMALY_KINDS, make_pseudo_anomalies
 
-__all__ = ["ValidationImages", "ValidationSplit", "build_validation_images", "split_validation"]
+__all__ = ["ValidationImages", "ValidationSplit", "build_validation_images", "held_out_keys", "split_validation"]
 
 
 @dataclass
@@ -82,6 +83,18 @@ def split_validation(
 
 # --------------------------------------------------------------------------------------------
 # validation images with pseudo-anomalies
+
+
+def held_out_keys(samples: Iterable[Sample], validation: Mapping[str, Any] | None, seed: int) -> set[str]:
+    """Keys of the training images the validation split holds out of every bank.
+
+    None unless ``validation.enabled``; otherwise :func:`split_validation` at
+    ``validation.fraction`` (the ``validation`` parameter block), seeded by the run's ``seed``.
+    """
+    if not validation or not validation.get("enabled", False):
+        return set()
+    split = split_validation(samples, float(validation["fraction"]), int(seed))
+    return {s.key for s in split.validation}
 
 
 @dataclass

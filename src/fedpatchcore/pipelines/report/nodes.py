@@ -1,42 +1,29 @@
-"""Reporting: metric charts and the comparison table (overlays and curves: figures.py; the page: html.py)."""
+"""Reporting: metric charts and the experiment's table and plot (overlays and curves: figures.py;
+the page: html.py). The drawing itself is :mod:`fedpatchcore.core.reporting.figures`."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # reports are files; never open a window
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from fedpatchcore.core.evaluation.metrics import metrics_table
-from fedpatchcore.core.reporting.experiments import as_axis, experiment_table, leave_one_out_effect
+from fedpatchcore.core.reporting.experiments import experiment_table, leave_one_out_effect
+from fedpatchcore.core.reporting.figures import bar_chart, experiment_plot
 
 logger = logging.getLogger(__name__)
 
 
-def _bar_chart(table: pd.DataFrame, ylabel: str) -> plt.Figure:
-    """One group of bars per row (category), one bar per column; scores live in [0, 1]."""
-    figure, axis = plt.subplots(figsize=(max(6, 1.6 * len(table)), 4))
-    table.plot.bar(ax=axis, rot=30)
-    axis.set_ylim(0, 1.05)
-    axis.set_ylabel(ylabel)
-    axis.legend(fontsize=8, loc="lower left")
-    figure.tight_layout()
-    return figure
-
-
-def plot_metrics(metrics: dict[str, Any], report: dict[str, Any]) -> plt.Figure:
+def plot_metrics(metrics: dict[str, Any], report: dict[str, Any]) -> Figure:
     """Bar chart of the main metrics per category."""
-    return _bar_chart(metrics_table(metrics, report["spro_limit"]), "score")
+    return bar_chart(metrics_table(metrics, report["spro_limit"]), "score")
 
 
 def summarise_experiment(
     comparison: dict[str, Any], report: dict[str, Any], **published: dict[str, Any]
-) -> tuple[pd.DataFrame, plt.Figure, dict[str, Any]]:
+) -> tuple[pd.DataFrame, Figure, dict[str, Any]]:
     """The experiment's tidy table (a row per run × group), its plot, and its analyses.
 
     ``published`` maps ``metrics_<run>`` to each run's published metrics. A run's labels come
@@ -55,78 +42,4 @@ def summarise_experiment(
         analysis["leave_one_out"] = leave_one_out_effect(runs, leave_one_out["base"], leave_one_out["dropped"])
         logger.info("Trust vs leave-one-out effect: %s", analysis["leave_one_out"])
     logger.info("Experiment %s:\n%s", comparison.get("name", "comparison"), table.to_string(float_format=lambda x: f"{x:.3f}"))
-    return table, _experiment_plot(table, groups), analysis
-
-
-# Per-run numbers drawn beside image AUC-ROC in a line plot when a run publishes them.
-_LINE_PANELS = {"image_auroc": "image AUC-ROC (utility)", "attack_auc": "membership-attack AUC (privacy)"}
-
-
-def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
-    """Image AUC-ROC per category and run, or per run: bars, or lines over the first numeric label.
-
-    The fairness groupings draw AUC-sPRO beside image AUC-ROC (a starved category's bank shows
-    first in its anomaly maps). A numeric label (e.g. ``epsilon``; ``inf`` drawn one step right
-    of the largest value) is the x axis, on a log scale; the other labels name the lines. A run
-    that publishes ``experiment.attack_auc`` gets it drawn in a second panel (privacy beside
-    utility).
-    """
-    if groups == "categories":
-        return _bar_chart(_per_group(table, "image_auroc", ["mean"], sort_runs=False), "image AUC-ROC")
-    if groups in ("fairness", "clients"):
-        spro = next(c for c in table.columns if c.startswith("aucspro_"))
-        figure, axes = plt.subplots(1, 2, figsize=(max(10, 2.4 * table["group"].nunique()), 4))
-        for axis, column, label in ((axes[0], "image_auroc", "image AUC-ROC"), (axes[1], spro, spro.replace("_", "@"))):
-            _per_group(table, column, ["worst", "mean"]).plot.bar(ax=axis, rot=30)
-            axis.set_ylim(0, 1.05)
-            axis.set_ylabel(label)
-            axis.legend(fontsize=8, loc="lower left")
-        figure.tight_layout()
-        return figure
-    label_columns = list(table.columns[: list(table.columns).index("image_auroc")])
-    numeric = [column for column in label_columns if as_axis(table[column].tolist()) is not None]
-    if numeric:
-        first = numeric[0]
-        rest = [column for column in label_columns if column != first]
-        x = as_axis(table[first].tolist())
-        finite = np.isfinite(x)
-        # "no privacy" (inf) is drawn one step to the right of the largest finite value.
-        right = (x[finite].max() * 2 if finite.any() else 1.0)
-        series = table.assign(_x=np.where(finite, x, right))
-        panels = [c for c in _LINE_PANELS if c in table.columns and table[c].notna().any()]
-        figure, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4), squeeze=False)
-        for axis, column in zip(axes[0], panels, strict=True):
-            for key, part in series.groupby(rest or (lambda _: ""), sort=False):
-                part = part.sort_values("_x")
-                name = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
-                axis.plot(part["_x"], part[column], marker="o", label=name if rest else column)
-            axis.set_xscale("log")
-            if not finite.all():
-                ticks = sorted(set(series["_x"]))
-                axis.set_xticks(ticks, [("∞" if t == right and not np.isin(t, x[finite]) else f"{t:g}") for t in ticks])
-                axis.minorticks_off()
-            axis.set_xlabel(first + (" (∞: none)" if not finite.all() else ""))
-            axis.set_ylabel(_LINE_PANELS[column])
-            axis.set_ylim(0.0, 1.05)
-            axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
-            axis.legend(fontsize=8)
-        figure.tight_layout()
-        return figure
-    first, rest = label_columns[0], label_columns[1:]
-    index = first
-    columns = rest[0] if rest else None
-    wide = table.pivot_table(index=index, columns=columns, values="image_auroc", sort=False) if columns else table.set_index(index)[["image_auroc"]]
-    return _bar_chart(wide, "image AUC-ROC (mean over categories)")
-
-
-def _per_group(table: pd.DataFrame, column: str, last: list[str], sort_runs: bool = True) -> pd.DataFrame:
-    """Groups × runs of one column, the summary rows ``last`` at the end (runs in table order)."""
-    wide = table.assign(run=_run_names(table)).pivot(index="group", columns="run", values=column)
-    last = [g for g in last if g in wide.index]
-    wide = wide.loc[[g for g in wide.index if g not in last] + last]
-    return wide[list(dict.fromkeys(_run_names(table)))] if sort_runs else wide
-
-
-def _run_names(table: pd.DataFrame) -> pd.Series:
-    label_columns = list(table.columns[: list(table.columns).index("group")])
-    return table[label_columns].astype(str).agg(" / ".join, axis=1)
+    return table, experiment_plot(table, groups), analysis
