@@ -124,9 +124,8 @@ def run_scenario(
         coreset = {"ratio": 0.1, "max_size": 20000, "projection_dim": 128, "num_starts": 1, "device": "cpu", **coreset_overrides}
         uploads = []
         for cid, keys in assignment.items():
-            settings = client.ClientSettings.from_parameters(
-                cid, coreset=coreset, federation={}, extraction={"batch_size": 8}, seed=seed
-            )
+            run = {"coreset": coreset, "federation": {}, "extraction": {"batch_size": 8, "num_workers": 0}, "seed": seed}
+            settings = client.ClientSettings.from_run(run, cid)
             extracted = _feature_files([by_key[k] for k in keys], features, workdir / name / cid, seed)
             uploads.append(client.build_upload(client.select_local_coreset(extracted, settings), settings))
         server = ServerSettings(strategy, None, min_clients=1, projection_dim=128, seed=seed, options=options or {})
@@ -166,6 +165,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="partition / label-noise / k-center seeds")
     parser.add_argument("--strategies", nargs="+", default=[s for s in STRATEGIES if not s.endswith("soft_weights")])
     parser.add_argument("--scenarios", nargs="+", default=None)
+    parser.add_argument("--denoise-min-score", type=float, default=None, help="coreset.denoise_min_score of denoise*")
     parser.add_argument("--confirm-quantile", type=float, default=None, help="aggregation.options.confirm_quantile")
     parser.add_argument("--workdir", default=None, help="dataset and feature cache (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write every per-seed, per-category value here")
@@ -181,6 +181,10 @@ def main() -> None:
     started = time.perf_counter()
     samples, infos, features = embed_dataset(root, workdir / f"{name}.features.npz")
     print(f"{name}: {len(samples)} images embedded in {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")
+    if args.denoise_min_score is not None:
+        for overrides, _ in STRATEGIES.values():
+            if "denoise" in overrides:
+                overrides["denoise_min_score"] = args.denoise_min_score
     grid = scenarios(args.clients)
     chosen = args.scenarios or list(grid)
     values: dict = {}

@@ -82,6 +82,18 @@ def test_drop_the_share_most_outlying_and_weigh_the_rest():
     np.testing.assert_allclose(result.weights, np.maximum(result.scores[result.kept], 1))
 
 
+def test_min_score_keeps_a_top_share_row_that_is_not_outlying_enough():
+    # Image 2 scores 8 at position 0 (nearest other image 4 away, median 0.5) and 2 at position 1
+    # (12 is 1 from 11, median 0.5): a share of 2 rows takes both, a floor of 3 only the first.
+    rows = _grid_rows([[[0, 10]], [[1, 11]], [[5, 12]], [[0.5, 10.5]]])
+    settings = DenoiseSettings("knn", share=0.25, radius=0, neighbours=1)
+    np.testing.assert_allclose(denoise_rows(rows, 4, (1, 2), settings).scores, [1, 1, 1, 1, 8, 2, 1, 1])
+    assert denoise_rows(rows, 4, (1, 2), settings).dropped.tolist() == [4, 5]
+    floored = denoise_rows(rows, 4, (1, 2), DenoiseSettings("knn", 0.25, 0, 1, min_score=3.0))
+    assert floored.dropped.tolist() == [4]
+    assert floored.weights[floored.kept.tolist().index(5)] == pytest.approx(2.0)  # kept, weighed by its score
+
+
 def test_denoising_off_keeps_every_row_at_weight_one():
     result = denoise_rows(np.zeros((8, 3)), 2, (2, 2), DenoiseSettings())
     assert result.kept.tolist() == list(range(8)) and (result.weights == 1).all()
@@ -98,6 +110,7 @@ def test_one_image_has_nothing_to_compare_with():
         ({"method": "knn", "share": 1.0}, "coreset.denoise_share"),
         ({"method": "knn", "radius": -1}, "coreset.denoise_radius"),
         ({"method": "knn", "neighbours": 0}, "coreset.denoise_neighbours"),
+        ({"method": "knn", "min_score": 0.5}, "coreset.denoise_min_score"),
     ],
 )
 def test_bad_settings_name_the_parameter(settings, message):
@@ -113,6 +126,7 @@ def test_rows_that_do_not_fill_the_grid_are_an_error():
 def test_per_category_method_overrides_the_run_default():
     coreset = {"denoise": "knn", "denoise_share": 0.05, "denoise_by_category": {"fabric": "none"}}
     assert DenoiseSettings.from_parameters(coreset, "plate") == DenoiseSettings("knn", 0.05)
+    assert DenoiseSettings.from_parameters({**coreset, "denoise_min_score": 1.5}, "plate").min_score == 1.5
     assert not DenoiseSettings.from_parameters(coreset, "fabric").enabled
 
 
