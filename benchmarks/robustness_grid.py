@@ -204,6 +204,27 @@ def main() -> None:
         if args.json:
             Path(args.json).write_text(json.dumps(values, indent=1))
     print(f"done in {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")
+    print(markdown_table(values))
+
+
+def markdown_table(values: dict) -> str:
+    """Scenario x strategy mean image AUC-ROC (over seeds and categories), each cell with its
+    change against the same scenario's federated_coreset."""
+    strategies = list(dict.fromkeys(s for per in values.values() for s in per))
+    lines = ["| scenario | " + " | ".join(strategies) + " |", "| --- |" + " --- |" * len(strategies)]
+    for scenario, per in values.items():
+        means = {s: np.mean([np.mean(list(c.values())) for c in v.values()]) for s, v in per.items()}
+        base = means.get("federated_coreset")
+        cells = []
+        for s in strategies:
+            if s not in means:
+                cells.append("")
+            elif base is None or s == "federated_coreset":
+                cells.append(f"{means[s]:.4f}")
+            else:
+                cells.append(f"{means[s]:.4f} ({means[s] - base:+.4f})")
+        lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
