@@ -241,10 +241,10 @@ class CoresetParams(Block):
     num_starts: PositiveInt = 1
     device: str = "auto"
     denoise: str = "none"
-    denoise_share: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    denoise_share: Annotated[float, Field(ge=0, lt=1)] = 0.05
     denoise_radius: NonNegativeInt = 1
     denoise_neighbours: PositiveInt = 3
-    denoise_min_score: Annotated[float, Field(ge=1)] = 1.0
+    denoise_min_score: Annotated[float, Field(ge=1)] = 1.3
     denoise_by_category: dict[str, str] = {}
     upload_folds: bool = False
 

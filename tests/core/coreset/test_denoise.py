@@ -86,7 +86,7 @@ def test_min_score_keeps_a_top_share_row_that_is_not_outlying_enough():
     # Image 2 scores 8 at position 0 (nearest other image 4 away, median 0.5) and 2 at position 1
     # (12 is 1 from 11, median 0.5): a share of 2 rows takes both, a floor of 3 only the first.
     rows = _grid_rows([[[0, 10]], [[1, 11]], [[5, 12]], [[0.5, 10.5]]])
-    settings = DenoiseSettings("knn", share=0.25, radius=0, neighbours=1)
+    settings = DenoiseSettings("knn", share=0.25, radius=0, neighbours=1, min_score=1.0)
     np.testing.assert_allclose(denoise_rows(rows, 4, (1, 2), settings).scores, [1, 1, 1, 1, 8, 2, 1, 1])
     assert denoise_rows(rows, 4, (1, 2), settings).dropped.tolist() == [4, 5]
     floored = denoise_rows(rows, 4, (1, 2), DenoiseSettings("knn", 0.25, 0, 1, min_score=3.0))

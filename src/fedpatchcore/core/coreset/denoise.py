@@ -64,12 +64,12 @@ class DenoiseSettings:
     """How a client scores and drops outlying training patches (``coreset.denoise*``)."""
 
     method: str = "none"
-    share: float = 0.1  # share of a category's patch rows dropped, most outlying first
+    share: float = 0.05  # share of a category's patch rows dropped at most, most outlying first
     radius: int = 1  # positions within this many grid steps (Chebyshev) are one position's window
     neighbours: int = 3  # nearest references of knn and lof
     # A row is dropped only if it also scores at least this many times its window's median (1: the
     # share alone decides); clean folders score under ~1.25 at their 99th percentile (measured).
-    min_score: float = 1.0
+    min_score: float = 1.3
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
