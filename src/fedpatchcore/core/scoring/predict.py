@@ -207,8 +207,13 @@ def bank_models(
             f"{what} does not score against a differentially private bank yet (privacy.enabled): the public "
             "projection/clipping of test patches is applied by the evaluate pipeline only"
         )
-    bank = CategoryBanks.from_arrays(memory_bank)
-    banks = bank.banks
+    loaded = CategoryBanks.from_arrays(memory_bank)
+    if loaded.radius:
+        raise InputError(
+            f"{what} does not score against a summary bank (privacy.mechanism: summary): its centres are scored "
+            "by distance over radius, which the evaluate pipeline does"
+        )
+    banks = loaded.banks
     infos = {name: category_info_from_dict(category_info[name]) for name in banks}
     default = Setting.from_params(backbone, extraction, scoring)
     chosen = tuned_settings.category_settings(banks, backbone, extraction, scoring, tuned)
@@ -224,7 +229,7 @@ def bank_models(
         seed=int(seed),
         embedders=EmbedderCache(backbone.get("device", "cpu")),
         runtime=runtime,
-        row_weights={c: bank.row_weights(c) for c in banks} if scoring.get("soft_weights", False) else None,
+        row_weights={c: loaded.row_weights(c) for c in banks} if scoring.get("soft_weights", False) else None,
     )
 
 
