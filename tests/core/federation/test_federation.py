@@ -248,7 +248,7 @@ def test_a_private_client_refuses_to_denoise(features):
             "federation": {},
             "extraction": {"batch_size": 2, "num_workers": 0},
             "seed": 0,
-            "privacy": {"enabled": True, "epsilon": 1.0, "noise_seed": 0},
+            "privacy": {"enabled": True, "epsilon": 1.0},
         },
         "a",
     )
