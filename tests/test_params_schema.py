@@ -121,7 +121,7 @@ def test_typos_and_missing_keys_are_named():
     del params["scoring"]["sigma"]
     del params["report"]
     problems = parameter_problems(params)
-    assert problems[0].startswith("coreset.ratoi: unknown key (a typo?); known keys: device, max_size,")
+    assert problems[0].startswith("coreset.ratoi: unknown key (a typo?); known keys: denoise, denoise_by_category,")
     assert problems[1].startswith("scoring.sigma: missing")
     assert problems[2].startswith("report: missing block")
 
@@ -162,6 +162,26 @@ def test_privacy_is_checked():
     assert problem.startswith("privacy.unit: unknown privacy unit 'pixel'")
     [problem] = _problems(privacy__enabled="yes")
     assert problem.startswith("privacy.enabled: must be true or false")
+
+
+def test_denoising_and_the_calibrated_consensus_are_checked():
+    [problem] = _problems(coreset__denoise="median")
+    assert problem.startswith("coreset.denoise: unknown denoise method 'median'")
+    [problem] = _problems(coreset__denoise_by_category={"metal_plate": "median"})
+    assert "unknown denoise method of metal_plate 'median'" in problem
+    assert _problems(coreset__denoise_share=1.0) == ["coreset.denoise_share: Input should be less than 1 (got 1.0)"]
+    assert _problems(coreset__denoise="lof", scoring__soft_weights=True) == []
+    # a DP client never sees raw patch vectors: denoising them is refused, whatever the variant
+    params = _with(coreset__denoise="lof", privacy__enabled=True)
+    [problem] = parameter_problems(params)
+    assert problem.startswith("coreset.denoise: patch denoising scores the client's raw patch vectors")
+    params = _with(privacy__enabled=True)
+    params["variants"] = {"private": _with(privacy__enabled=True, coreset__denoise_by_category={"metal_plate": "knn"})}
+    [problem] = parameter_problems(params)
+    assert problem.startswith("variants.private.coreset.denoise: patch denoising")
+    [problem] = _problems(aggregation__strategy="calibrated_consensus")
+    assert problem.startswith("aggregation.strategy: 'calibrated_consensus' calibrates each client")
+    assert _problems(aggregation__strategy="calibrated_consensus", coreset__upload_folds=True) == []
 
 
 def test_trust_and_heterogeneity_are_checked():
@@ -213,7 +233,7 @@ def test_resolved_variants_are_validated_with_the_same_models():
     assert parameter_problems(params) == [
         "variants.federated_iid.coreset.ratio: Input should be greater than 0 (got 0)",
         "variants.federated_iid.aggregation.strategy: unknown strategy 'nope'; choose one of "
-        "['concatenate', 'consensus', 'diversity', 'federated_coreset', 'trust']",
+        "['calibrated_consensus', 'concatenate', 'consensus', 'diversity', 'federated_coreset', 'trust']",
     ]
     params["variants"] = {"broken": 3}
     assert parameter_problems(params) == ["variants.broken: must be the variant's parameter blocks, got 3"]

@@ -240,8 +240,31 @@ class CoresetParams(Block):
     projection_dim: PositiveInt | None  # null: k-center on full vectors (conf/base: 128)
     num_starts: PositiveInt = 1
     device: str = "auto"
+    denoise: str = "none"
+    denoise_share: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    denoise_radius: NonNegativeInt = 1
+    denoise_neighbours: PositiveInt = 3
+    denoise_min_score: Annotated[float, Field(ge=1)] = 1.3
+    denoise_by_category: dict[str, str] = {}
+    upload_folds: bool = False
 
     _device = field_validator("device")(classmethod(lambda cls, value: _device(value)))
+
+    @field_validator("denoise")
+    @classmethod
+    def _known_denoise(cls, value: str) -> str:
+        from fedpatchcore.core.coreset.denoise import METHODS
+
+        return _one_of("denoise method", value, METHODS)
+
+    @field_validator("denoise_by_category")
+    @classmethod
+    def _known_denoise_per_category(cls, value: dict[str, str]) -> dict[str, str]:
+        from fedpatchcore.core.coreset.denoise import METHODS
+
+        for category, method in value.items():
+            _one_of(f"denoise method of {category}", method, METHODS)
+        return value
 
 
 class IvfParams(Block):
@@ -268,6 +291,7 @@ class ScoringParams(Block):
     hnsw: HnswParams = HnswParams()
     image_score: str = "max"
     topk: PositiveInt = 10
+    soft_weights: bool = False
 
     @field_validator("image_score")
     @classmethod
@@ -369,6 +393,17 @@ class TuneParams(Block):
     pseudo_anomalies_per_image: PositiveInt = 4
     min_gain: Annotated[float, Field(ge=0)] = 0.0
     categories: list[str] | None = None
+    denoise_methods: list[str] = []
+    planted_share: Annotated[float, Field(ge=0, lt=1)] = 0.15
+
+    @field_validator("denoise_methods")
+    @classmethod
+    def _known_denoise_methods(cls, value: list[str]) -> list[str]:
+        from fedpatchcore.core.coreset.denoise import METHODS
+
+        for method in value:
+            _one_of("denoise method", method, METHODS)
+        return value
 
     @field_validator("backbones")
     @classmethod
@@ -833,6 +868,28 @@ def _block_model_for_location(model: Any, location: tuple) -> Any:
     return current
 
 
+def _cross_block_problems(params: Mapping[str, Any], checked: set[str]) -> list[str]:
+    """Rules that join two blocks (each already valid on its own)."""
+    problems = []
+    if {"coreset", "privacy"} <= checked:
+        coreset, privacy = params.get("coreset") or {}, params.get("privacy") or {}
+        methods = {coreset.get("denoise", "none"), *(coreset.get("denoise_by_category") or {}).values()}
+        if privacy.get("enabled", False) and methods - {"none"}:
+            problems.append(
+                "coreset.denoise: patch denoising scores the client's raw patch vectors, which a differentially "
+                "private client never looks at (it chooses among released rows only); set coreset.denoise: none "
+                "and coreset.denoise_by_category: {} with privacy.enabled: true"
+            )
+    if {"aggregation", "coreset"} <= checked:
+        strategy = (params.get("aggregation") or {}).get("strategy")
+        if strategy == "calibrated_consensus" and not (params.get("coreset") or {}).get("upload_folds", False):
+            problems.append(
+                "aggregation.strategy: 'calibrated_consensus' calibrates each client on the rows of its other half "
+                "of images, which its uploads name only with coreset.upload_folds: true"
+            )
+    return problems
+
+
 def _validate_blocks(params: Mapping[str, Any], prefix: str, only: Iterable[str] | None = None) -> list[str]:
     problems: list[str] = []
     for name in BLOCKS if only is None else [b for b in BLOCKS if b in set(only)]:
@@ -848,6 +905,9 @@ def _validate_blocks(params: Mapping[str, Any], prefix: str, only: Iterable[str]
                 model = _block_model_for_location(BLOCKS[name], location)
                 where = _location((name, *location)) if location else name
                 problems.append(f"{prefix}{where}: {_message(error, model)}")
+    checked = set(BLOCKS if only is None else only)
+    if not problems:
+        problems += [f"{prefix}{problem}" for problem in _cross_block_problems(params, checked)]
     for key in params if only is None else ():
         if key not in KNOWN_BLOCKS:
             logger.debug("Parameter block %s%s has no schema yet; not validated", prefix, key)

@@ -59,6 +59,7 @@ REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
     {
         ("federation", "clients"),
         ("federation", "client_coreset_ratios"),
+        ("coreset", "denoise_by_category"),
         ("comparison", "variants"),
         ("comparison", "labels"),
         ("dataset", "image_sizes"),

@@ -125,3 +125,26 @@ def test_predict_runtime_onnx_builds_onnx_models_that_score_like_torch(default_i
     np.testing.assert_allclose(onnx_models["woven_fabric"].score(images)[1], model.score(images)[1], rtol=1e-4)
     with pytest.raises(ValueError, match="Unknown predict.runtime 'tensorrt'"):
         build_category_models({"woven_fabric": model.bank}, info, model.setting, runtime="tensorrt")
+
+
+@pytest.mark.slow
+def test_denoising_weights_travel_with_the_inspector(default_inspector, tmp_path):
+    # scoring.soft_weights: a station must multiply distances by the same row weights as predict.
+    from dataclasses import replace
+
+    from fedpatchcore.core.scoring.inspector import ROW_WEIGHTS_FILE, write_inspector
+
+    export, _, samples, _ = default_inspector
+    plain = export.models["metal_plate"]
+    weights = np.random.default_rng(0).uniform(1.0, 3.0, len(plain.bank)).astype(np.float32)
+    weighted = replace(plain, row_weights=weights)
+    manifest = write_inspector(tmp_path / "metal_plate", weighted, None, project_version="test")
+    assert manifest["files"]["row_weights"] == ROW_WEIGHTS_FILE
+    station, _, _ = load_inspector(tmp_path / "metal_plate")
+    np.testing.assert_array_equal(station.row_weights, weights)
+    test = [s for s in samples if s.category == "metal_plate" and s.split == TEST][:BATCH]
+    images = _images(test, plain.image_size)[0]
+    _, weighted_scores = weighted.score(images)
+    _, station_scores = station.score(images)
+    np.testing.assert_allclose(station_scores, weighted_scores, rtol=1e-4)
+    assert not np.allclose(weighted_scores, plain.score(images)[1], rtol=1e-3)  # the weights matter

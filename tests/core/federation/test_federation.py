@@ -206,3 +206,51 @@ def test_settings_name_the_bad_parameter():
         }
     )
     assert settings == ServerSettings("diversity", 5, 2, 16, 3, {"x": 1}, trust=TrustSettings(seed=3))
+
+
+# --------------------------------------------------------------------------- denoising and folds
+
+
+def test_denoising_client_drops_outlying_patches_before_k_center_and_weighs_its_rows(features):
+    extracted, vectors = features
+    settings = _client_settings(denoise="knn", denoise_share=0.25, denoise_radius=1, denoise_neighbours=1)
+    local = client.select_local_coreset(extracted, settings)
+    plain = client.select_local_coreset(extracted, _client_settings())
+    for category, bank in local.banks.items():
+        assert len(bank) == len(plain.banks[category]) == 6  # same budget, chosen among the kept 18 of 24
+        assert local.weights[category].shape == (6,) and (local.weights[category] >= 1).all()
+    assert plain.weights == {}
+    again = client.LocalCoreset.from_arrays(local.to_arrays())
+    np.testing.assert_array_equal(again.weights["plate"], local.weights["plate"])
+    upload = client.build_upload(local, settings)
+    np.testing.assert_array_equal(upload.weights["plate"], local.weights["plate"])
+    assert "weight/plate" not in client.build_upload(plain, _client_settings()).to_arrays()
+    bank = client.as_bank(local, "all")
+    np.testing.assert_array_equal(bank.row_weights("fabric"), local.weights["fabric"])
+
+
+def test_uploads_name_the_half_of_the_images_each_row_came_from(features):
+    extracted, _ = features
+    settings = _client_settings(upload_folds=True)
+    local = client.select_local_coreset(extracted, settings)
+    upload = client.build_upload(local, settings)
+    halves = client.image_folds(3, 0, "a", "plate")
+    assert sorted(halves.tolist()) == [0, 0, 1]  # 3 images: 2 in fold 0, 1 in fold 1
+    np.testing.assert_array_equal(upload.folds["plate"], halves[local.patch_source["plate"][:, 0]])
+    assert client.build_upload(local, _client_settings()).folds == {}
+
+
+def test_a_private_client_refuses_to_denoise(features):
+    extracted, _ = features
+    settings = client.ClientSettings.from_run(
+        {
+            "coreset": {"ratio": 0.25, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu", "denoise": "lof"},
+            "federation": {},
+            "extraction": {"batch_size": 2, "num_workers": 0},
+            "seed": 0,
+            "privacy": {"enabled": True, "epsilon": 1.0},
+        },
+        "a",
+    )
+    with pytest.raises(ValueError, match="coreset.denoise needs raw patch vectors"):
+        client.select_local_coreset(extracted, settings)

@@ -198,3 +198,19 @@ def test_encoder_drift_is_parsed_and_leaves_the_images_alone():
     assert spec.describe() == {"encoder_drift": 3.0}
     with pytest.raises(ValueError, match=r"heterogeneity.1.encoder_drift must lie in"):
         parse_client("1", {"encoder_drift": -1.0})
+
+
+def test_every_noisy_client_holds_its_own_defective_images():
+    samples = label_noise_dataset()
+    federation = {"partition": "iid", "num_clients": 2}
+    heterogeneity = {"1": {"label_noise": 0.3}, "2": {"label_noise": 0.3}}
+    variants = {
+        "one": {"seed": 0, "federation": federation, "heterogeneity": {"1": {"label_noise": 0.3}}},
+        "both": {"seed": 0, "federation": federation, "heterogeneity": heterogeneity},
+    }
+    pool = reserve_label_noise(samples, variants, {}, seed=0)
+    _, swaps = _partition(samples, pool, federation, heterogeneity)
+    added = {cid: {k for swap in per.values() for k in swap["added"]} for cid, per in swaps.items()}
+    assert added["1"] and added["2"] and added["1"].isdisjoint(added["2"])
+    # the pool holds what the variant needing most (both clients together) takes
+    assert sum(len(keys) for keys in pool.values()) == len(added["1"]) + len(added["2"]) == 6

@@ -213,3 +213,18 @@ def test_cuda_embedding_agrees_with_cpu(precision):  # pragma: no cover - GPU ma
     tolerance = 1e-4 if precision == "float32" else 5e-3
     for feats in [gpu.embed(images), *gpu.embed_batches([images, images])]:
         assert np.abs(feats.astype(np.float32) - reference).max() <= tolerance * np.abs(reference).max()
+
+
+def test_soft_weights_scale_the_distance_to_the_nearest_row_by_its_weight():
+    bank = np.array([[0.0, 0.0], [10.0, 0.0]], dtype=np.float32)
+    weights = np.array([1.0, 3.0], dtype=np.float32)
+    # 2x2 patches of one image: distances 1 and 2 to row 0, 1 and 0.5 to row 1 (weight 3)
+    patches = np.array([[[[1, 0], [0, 2]], [[9, 0], [10, 0.5]]]], dtype=np.float32)
+    index = build_index(bank)
+    _, plain = score_images(index, patches, (2, 2), sigma=0)
+    maps, soft = score_images(index, patches, (2, 2), sigma=0, row_weights=weights)
+    np.testing.assert_allclose(maps[0], [[1, 2], [3, 1.5]], rtol=1e-6)  # 2x2 image: the map is the grid
+    assert plain[0] == pytest.approx(2.0) and soft[0] == pytest.approx(3.0)
+    # the nearest row is chosen by plain distance: a weight never sends a patch to another row
+    _, moved = score_images(index, np.array([[[[6, 0]]]], dtype=np.float32), (1, 1), sigma=0, row_weights=weights)
+    assert moved[0] == pytest.approx(4 * 3.0)

@@ -18,6 +18,14 @@ dicts of arrays keyed ``<kind>/<category>``, readable by plain ``np.load``:
   budget). The arrays and the numbers map one to one onto a Flower ``ArrayRecord`` and
   ``MetricRecord`` (:meth:`ClientUpload.record_parts`: ``bank/``, ``row_id/`` arrays;
   ``n_images/`` and ``number/`` scalars).
+* Both, and a client's local coreset, may carry ``weight/`` (float32, one per row): the
+  outlier weight (>= 1) a client's patch denoising gave the row (``core/coreset/denoise.py``),
+  which ``scoring.soft_weights`` multiplies a test patch's distance to that row by. A category
+  without a ``weight/`` entry weighs every row 1 (a client that does not denoise sends none,
+  so such banks and uploads are byte for byte what they were).
+* An upload may carry ``fold/`` (int8, 0 or 1 per row, with ``coreset.upload_folds``): which half
+  of the client's images (a seeded split per category) the row came from, so the server can
+  judge each half's rows against what the other half shows (``calibrated_consensus``).
 """
 
 from __future__ import annotations
@@ -45,12 +53,33 @@ def unpack(arrays: Mapping[str, np.ndarray], kinds: Iterable[str], what: str) ->
     return out
 
 
+def as_weights(weights: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Per-category row weights as float32 arrays (the ``weight/`` kind)."""
+    return {c: np.asarray(w, dtype=np.float32) for c, w in weights.items()}
+
+
+def as_folds(folds: Mapping[str, object]) -> dict[str, np.ndarray]:
+    """Per-category fold labels as int8 arrays (the ``fold/`` kind)."""
+    return {c: np.asarray(f, dtype=np.int8) for c, f in folds.items()}
+
+
+def row_weights(weights: Mapping[str, np.ndarray], category: str, n_rows: int) -> np.ndarray:
+    """The weights of ``category``'s ``n_rows`` rows: its ``weight/`` entry, or ones when it has none."""
+    if category not in weights:
+        return np.ones(n_rows, dtype=np.float32)
+    values = np.asarray(weights[category], dtype=np.float32)
+    if values.shape != (n_rows,):
+        raise ValueError(f"category '{category}': {values.shape} row weights for {n_rows} rows")
+    return values
+
+
 @dataclass
 class CategoryBanks:
     banks: dict[str, np.ndarray]  # category -> float32 (rows, dim)
     n_images: dict[str, int]  # category -> training images the rows were chosen from
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # category -> client id per row
     origin_row: dict[str, np.ndarray] = field(default_factory=dict)  # category -> row in that client's coreset
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # category -> (rows,) float32 outlier weight
     radius: dict[str, np.ndarray] = field(default_factory=dict)  # category -> spread per row (summary banks only)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
@@ -59,19 +88,25 @@ class CategoryBanks:
             n_images={c: int(self.n_images.get(c, 0)) for c in self.banks},
             origin={c: np.asarray(o, dtype=str) for c, o in self.origin.items()},
             origin_row={c: np.asarray(r, dtype=np.int64) for c, r in self.origin_row.items()},
+            weight=as_weights(self.weights),
             radius={c: np.asarray(r, dtype=np.float32) for c, r in self.radius.items()},
         )
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CategoryBanks:
-        parts = unpack(arrays, ("bank", "n_images", "origin", "origin_row", "radius"), "a memory-bank file")
+        parts = unpack(arrays, ("bank", "n_images", "origin", "origin_row", "weight", "radius"), "a memory-bank file")
         return cls(
             {c: np.asarray(b, dtype=np.float32) for c, b in parts["bank"].items()},
             {c: int(n) for c, n in parts["n_images"].items()},
             parts["origin"],
             {c: np.asarray(r, dtype=np.int64) for c, r in parts["origin_row"].items()},
+            as_weights(parts["weight"]),
             {c: np.asarray(r, dtype=np.float32) for c, r in parts["radius"].items()},
         )
+
+    def row_weights(self, category: str) -> np.ndarray:
+        """(rows,) float32 weight of every row of ``category`` (1 where the bank carries none)."""
+        return row_weights(self.weights, category, len(self.banks[category]))
 
     @property
     def n_rows(self) -> int:
@@ -91,6 +126,8 @@ class ClientUpload:
     n_images: dict[str, int]  # category -> training images behind that bank
     row_ids: dict[str, np.ndarray] = field(default_factory=dict)  # category -> row of the local coreset
     numbers: dict[str, float] = field(default_factory=dict)  # self-reported scalars ("quality.sharpness", ...)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # category -> (m,) float32 outlier weight
+    folds: dict[str, np.ndarray] = field(default_factory=dict)  # category -> (m,) int8: half of the client's images
 
     def __post_init__(self) -> None:
         # Rows without explicit ids are the client's coreset in order (e.g. hand-made uploads).
@@ -109,26 +146,39 @@ class ClientUpload:
             n_images={c: int(n) for c, n in self.n_images.items()},
             row_id=self.row_ids,
             number={name: float(value) for name, value in self.numbers.items()},
+            weight=as_weights(self.weights),
+            fold=as_folds(self.folds),
         )
 
     @classmethod
     def from_arrays(cls, client_id: str, arrays: Mapping[str, np.ndarray]) -> ClientUpload:
-        parts = unpack(arrays, ("bank", "n_images", "row_id", "number"), f"the upload of client '{client_id}'")
+        parts = unpack(
+            arrays,
+            ("bank", "n_images", "row_id", "number", "weight", "fold"),
+            f"the upload of client '{client_id}'",
+        )
         return cls(
             client_id=str(client_id),
             banks=dict(parts["bank"]),
             n_images={c: int(n) for c, n in parts["n_images"].items()},
             row_ids={c: np.asarray(r, dtype=np.int64) for c, r in parts["row_id"].items()},
             numbers={name: float(v) for name, v in parts["number"].items()},
+            weights=as_weights(parts["weight"]),
+            folds=as_folds(parts["fold"]),
         )
+
+    def row_weights(self, category: str) -> np.ndarray:
+        """(m,) float32 weight of every uploaded row of ``category`` (1 where the upload carries none)."""
+        return row_weights(self.weights, category, len(np.asarray(self.banks[category])))
 
     def record_parts(self) -> tuple[dict[str, np.ndarray], dict[str, int | float]]:
         """The upload as (arrays, scalars): what a transport carries as arrays and as numbers.
 
-        Arrays: ``bank/<category>``, ``row_id/<category>``; scalars: ``n_images/<category>``
-        (int) and ``number/<name>`` (float). :meth:`from_record_parts` is the inverse.
+        Arrays: ``bank/<category>``, ``row_id/<category>`` (and ``weight/<category>`` when the
+        client denoised, ``fold/<category>`` with ``coreset.upload_folds``); scalars: ``n_images/<category>`` (int) and ``number/<name>`` (float).
+        :meth:`from_record_parts` is the inverse.
         """
-        arrays = pack(bank=self.banks, row_id=self.row_ids)
+        arrays = pack(bank=self.banks, row_id=self.row_ids, weight=as_weights(self.weights), fold=as_folds(self.folds))
         scalars: dict[str, int | float] = {f"n_images/{c}": int(n) for c, n in self.n_images.items()}
         scalars.update({f"number/{name}": float(value) for name, value in self.numbers.items()})
         return arrays, scalars
@@ -142,7 +192,7 @@ class ClientUpload:
         Shapes and values are not checked here: the server's validation does that.
         """
         what = f"the upload of client '{client_id}'"
-        parts = unpack(arrays, ("bank", "row_id"), what)
+        parts = unpack(arrays, ("bank", "row_id", "weight", "fold"), what)
         numbers = unpack(scalars, ("n_images", "number"), what)
         return cls(
             client_id=str(client_id),
@@ -150,6 +200,8 @@ class ClientUpload:
             n_images={c: int(n) for c, n in numbers["n_images"].items()},
             row_ids={c: np.asarray(r) for c, r in parts["row_id"].items()},
             numbers={name: float(v) for name, v in numbers["number"].items()},
+            weights=dict(parts["weight"]),  # checked by the server's validation, like the banks
+            folds=dict(parts["fold"]),
         )
 
 

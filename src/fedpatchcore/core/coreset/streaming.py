@@ -7,7 +7,15 @@ import numpy as np
 from fedpatchcore.core.coreset.kcenter import greedy_kcenter
 from fedpatchcore.core.features.feature_store import DEFAULT_ROWS_PER_CHUNK, PatchFeatureFile
 
-__all__ = ["select_coreset_streaming"]
+__all__ = ["projected_rows", "select_coreset_streaming"]
+
+
+def projected_rows(feature_file: PatchFeatureFile, rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK) -> np.ndarray | None:
+    """The vectors k-center chooses on: the file's projection (computed chunk-wise when it has a
+    ``projection_dim`` but no projection yet), or ``None`` when it keeps no projection at all."""
+    if feature_file.projected is None and feature_file.projection_dim is not None:
+        return feature_file.compute_projected(rows_per_chunk)
+    return feature_file.projected
 
 
 def select_coreset_streaming(
@@ -19,6 +27,7 @@ def select_coreset_streaming(
     dtype: str = "float32",
     rows_per_chunk: int = DEFAULT_ROWS_PER_CHUNK,
     keep_projection: bool = True,
+    candidates: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy k-center indices for a :class:`PatchFeatureFile`, from its in-RAM projection.
 
@@ -28,10 +37,25 @@ def select_coreset_streaming(
     ``seed`` chooses the starting row(s); the projection's own seed is fixed at write time.
     ``keep_projection=False`` lets the CPU loop work in place on ``feature_file.projected``
     (saving one N × projection_dim float32 copy) and then drops it (sets it to ``None``).
+    ``candidates`` (increasing row indices, e.g. the rows patch denoising kept): choose among
+    those rows only; the result is still rows of the file.
     """
-    projected = feature_file.projected
-    if projected is None and feature_file.projection_dim is not None:
-        projected = feature_file.compute_projected(rows_per_chunk)
+    projected = projected_rows(feature_file, rows_per_chunk)
+    if candidates is not None:
+        candidates = np.asarray(candidates, dtype=np.int64)
+        vectors = projected if projected is not None else feature_file.load(mmap=True)
+        chosen = greedy_kcenter(
+            vectors[candidates],
+            k,
+            projection_dim=None,
+            seed=seed,
+            num_starts=num_starts,
+            device=device,
+            dtype=dtype,
+            already_projected=projected is not None,
+            copy=False,  # vectors[candidates] is a fresh copy already
+        )
+        return candidates[chosen]
     if projected is None:
         return greedy_kcenter(
             feature_file.load(mmap=True),

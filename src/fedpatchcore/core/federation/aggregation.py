@@ -16,6 +16,10 @@ from :data:`STRATEGIES` (``aggregation.strategy``):
   (``core/federation/trust.py``, computed by the server from all uploads).
 * ``consensus``: drop rows no other client confirms (``options.confirm_factor``), then
   ``federated_coreset`` on the rest.
+* ``calibrated_consensus``: the same, with a threshold calibrated per client and category
+  instead of one factor: a row is unconfirmed when its distance to the other clients' rows is
+  beyond the ``options.confirm_quantile`` of the same distances of the client's rows from its
+  other half of images (uploads carry ``fold/`` with ``coreset.upload_folds``).
 * ``diversity``: global k-center over the unweighted union to ``global_bank_size``, which is
   required (unlike ``concatenate``, ``None`` is an error rather than "keep everything").
 
@@ -65,6 +69,8 @@ class AggregationResult:
     rejected: dict[str, list[str]]  # client id -> problems that got it rejected
     contributions: dict[str, dict[str, int]]  # category -> client id -> rows kept
     category_quotas: dict[str, int] | None = None  # category -> rows of total_bank_size (when set)
+    # category -> (n,) outlier weight of each row, for categories some client sent weights for
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def summary(self) -> dict:
         """JSON-ready overview (no arrays)."""
@@ -92,6 +98,7 @@ class CategoryParts:
     projection_dim: int
     options: dict = field(default_factory=dict)  # aggregation.options, for strategies that take any
     fairness: FairnessSettings | None = None  # group_by client: how quotas are split among clients
+    folds: list = field(default_factory=list)  # per client: (m,) int8 half of its images per row, or None
 
 
 # A strategy returns, for the rows it keeps, (client index into parts.client_ids, row index
@@ -146,6 +153,16 @@ def validate_upload(upload: ClientUpload, expected_dim: int | None) -> list[str]
             n_nan = int(np.isnan(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
             n_inf = int(np.isinf(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
             problems.append(f"category '{category}': non-finite values ({n_nan} NaN, {n_inf} inf)")
+        if category in upload.weights:
+            weights = np.asarray(upload.weights[category])
+            if weights.shape != (arr.shape[0],) or not np.issubdtype(weights.dtype, np.number):
+                problems.append(f"category '{category}': row weights must be one number per row, got shape {weights.shape}")
+            elif weights.size and not (np.isfinite(weights).all() and weights.min() > 0):
+                problems.append(f"category '{category}': row weights must be finite and > 0")
+        if category in upload.folds:
+            folds = np.asarray(upload.folds[category])
+            if folds.shape != (arr.shape[0],) or not np.isin(folds, (0, 1)).all():
+                problems.append(f"category '{category}': folds must be 0 or 1, one per row, got shape {folds.shape}")
         row_ids = np.asarray(upload.row_ids.get(category, ()))
         if row_ids.shape != (arr.shape[0],) or (row_ids.size and not np.issubdtype(row_ids.dtype, np.integer)):
             problems.append(f"category '{category}': row ids must be one integer per row, got shape {row_ids.shape}")
@@ -297,10 +314,48 @@ def consensus_strategy(parts: CategoryParts, size: int | None) -> Selection:
     if len(parts.banks) < 2:
         return federated_coreset_strategy(parts, size)
     factor = float(parts.options.get("confirm_factor", 1.0))
+    kept = [
+        np.flatnonzero(confirmed_rows(bank, _peers(parts, i), factor)) for i, bank in enumerate(parts.banks)
+    ]
+    return _federated_coreset_among(parts, size, kept)
+
+
+@register_strategy("calibrated_consensus")
+def calibrated_consensus_strategy(parts: CategoryParts, size: int | None) -> Selection:
+    """``consensus`` with a threshold calibrated per client and category on held-out rows.
+
+    A client's rows come in two halves by image (``fold/`` of its upload). A row of one half
+    is confirmed when its distance to the nearest row of the other clients is at most the
+    ``options.confirm_quantile`` (default 1: the largest) of the same distances of the rows
+    of the client's *other* half: what the client's own normal images show in this category,
+    so a category with a large normal spread, where honest rows sit far from any peer's, keeps
+    them, and defective patches (farther from every peer than the client's other images are)
+    are dropped. Unlike one ``confirm_factor`` × the client's nearest-neighbour scale, the
+    threshold transfers between categories and datasets. A client that sent no halves (or
+    holds all its rows in one) keeps every row, as does a category one client holds.
+    """
+    if len(parts.banks) < 2:
+        return federated_coreset_strategy(parts, size)
+    quantile = float(parts.options.get("confirm_quantile", 1.0))
+    if not 0.0 < quantile <= 1.0:
+        raise ValueError(f"aggregation.options.confirm_quantile must lie in (0, 1], got {quantile}")
     kept = []
     for i, bank in enumerate(parts.banks):
-        others = np.concatenate([b for j, b in enumerate(parts.banks) if j != i])
-        kept.append(np.flatnonzero(confirmed_rows(bank, others, factor)))
+        folds = parts.folds[i] if i < len(parts.folds) else None
+        if folds is None:
+            kept.append(np.arange(len(bank), dtype=np.int64))
+            continue
+        kept.append(np.flatnonzero(calibrated_confirmed_rows(bank, _peers(parts, i), folds, quantile)))
+    return _federated_coreset_among(parts, size, kept)
+
+
+def _peers(parts: CategoryParts, i: int) -> np.ndarray:
+    """Every row of the category's other clients."""
+    return np.concatenate([b for j, b in enumerate(parts.banks) if j != i])
+
+
+def _federated_coreset_among(parts: CategoryParts, size: int | None, kept: list[np.ndarray]) -> Selection:
+    """``federated_coreset`` over the ``kept`` rows of each client, as rows of the full uploads."""
     filtered = replace(parts, banks=[bank[rows] for bank, rows in zip(parts.banks, kept, strict=True)])
     clients, rows = federated_coreset_strategy(filtered, size)
     original = np.array([kept[c][r] for c, r in zip(clients, rows, strict=True)], dtype=np.int64)
@@ -411,6 +466,7 @@ def aggregate(
     origin: dict[str, np.ndarray] = {}
     source_row: dict[str, np.ndarray] = {}
     contributions: dict[str, dict[str, int]] = {}
+    row_weights: dict[str, np.ndarray] = {}
     fn = STRATEGIES[strategy]
     for category in categories:
         holders = [up for up in usable if category in up.banks]
@@ -424,6 +480,7 @@ def aggregate(
             projection_dim=int(projection_dim),
             options=dict(options or {}),
             fairness=fairness,
+            folds=[np.asarray(up.folds[category]) if category in up.folds else None for up in holders],
         )
         client_idx, row_idx = fn(parts, global_bank_size if quotas is None else quotas[category])
         client_idx = np.asarray(client_idx, dtype=np.int64)
@@ -442,6 +499,11 @@ def aggregate(
         if len(client_idx) and (client_idx.min() < 0 or client_idx.max() >= len(holders)):
             raise AggregationError(f"strategy '{strategy}' chose an unknown client for '{category}'")
         banks[category] = bank
+        if any(category in up.weights for up in holders):  # rows of a client without weights weigh 1
+            row_weights[category] = np.empty(len(client_idx), dtype=np.float32)
+            for i, holder in enumerate(holders):
+                mine = client_idx == i
+                row_weights[category][mine] = holder.row_weights(category)[row_idx[mine]]
         origin[category] = np.array([parts.client_ids[c] for c in client_idx], dtype=object).astype(str)
         source_row[category] = row_idx
         kept = (
@@ -457,6 +519,7 @@ def aggregate(
         rejected=rejected,
         contributions=contributions,
         category_quotas=quotas,
+        weights=row_weights,
     )
 
 
@@ -500,6 +563,11 @@ def covering_radius_estimate(bank: np.ndarray, quantile: float) -> float:
     return float(np.quantile(nn, quantile))
 
 
+def peer_distances(rows: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """(n,) L2 distance of each row to the nearest row of ``others`` (exact search)."""
+    return nearest_distances(build_index(_as_f32(others, "others")), _as_f32(rows, "rows"))[:, 0]
+
+
 def confirmed_rows(rows: np.ndarray, others: np.ndarray, factor: float) -> np.ndarray:
     """Bool per row: ``others`` hold a row within ``factor`` × this bank's own scale.
 
@@ -509,5 +577,18 @@ def confirmed_rows(rows: np.ndarray, others: np.ndarray, factor: float) -> np.nd
     rows = _as_f32(rows, "rows")
     if len(others) == 0 or len(rows) < 2:
         return np.ones(len(rows), dtype=bool)
-    distance = nearest_distances(build_index(_as_f32(others, "others")), rows)[:, 0]
-    return distance <= factor * covering_radius_estimate(rows, 0.5)
+    return peer_distances(rows, others) <= factor * covering_radius_estimate(rows, 0.5)
+
+
+def calibrated_confirmed_rows(rows: np.ndarray, others: np.ndarray, folds: np.ndarray, quantile: float) -> np.ndarray:
+    """Bool per row: its distance to ``others`` is at most the ``quantile`` of the distances of
+    the rows of the other fold (``folds``: 0 or 1 per row). All True when a fold is empty."""
+    folds = np.asarray(folds)
+    if len(others) == 0 or len(rows) == 0 or len(np.unique(folds)) < 2:
+        return np.ones(len(rows), dtype=bool)
+    distance = peer_distances(rows, others)
+    confirmed = np.empty(len(rows), dtype=bool)
+    for fold in (0, 1):
+        mine = folds == fold
+        confirmed[mine] = distance[mine] <= np.quantile(distance[~mine], quantile)
+    return confirmed

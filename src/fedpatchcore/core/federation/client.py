@@ -26,9 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from fedpatchcore.core.banks import CategoryBanks, ClientUpload, pack, unpack
+from fedpatchcore.core.banks import CategoryBanks, ClientUpload, as_weights, pack, unpack
 from fedpatchcore.core.common.fingerprint import values_at
 from fedpatchcore.core.common.runtime import resolve_device
+from fedpatchcore.core.common.seeding import derive_rng
+from fedpatchcore.core.coreset.denoise import DenoiseSettings, denoise_feature_file
 from fedpatchcore.core.coreset.kcenter import coreset_size, greedy_kcenter
 from fedpatchcore.core.coreset.streaming import select_coreset_streaming
 from fedpatchcore.core.data.types import CategoryInfo, Sample
@@ -79,6 +81,14 @@ class ClientSettings:
     fairness: FairnessSettings = FairnessSettings()
     # Differentially private release before the local coreset (disabled: raw rows, as always).
     privacy: PrivacySettings = PrivacySettings()
+    # Patch denoising before k-center (coreset.denoise*); per-category methods chosen by validation.
+    denoise: DenoiseSettings = DenoiseSettings()
+    denoise_by_category: dict[str, DenoiseSettings] = field(default_factory=dict)
+    # Uploads say which half of the client's images each row came from (calibrated_consensus).
+    upload_folds: bool = False
+
+    def denoise_for(self, category: str) -> DenoiseSettings:
+        return self.denoise_by_category.get(category, self.denoise)
 
     @classmethod
     def from_run(cls, parameters: Mapping[str, Any], client_id: str) -> ClientSettings:
@@ -115,6 +125,11 @@ class ClientSettings:
             coreset_min_rows=int(coreset.get("min_rows", 1)),
             fairness=FairnessSettings.from_parameters(run["fairness"]),
             privacy=PrivacySettings.from_parameters(run["privacy"], seed),
+            denoise=DenoiseSettings.from_parameters(coreset),
+            denoise_by_category={
+                c: DenoiseSettings.from_parameters(coreset, c) for c in coreset.get("denoise_by_category") or {}
+            },
+            upload_folds=bool(coreset.get("upload_folds", False)),
         )
 
 
@@ -189,6 +204,7 @@ class LocalCoreset:
     image_keys: dict[str, list[str]]  # category -> the client's images the rows were chosen from
     patch_source: dict[str, np.ndarray]  # category -> (m, 3) int64: (image index into image_keys, y, x)
     numbers: dict[str, float] = field(default_factory=dict)  # what the client reports about itself
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # category -> (m,) outlier weight (denoised)
     # What the site's ledger holds for these images after this release (not saved with the coreset).
     spent: Spent | None = None
 
@@ -202,16 +218,18 @@ class LocalCoreset:
             image_keys={c: np.asarray(keys, dtype=str) for c, keys in self.image_keys.items()},
             patch_source=self.patch_source,
             number={name: float(value) for name, value in self.numbers.items()},
+            weight=as_weights(self.weights),
         )
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> LocalCoreset:
-        parts = unpack(arrays, ("bank", "image_keys", "patch_source", "number"), "a local coreset file")
+        parts = unpack(arrays, ("bank", "image_keys", "patch_source", "number", "weight"), "a local coreset file")
         return cls(
             banks={c: np.asarray(b, dtype=np.float32) for c, b in parts["bank"].items()},
             image_keys={c: [str(k) for k in keys] for c, keys in parts["image_keys"].items()},
             patch_source={c: np.asarray(s, dtype=np.int64) for c, s in parts["patch_source"].items()},
             numbers={name: float(v) for name, v in parts["number"].items()},
+            weights=as_weights(parts["weight"]),
         )
 
 
@@ -306,6 +324,8 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
             "coreset; leave the centralized baseline out (comparison.centralized: false)"
         )
     if settings.privacy.enabled:
+        if settings.denoise.enabled or any(d.enabled for d in settings.denoise_by_category.values()):
+            raise ValueError("coreset.denoise needs raw patch vectors: set it to none with privacy.enabled")
         return _select_among_released(features, settings)
     device = resolve_device(settings.coreset_device, parameter="coreset.device")
     banks, sources = {}, {}
@@ -314,11 +334,23 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
         {c: len(keys) for c, keys in features.image_keys.items()},
         settings,
     )
+    weights = {}
     for category, feature_file in features.files.items():
         k = sizes[category]
+        denoise = settings.denoise_for(category)
+        kept = None
+        if denoise.enabled:  # drop the most outlying patches first; k-center chooses among the rest
+            result = denoise_feature_file(feature_file, len(features.image_keys[category]), features.grid[category], denoise)
+            kept, k = result.kept, min(k, len(result.kept))
+            logger.info(
+                "client %s: %s denoising (%s) dropped %d of %d patch vectors",
+                settings.client_id, category, denoise.method, feature_file.n_rows - len(kept), feature_file.n_rows,
+            )
         chosen = select_coreset_streaming(
-            feature_file, k, seed=settings.seed, num_starts=settings.coreset_num_starts, device=device
+            feature_file, k, seed=settings.seed, num_starts=settings.coreset_num_starts, device=device, candidates=kept
         )
+        if kept is not None:
+            weights[category] = result.weights[np.searchsorted(kept, chosen)]
         banks[category] = feature_file.gather(chosen)
         sources[category] = patch_positions(chosen, features.grid[category])
         logger.info(
@@ -330,7 +362,7 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
             settings.coreset_ratio,
         )
     numbers = {**features.numbers, "images.skipped": float(len(features.skipped))}
-    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers)
+    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers, weights)
 
 
 def release_local_rows(features: ExtractedFeatures, settings: ClientSettings) -> dict[str, ReleasedRows]:
@@ -389,7 +421,7 @@ def _select_among_released(features: ExtractedFeatures, settings: ClientSettings
         "privacy.delta": float(budget["delta"]),
         "privacy.sigma": float(budget["sigma"]),
     }
-    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers, worst)
+    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers, spent=worst)
 
 
 def privacy_budget(local: LocalCoreset, settings: ClientSettings) -> dict[str, Any]:
@@ -412,7 +444,7 @@ def build_upload(
     global bank does not cover (farther than its ``coverage_quantile`` nearest-neighbour
     distance from every global row), so rows the server already has are not sent again.
     """
-    banks, row_ids = {}, {}
+    banks, row_ids, weights, folds = {}, {}, {}, {}
     for category, bank in local.banks.items():
         keep = np.arange(len(bank), dtype=np.int64)
         global_rows = None if broadcast is None else broadcast.banks.get(category)
@@ -421,7 +453,19 @@ def build_upload(
             keep = np.flatnonzero(uncovered_rows(bank, global_rows, radius))
         banks[category] = bank[keep]
         row_ids[category] = keep
-    return ClientUpload(settings.client_id, banks, local.n_images, row_ids, dict(local.numbers))
+        if category in local.weights:
+            weights[category] = local.weights[category][keep]
+        if settings.upload_folds:
+            halves = image_folds(len(local.image_keys[category]), settings.seed, settings.client_id, category)
+            folds[category] = halves[local.patch_source[category][keep, 0]]
+    return ClientUpload(settings.client_id, banks, local.n_images, row_ids, dict(local.numbers), weights, folds)
+
+
+def image_folds(n_images: int, seed: int, client_id: str, category: str) -> np.ndarray:
+    """(n_images,) int8: a seeded half of a client's images of a category is fold 0, the rest fold 1."""
+    folds = np.ones(n_images, dtype=np.int8)
+    folds[derive_rng(seed, "folds", str(client_id), category).permutation(n_images)[: (n_images + 1) // 2]] = 0
+    return folds
 
 
 def as_bank(local: LocalCoreset, client_id: str) -> CategoryBanks:
@@ -431,4 +475,5 @@ def as_bank(local: LocalCoreset, client_id: str) -> CategoryBanks:
         n_images=local.n_images,
         origin={c: np.full(len(b), str(client_id)) for c, b in local.banks.items()},  # dtype=str would be <U1
         origin_row={c: np.arange(len(b), dtype=np.int64) for c, b in local.banks.items()},
+        weights=dict(local.weights),
     )

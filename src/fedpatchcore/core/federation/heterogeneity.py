@@ -236,8 +236,8 @@ def reserve_label_noise(
 
     ``variants``: each variant's resolved parameters (``heterogeneity``, ``federation``,
     ``seed``); ``held_out``: per variant, the training images its validation split keeps out of
-    the partition. A category's pool is as large as the most any variant needs, so every variant
-    draws from one pool and evaluation can leave the same images out of all of them.
+    the partition. A category's pool is as large as the most any variant needs (all its noisy
+    clients together, since they hold distinct images), so every variant draws from one pool and evaluation can leave the same images out of all of them.
     """
     category_of = {s.key: s.category for s in samples}
     needed: dict[str, int] = {}
@@ -246,6 +246,7 @@ def reserve_label_noise(
         if not any(spec.label_noise for spec in specs.values()):
             continue
         partitioned = [s for s in samples if s.key not in held_out.get(name, set())]
+        in_variant: dict[str, int] = {}
         for client_id, keys in partition_from_parameters(partitioned, parameters["federation"], parameters["seed"]).items():
             spec = specs.get(str(client_id))
             if spec is None or not spec.label_noise:
@@ -254,7 +255,10 @@ def reserve_label_noise(
             for key in keys:
                 per_category[category_of[key]] = per_category.get(category_of[key], 0) + 1
             for category, count in label_noise_counts(per_category, spec.label_noise).items():
-                needed[category] = max(needed.get(category, 0), count)
+                in_variant[category] = in_variant.get(category, 0) + count
+        # noisy clients of one variant hold distinct images (choose_label_noise): their sum
+        for category, count in in_variant.items():
+            needed[category] = max(needed.get(category, 0), count)
         logger.info("Variant %s: label noise needs %s defective images per category", name, needed)
     defective: dict[str, list[str]] = {}
     for s in samples:
@@ -264,16 +268,26 @@ def reserve_label_noise(
 
 
 def choose_label_noise(
-    pool: Mapping[str, Sequence[str]], counts: Mapping[str, int], client_id: str, seed: int
-) -> dict[str, list[str]]:
-    """The pool images a client trains on (a seeded draw per client and category)."""
-    chosen = {}
-    for category, count in sorted(counts.items()):
+    pool: Mapping[str, Sequence[str]], counts: Mapping[str, Mapping[str, int]], seed: int
+) -> dict[str, dict[str, list[str]]]:
+    """The pool images each noisy client trains on: ``counts`` is client -> category -> images.
+
+    Per category the pool is put in one seeded order and the clients (in sorted order) take
+    consecutive slices of it, so no two clients hold the same defective image (factories
+    that each let their own defective parts into their "good" folder).
+    """
+    chosen: dict[str, dict[str, list[str]]] = {str(c): {} for c in counts}
+    for category in sorted({cat for per in counts.values() for cat in per}):
         keys = list(pool.get(category, ()))
-        if count > len(keys):
-            raise ValueError(f"label-noise pool of '{category}' holds {len(keys)} images, client {client_id} needs {count}")
-        order = derive_rng(seed, "label_noise", client_id, category).permutation(len(keys))
-        chosen[category] = [keys[i] for i in order[:count]]
+        needed = sum(int(per.get(category, 0)) for per in counts.values())
+        if needed > len(keys):
+            raise ValueError(f"label-noise pool of '{category}' holds {len(keys)} images, the clients need {needed}")
+        order = derive_rng(seed, "label_noise", category).permutation(len(keys))
+        start = 0
+        for client_id in sorted(counts, key=str):
+            count = int(counts[client_id].get(category, 0))
+            chosen[str(client_id)][category] = [keys[i] for i in order[start : start + count]]
+            start += count
     return chosen
 
 
@@ -292,6 +306,8 @@ def apply_label_noise(
     category_of = {s.key: s.category for s in samples}
     noisy = dict(assignment)
     swaps: dict[str, dict[str, dict[str, list[str]]]] = {}
+    owned: dict[str, dict[str, list[str]]] = {}
+    counts: dict[str, dict[str, int]] = {}
     for client_id, keys in assignment.items():
         spec = specs.get(str(client_id))
         if spec is None or spec.label_noise <= 0:
@@ -299,11 +315,14 @@ def apply_label_noise(
         by_category: dict[str, list[str]] = {}
         for key in sorted(keys):
             by_category.setdefault(category_of[key], []).append(key)
-        counts = label_noise_counts({c: len(k) for c, k in by_category.items()}, spec.label_noise)
-        added = choose_label_noise(pool, counts, str(client_id), seed)
+        owned[client_id] = by_category
+        counts[client_id] = label_noise_counts({c: len(k) for c, k in by_category.items()}, spec.label_noise)
+    chosen = choose_label_noise(pool, counts, seed)
+    for client_id, by_category in owned.items():
+        added = chosen[str(client_id)]
         kept, swaps[str(client_id)] = [], {}
         for category, own in by_category.items():
-            count = counts.get(category, 0)
+            count = counts[client_id].get(category, 0)
             order = derive_rng(seed, "label_noise_removed", str(client_id), category).permutation(len(own))
             removed = sorted(own[i] for i in order[:count])
             kept.extend(k for k in own if k not in set(removed))

@@ -157,11 +157,18 @@ def run_round(
     else:
         # A client that found nothing uncovered in a category sends no rows for it: a valid reply.
         replies = [
-            ClientUpload(u.client_id, {c: b for c, b in u.banks.items() if len(b)}, u.n_images, u.row_ids, u.numbers)
+            ClientUpload(
+                u.client_id,
+                {c: b for c, b in u.banks.items() if len(b)},
+                u.n_images,
+                u.row_ids,
+                u.numbers,
+                {c: w for c, w in u.weights.items() if len(w)},
+            )
             for u in uploads
         ]
         contributors = [
-            ClientUpload(PREVIOUS_ROUND, previous.banks, previous.n_images),
+            ClientUpload(PREVIOUS_ROUND, previous.banks, previous.n_images, weights=previous.weights),
             *(u for u in replies if u.banks),
         ]
         min_contributors = 1
@@ -189,7 +196,7 @@ def run_round(
     else:
         n_images = dict(previous.n_images)
     origin, origin_row = _trace_origins(result, contributors, previous)
-    bank = CategoryBanks(result.banks, n_images, origin, origin_row)
+    bank = CategoryBanks(result.banks, n_images, origin, origin_row, result.weights)
     receivers = len(uploads) if n_receivers is None else int(n_receivers)
     report = {
         "round": int(round_number),

@@ -117,6 +117,7 @@ def score_test_set(
     privacy: PrivacySettings,
     search: SearchBatches,
     radius: Mapping[str, np.ndarray] | None = None,
+    row_weights: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, CategoryScores]:
     """Anomaly maps and image scores of every category of ``samples``, each from its plan.
 
@@ -126,8 +127,11 @@ def score_test_set(
     (projection, clipping) before they are compared with it. ``radius``: the released radius
     of each centre of a category whose bank is a private summary bank
     (:mod:`~fedpatchcore.core.scoring.summary`: distance to a centre over its radius).
+    ``row_weights``: per category, the outlier weight of every bank row (``scoring.soft_weights``;
+    None: plain distances).
     """
     radius = radius or {}
+    row_weights = row_weights or {}
     embedders: dict[str, Any] = {}
     scores = {}
     for category, category_samples in samples.items():
@@ -162,6 +166,7 @@ def score_test_set(
                 bank=banks[category] if plan.scorer.needs_bank else None,
                 search=search,
                 output_size=plan.output_size,
+                row_weights=row_weights.get(category),
             )
         if scores[category].skipped:
             logger.warning(
@@ -183,12 +188,14 @@ def score_category(
     bank: np.ndarray | None = None,
     search: SearchBatches | None = None,
     output_size: tuple[int, int] | None = None,
+    row_weights: np.ndarray | None = None,
 ) -> CategoryScores:
     """Anomaly map and image score of every readable test image of ``info.name``, at ``info``'s size.
 
     Features of consecutive forward passes wait in one buffer and are searched together
     (:class:`SearchBatches`); each image's map is then made once. ``output_size``: resize the
     finished maps to it (image scores stay those of the maps at ``info``'s size).
+    ``row_weights``: the bank's outlier weights, with ``scoring.soft_weights`` (None: plain distances).
     """
     scorer = scorer or PatchScorer()
     search = search or SearchBatches()
@@ -204,7 +211,9 @@ def score_category(
     def flush() -> None:
         nonlocal waiting, done
         rows = slice(done, done + waiting)
-        _, scores[rows] = scorer.score(index, buffer[:waiting], info.image_size, bank=bank, maps_out=maps[rows])
+        _, scores[rows] = scorer.score(
+            index, buffer[:waiting], info.image_size, bank=bank, maps_out=maps[rows], row_weights=row_weights
+        )
         done, waiting = done + waiting, 0
 
     progress = tqdm(total=len(samples), desc=f"score {info.name}", unit="img", leave=False)

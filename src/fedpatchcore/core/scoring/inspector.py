@@ -42,6 +42,8 @@ FILES = {
     "thresholds": "thresholds.json",
     "manifest": "manifest.json",
 }
+#: Written only when the bank carries denoising weights (``scoring.soft_weights``).
+ROW_WEIGHTS_FILE = "row_weights.npy"
 MANIFEST_FORMAT = 1
 
 
@@ -65,6 +67,8 @@ def write_inspector(
     export_onnx(model.embedder, model.image_size, folder / FILES["network"], opset=opset)
     bank = np.ascontiguousarray(model.bank, dtype=np.float32)
     np.save(folder / FILES["bank"], bank)
+    if model.row_weights is not None:
+        np.save(folder / ROW_WEIGHTS_FILE, np.asarray(model.row_weights, dtype=np.float32))
     setting = model.setting
     thresholds = {
         "scoring": {
@@ -99,7 +103,7 @@ def write_inspector(
         "output": {"name": OUTPUT_NAME, "shape": ["batch", int(grid[0]), int(grid[1]), int(model.embedder.feature_dim)]},
         "opset": int(opset),
         "bank": {"rows": int(bank.shape[0]), "dim": int(bank.shape[1]), "fingerprint": _fingerprint(model.category, bank)},
-        "files": dict(FILES),
+        "files": dict(FILES, **({"row_weights": ROW_WEIGHTS_FILE} if model.row_weights is not None else {})),
         "project_version": project_version,
     }
     (folder / FILES["manifest"]).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -129,8 +133,17 @@ def load_inspector(folder: str | Path, threads: int | None = None) -> tuple[Cate
         num_neighbours=int(scoring["reweight_neighbours"]),
         neighbourhood=int(manifest["neighbourhood"]),
     )
+    weights_file = manifest["files"].get("row_weights")
+    row_weights = None if weights_file is None else np.load(folder / weights_file)
     model = CategoryModel(
-        category, setting, tuple(manifest["input_size"]), embedder, bank, build_index(bank), float(scoring["sigma"])
+        category,
+        setting,
+        tuple(manifest["input_size"]),
+        embedder,
+        bank,
+        build_index(bank),
+        float(scoring["sigma"]),
+        row_weights=row_weights,
     )
     calibration = thresholds.get("calibration")
     return model, None if calibration is None else Calibration.from_dict(calibration), manifest

@@ -6,7 +6,9 @@ size, then Gaussian-smoothed; image score (``image_score``) = max of that RAW ma
 (``"max"``, the default; never normalised per image), or the PatchCore paper's reweighted
 max patch score (``reweight``), or the mean of the ``topk`` highest patch scores
 (``"topk_mean"``). :meth:`PatchScorer.from_params` is the one place where the ``scoring``
-parameters become a scorer: a new scoring option goes there and into the scorer.
+parameters become a scorer: a new scoring option goes there and into the scorer. With
+``row_weights`` (the bank's outlier weights from patch denoising, ``scoring.soft_weights``) a
+patch score is the distance to the nearest bank row times that row's weight (SoftPatch).
 """
 
 from __future__ import annotations
@@ -183,13 +185,15 @@ class PatchScorer:
         bank: np.ndarray | None = None,
         batch_size: int = 65536,
         maps_out: np.ndarray | None = None,
+        row_weights: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Anomaly maps ``(B, H, W)`` float32 (raw distance units) and image scores ``(B,)`` of
         patch features ``(B, h, w, d)`` (float32 or float16: converted block by block).
 
         All ``B * h * w`` patches go through the index in one call (``batch_size`` queries per
         faiss search); then each image's map is upsampled and smoothed once, into ``maps_out``
-        when given. ``image_size``: ``(width, height)`` of the maps, or an int.
+        when given. ``image_size``: ``(width, height)`` of the maps, or an int. ``row_weights``:
+        ``(M,)`` outlier weight of every bank row (``scoring.soft_weights``), None: plain distances.
         """
         feats = np.asarray(patch_features)
         if feats.ndim != 4:
@@ -199,6 +203,8 @@ class PatchScorer:
         n_img, h, w, d = feats.shape
         flat = feats.reshape(-1, d)
         dist, ids = nearest_neighbours(index, flat, k=1, batch_size=batch_size)
+        if row_weights is not None:
+            dist[:, 0] *= np.asarray(row_weights, dtype=np.float32)[ids[:, 0]]
         patch_scores = dist[:, 0].reshape(n_img, h, w)
         maps = anomaly_maps(patch_scores, image_size, sigma=self.sigma, out=maps_out)
         if self.image_score == "topk_mean":
@@ -230,6 +236,7 @@ def score_images(
     batch_size: int = 65536,
     image_score: str = "max",
     topk: int = 10,
+    row_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps and image scores for patch features ``(B, h, w, d)``: :meth:`PatchScorer.score`.
 
@@ -238,6 +245,8 @@ def score_images(
         image_size: ``(width, height)`` of the maps (the original image size), or an int.
         sigma, reweight, image_score, topk: as :class:`PatchScorer`; ``num_neighbours`` is its
             ``reweight_neighbours``.
+        row_weights: ``(M,)`` weight of every bank row (``scoring.soft_weights``): the patch
+            score is the distance to the nearest row (found by plain distance) times its weight.
 
     Returns:
         ``maps`` ``(B, H, W)`` float32 in raw distance units and ``image_scores`` ``(B,)``:
@@ -245,4 +254,4 @@ def score_images(
         ``"topk_mean"`` the top-k mean of the patch scores.
     """
     scorer = PatchScorer(sigma, image_score, topk, reweight, num_neighbours)
-    return scorer.score(index, patch_features, image_size, bank=bank, batch_size=batch_size)
+    return scorer.score(index, patch_features, image_size, bank=bank, batch_size=batch_size, row_weights=row_weights)

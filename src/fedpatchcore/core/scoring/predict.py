@@ -109,6 +109,7 @@ class CategoryModel:
     bank: np.ndarray
     index: faiss.Index
     sigma: float = 4.0
+    row_weights: np.ndarray | None = None  # the bank's outlier weights (scoring.soft_weights)
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw anomaly maps ``(B, H, W)`` and image scores ``(B,)`` of uint8 images at ``image_size``."""
@@ -123,6 +124,7 @@ class CategoryModel:
             num_neighbours=self.setting.num_neighbours,
             image_score=self.setting.image_score,
             topk=self.setting.topk,
+            row_weights=self.row_weights,
         )
 
 
@@ -136,8 +138,11 @@ def build_category_models(
     index: IndexSpec | None = None,
     embedders: EmbedderCache | None = None,
     runtime: str = "torch",
+    row_weights: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, CategoryModel]:
     """One :class:`CategoryModel` per category of ``banks``.
+
+    ``row_weights``: per category, the outlier weight of every bank row (``scoring.soft_weights``).
 
     ``settings``: one :class:`Setting` for all categories, or one per category (the tuned
     choice); a bank must have been built with its category's setting (same backbone, layers,
@@ -175,6 +180,7 @@ def build_category_models(
             bank,
             (index or IndexSpec()).build(bank),
             float(sigma),
+            None if row_weights is None else row_weights[category],
         )
     return models
 
@@ -221,6 +227,7 @@ def bank_models(
         index=IndexSpec.from_params(scoring, int(seed)),
         embedders=EmbedderCache(backbone.get("device", "cpu")),
         runtime=runtime,
+        row_weights={c: loaded.row_weights(c) for c in banks} if scoring.get("soft_weights", False) else None,
     )
 
 

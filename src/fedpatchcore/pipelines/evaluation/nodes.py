@@ -129,6 +129,7 @@ def score_test_images(
         PrivacySettings.from_parameters(privacy, seed),
         SearchBatches.from_params(scoring, extraction),
         radius=banks.radius,
+        row_weights={c: banks.row_weights(c) for c in banks.banks} if scoring.get("soft_weights", False) else None,
     )
     maps = {
         category: {

@@ -15,8 +15,11 @@ from typing import Any
 
 import pandas as pd
 
+from fedpatchcore.core.coreset.denoise import DenoiseSettings
 from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
+from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.features.setting import Setting
+from fedpatchcore.core.tuning.denoise_choice import DENOISE_TABLE_COLUMNS, choose_denoising
 from fedpatchcore.core.tuning.split import ValidationSplit
 from fedpatchcore.core.tuning.tuner import BankConfig, candidate_grid, tune
 
@@ -92,3 +95,42 @@ def tune_settings(
     for category, setting in sorted(result.chosen.items()):
         logger.info("tune: %s -> %s", category, setting.name)
     return result.table, report, result.parameters()
+
+
+def tune_denoising(
+    dataset_index: pd.DataFrame,
+    validation_split: pd.DataFrame,
+    category_info: dict[str, Any],
+    tune_params: dict[str, Any],
+    backbone: dict[str, Any],
+    extraction: dict[str, Any],
+    coreset: dict[str, Any],
+    scoring: dict[str, Any],
+    seed: int,
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """``denoise_tune.csv`` (category x method on a planted training folder) and the choice as
+    parameters (``coreset.denoise_by_category``); nothing when ``tune.denoise_methods`` is empty."""
+    methods = list(tune_params.get("denoise_methods") or [])
+    if not methods:
+        return pd.DataFrame(columns=DENOISE_TABLE_COLUMNS), {}
+    Path(extraction["scratch_dir"]).mkdir(parents=True, exist_ok=True)
+    split = validation_split_samples(dataset_index, validation_split)
+    infos = {name: category_info_from_dict(info) for name, info in category_info.items()}
+    config = BankConfig.from_params(coreset, extraction, scoring, seed=seed, device=backbone.get("device", "cpu"))
+    choice = choose_denoising(
+        split,
+        infos,
+        make_embedder(backbone, extraction),
+        config,
+        methods,
+        DenoiseSettings.from_parameters(coreset),
+        float(tune_params["planted_share"]),
+        default=str(coreset.get("denoise", "none")),
+        min_gain=float(tune_params.get("min_gain", 0.0)),
+        per_image=int(tune_params.get("pseudo_anomalies_per_image", 4)),
+        categories=tune_params.get("categories"),
+        scratch_dir=extraction["scratch_dir"],
+    )
+    for category, method in sorted(choice.chosen.items()):
+        logger.info("tune denoising: %s -> %s", category, method)
+    return choice.table, choice.parameters()

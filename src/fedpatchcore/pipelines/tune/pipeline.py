@@ -1,7 +1,9 @@
 """``tune``: ingest -> split_validation -> tune (every candidate on the validation split alone).
 
 Outputs ``tune_table`` (data/08_reporting/tune.csv), ``tune_report`` (tune_report.md) and
-``tuned_parameters`` (conf/tuned/parameters.yml: ``kedro run --env tuned`` applies it).
+``tuned_parameters`` (conf/tuned/parameters.yml: ``kedro run --env tuned`` applies it); with
+``tune.denoise_methods``, ``denoise_tune_table`` (denoise_tune.csv) and ``tuned_denoising``
+(conf/tuned/parameters_denoise.yml: the denoising method per category).
 """
 
 from kedro.pipeline import Pipeline, node
@@ -29,6 +31,22 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["tune_table", "tune_report", "tuned_parameters"],
                 name="tune",
+            ),
+            node(
+                nodes.tune_denoising,
+                [
+                    "dataset_index",
+                    "validation_split",
+                    "category_info",
+                    "params:tune",
+                    "params:backbone",
+                    "params:extraction",
+                    "params:coreset",
+                    "params:scoring",
+                    "params:seed",
+                ],
+                ["denoise_tune_table", "tuned_denoising"],
+                name="tune_denoising",
             ),
         ]
     )
