@@ -170,6 +170,34 @@ def timed(fn, name: str = ""):
     return result, time.perf_counter() - started
 
 
+def profile_skipping(vectors: np.ndarray, k: int, kwargs: dict, top: int = 18) -> None:
+    """The skipping loop once more under cProfile: time per step by function (own time), and its counters."""
+    import cProfile
+    import pstats
+
+    from fedpatchcore.core.coreset import skipping
+
+    stats: dict = {}
+    original = skipping.greedy_skipping
+
+    def with_stats(*args, **kw):
+        return original(*args, stats=stats, **kw)
+
+    skipping.greedy_skipping = with_stats
+    profiler = cProfile.Profile(time.process_time)  # CPU time of this process, both threads counted
+    try:
+        profiler.runcall(greedy_kcenter, vectors, k, method="skip", **kwargs)
+    finally:
+        skipping.greedy_skipping = original
+    table = pstats.Stats(profiler)
+    total = sum(entry[2] for entry in table.stats.values())
+    print(f"profile of the skipping loop (cProfile, CPU time; {total:.1f} s in all, {1e3 * total / k:.3f} ms per step):")
+    print(f"{'own CPU s':>10}{'ms/step':>9}{'calls':>10}  function")
+    for (path, line, name), (_, calls, own, _, _) in sorted(table.stats.items(), key=lambda item: -item[1][2])[:top]:
+        print(f"{own:>10.2f}{1e3 * own / k:>9.3f}{calls:>10}  {name} ({Path(path).name}:{line})")
+    print("counters: " + " ".join(f"{key}={value}" for key, value in stats.items()))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=200_000, help="number of patch vectors")
@@ -192,6 +220,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument(
         "--skip-reference", action="store_true", help="same as leaving reference out of --compare"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="also run the skipping loop under cProfile: where a step's time goes"
     )
     args = parser.parse_args(argv)
     compare = [name.strip() for name in args.compare.split(",") if name.strip()]
@@ -250,6 +281,9 @@ def main(argv: list[str] | None = None) -> None:
             results[name] = (chosen, seconds, steps is not None)
         else:
             sys.exit(f"unknown --compare entry {name!r}")
+
+    if args.profile:
+        profile_skipping(vectors, k, kwargs)
 
     today = results.get("today", (None, math.nan, False))
     radii: dict[str, float] = {}

@@ -11,7 +11,7 @@ from kedro.io import DatasetError
 from kedro.io.core import Version
 
 from fedpatchcore.core.banks import bank_fingerprint
-from fedpatchcore.core.banks.knn import build_index, nearest_neighbours
+from fedpatchcore.core.banks.knn import IndexSpec, build_index, nearest_neighbours
 from fedpatchcore.core.features.extraction import SCRATCH_MARKER, ExtractedFeatures
 from fedpatchcore.core.features.feature_store import PatchFeatureWriter
 from fedpatchcore.datasets import (
@@ -192,10 +192,12 @@ def test_unversioned_failed_overwrite_keeps_the_previous_artifact(tmp_path):
 # --- FaissIndexDataset --------------------------------------------------------------------------
 
 
-def test_faiss_index_round_trip(tmp_path):
+@pytest.mark.parametrize("kind", ["exact", "ivf", "hnsw"])
+def test_faiss_index_round_trip(tmp_path, kind):
     rng = np.random.default_rng(0)
-    banks = {"metal": rng.normal(size=(30, 8)).astype(np.float32), "fabric": rng.normal(size=(10, 8))}
-    indexes = {name: build_index(bank, seed=0) for name, bank in banks.items()}
+    banks = {"metal": rng.normal(size=(300, 8)).astype(np.float32), "fabric": rng.normal(size=(100, 8))}
+    spec = IndexSpec(kind, ivf_nlist=2, ivf_nprobe=1, hnsw_m=4, hnsw_ef_search=3)
+    indexes = {name: spec.build(bank) for name, bank in banks.items()}
     dataset = FaissIndexDataset(filepath=str(tmp_path / "faiss_index"))
     assert not dataset.exists()
     dataset.save(indexes)
@@ -204,7 +206,7 @@ def test_faiss_index_round_trip(tmp_path):
     assert set(loaded) == {"metal", "fabric"}
     queries = rng.normal(size=(5, 8)).astype(np.float32)
     for name, bank in banks.items():
-        assert loaded[name].ntotal == len(bank)
+        assert loaded[name].ntotal == len(bank) and type(loaded[name]) is type(indexes[name])
         expected = nearest_neighbours(indexes[name], queries, k=2)
         got = nearest_neighbours(loaded[name], queries, k=2)
         np.testing.assert_allclose(got[0], expected[0], rtol=1e-6)
@@ -216,14 +218,14 @@ def test_faiss_index_records_the_bank_it_was_built_from(tmp_path):
     indexes = FaissIndexes(
         {"metal": build_index(bank["bank/metal"], seed=0)},
         bank_fingerprint=bank_fingerprint(bank),
-        build={"approximate_index_above": 100, "seed": 3},
+        build={"index": "exact"},
     )
     path = tmp_path / "faiss_index"
     FaissIndexDataset(filepath=str(path)).save(indexes)
     loaded = FaissIndexDataset(filepath=str(path)).load()
     assert isinstance(loaded, FaissIndexes) and set(loaded) == {"metal"}
     assert loaded.bank_fingerprint == bank_fingerprint(bank)
-    assert loaded.build == {"approximate_index_above": 100, "seed": 3}
+    assert loaded.build == {"index": "exact"}
     assert json.loads((path / "index_info.json").read_text())["categories"] == ["metal"]
 
     # A plain dict (or an index saved before fingerprints existed) loads with fingerprint None.

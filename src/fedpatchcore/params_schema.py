@@ -244,13 +244,28 @@ class CoresetParams(Block):
     _device = field_validator("device")(classmethod(lambda cls, value: _device(value)))
 
 
+class IvfParams(Block):
+    nlist: PositiveInt | None = None
+    nprobe: PositiveInt = 8
+
+
+class HnswParams(Block):
+    m: Annotated[int, Field(ge=2)] = 32
+    ef_construction: PositiveInt = 40
+    ef_search: PositiveInt = 64
+
+
 @block("scoring")
 class ScoringParams(Block):
     sigma: Annotated[float, Field(ge=0)]
     reweight: bool
     reweight_neighbours: PositiveInt
     batch_size: PositiveInt
-    approximate_index_above: PositiveInt | None = 200000
+    query_patches: PositiveInt | None = None
+    query_dtype: str = "float32"
+    index: str = "exact"
+    ivf: IvfParams = IvfParams()
+    hnsw: HnswParams = HnswParams()
     image_score: str = "max"
     topk: PositiveInt = 10
 
@@ -258,6 +273,28 @@ class ScoringParams(Block):
     @classmethod
     def _known_image_score(cls, value: str) -> str:
         return _one_of("image score", value, ("max", "topk_mean"))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "approximate_index_above" in values:
+            raise ValueError(
+                "scoring.approximate_index_above was replaced by scoring.index (exact | ivf | hnsw) "
+                "and its scoring.ivf / scoring.hnsw settings"
+            )
+        return values
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        from fedpatchcore.core.banks.knn import INDEX_KINDS
+
+        return _one_of("scoring.index", value, INDEX_KINDS)
+
+    @field_validator("query_dtype")
+    @classmethod
+    def _known_query_dtype(cls, value: str) -> str:
+        return _one_of("scoring.query_dtype", value, ("float32", "float16"))
 
     @model_validator(mode="after")
     def _reweight_needs_max(self) -> ScoringParams:
@@ -612,6 +649,43 @@ class CanaryAuditParams(Block):
     dim: PositiveInt = 16
 
 
+class DpCvaeParams(Block):
+    """``privacy.dp_cvae``: the DP-CVAE release (ranges and their relations are checked again by
+    ``core/privacy/generative.CVAESettings``, which names the key)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    latent_dim: PositiveInt = 16
+    hidden_dim: PositiveInt = 64
+    patches_per_image: PositiveInt = 16
+    position_grid: NonNegativeInt = 4
+    feature_scale: Annotated[float, Field(gt=0)] = 2.5
+    kl_weight: Annotated[float, Field(ge=0)] = 1.0
+    gcr_weight: Annotated[float, Field(ge=0)] = 1.0
+    gcr_bandwidth: Annotated[float, Field(gt=0)] | None = None
+    rounds: PositiveInt = 5
+    local_epochs: PositiveInt = 5
+    batch_images: PositiveInt = 256
+    learning_rate: Annotated[float, Field(gt=0)] = 0.01
+    max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    holdout_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    report_epsilon_share: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    report_clip: Annotated[float, Field(gt=0)] = 4.0
+    averaging: str = "fedavg"
+    samples_per_category: PositiveInt = 4000
+    bank_size: PositiveInt = 400
+    fidelity_projections: PositiveInt = 64
+    fidelity_max_rows: PositiveInt = 1000
+    num_threads: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _settings_hold(self) -> DpCvaeParams:
+        from fedpatchcore.core.privacy.generative import CVAESettings
+
+        CVAESettings.from_parameters(self.model_dump())  # raises ValueError naming privacy.dp_cvae.<key>
+        return self
+
+
 @block("privacy")
 class PrivacyParams(Block):
     # Numbers may be written as integers in YAML (epsilon: 1): not strict for these.
@@ -634,6 +708,7 @@ class PrivacyParams(Block):
     accountant: str = "prv"
     noise_seed: NonNegativeInt | None = None
     audit: AuditParams = AuditParams()
+    dp_cvae: DpCvaeParams = DpCvaeParams()
 
     @field_validator("enabled", "reproducible_not_private", mode="before")
     @classmethod

@@ -15,7 +15,8 @@ from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.banks.knn import build_index
 from fedpatchcore.core.data.types import TEST, category_info_from_dict, frame_to_samples
 from fedpatchcore.core.features.extraction import make_embedder
-from fedpatchcore.core.scoring.category import score_category
+from fedpatchcore.core.scoring.category import SearchBatches, score_category
+from fedpatchcore.core.scoring.patch_scores import PatchScorer
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.federated.pipeline import federated_training
 from fedpatchcore.pipelines.training.pipeline import centralized_training
@@ -73,7 +74,8 @@ def test_a_planted_defect_scores_above_every_good_image(default_run, default_dat
             planted.append(type(sample)(**{**sample.__dict__, "image_path": str(path), "defect_type": "planted"}))
         index = build_index(bank.banks[category])
         scores = [
-            score_category(group, info, embedder, index, batch_size=8, sigma=4.0, num_workers=0).image_scores
+            score_category(group, info, embedder, index, PatchScorer(sigma=4.0), search=SearchBatches(8, num_workers=0))
+            .image_scores
             for group in (goods, planted)
         ]
         assert scores[1].min() > scores[0].max(), category

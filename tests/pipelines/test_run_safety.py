@@ -232,16 +232,45 @@ def _bank(seed: int, rows: int = 12) -> dict:
 def test_scoring_keeps_a_matching_index_and_rebuilds_a_stale_one(caplog):
     from fedpatchcore.pipelines.evaluation.nodes import build_faiss_index, index_for_bank
 
-    scoring = {"approximate_index_above": None}
+    scoring = {"index": "exact"}
     old, new = _bank(0), _bank(1, rows=5)
     index = build_faiss_index(old, scoring, seed=0)
-    assert index_for_bank(index, old, scoring) is index  # built from this bank: used as it is
+    assert index.build == {"index": "exact"}
+    assert index_for_bank(index, old, scoring, 0) is index  # built from this bank: used as it is
     with caplog.at_level(logging.WARNING, logger="fedpatchcore.pipelines.evaluation.nodes"):
-        rebuilt = index_for_bank(index, new, scoring)
+        rebuilt = index_for_bank(index, new, scoring, 0)
     assert rebuilt["metal"].ntotal == 5 and rebuilt.bank_fingerprint == bank_fingerprint(new)
     assert "was built from another memory bank" in caplog.text
     caplog.clear()
+    hnsw = {"index": "hnsw", "hnsw": {"m": 8}}
     with caplog.at_level(logging.WARNING, logger="fedpatchcore.pipelines.evaluation.nodes"):
-        assert index_for_bank(dict(index), old, scoring)["metal"].ntotal == 12  # no fingerprint
-        assert index_for_bank(index, old, {"approximate_index_above": 4}) is not index  # other settings
-    assert "records no fingerprint" in caplog.text and "approximate_index_above=None" in caplog.text
+        assert index_for_bank(dict(index), old, scoring, 0)["metal"].ntotal == 12  # no fingerprint
+        other = index_for_bank(index, old, hnsw, 0)  # other settings: an HNSW index of the same bank
+    assert other is not index and type(other["metal"]).__name__ == "IndexHNSWFlat"
+    assert other.build == {"index": "hnsw", "m": 8, "ef_construction": 40}
+    assert "records no fingerprint" in caplog.text and "{'index': 'exact'}" in caplog.text
+
+
+def test_a_saved_index_of_an_older_build_is_rebuilt_and_search_settings_need_no_rebuild(caplog):
+    """An index saved before scoring.index existed (its record names approximate_index_above) is
+    rebuilt; a kept approximate index takes this run's nprobe / ef_search without a rebuild."""
+    from fedpatchcore.datasets.arrays import FaissIndexes
+    from fedpatchcore.pipelines.evaluation.nodes import build_faiss_index, index_for_bank
+
+    bank = _bank(0, rows=400)
+    exact = build_faiss_index(bank, {"index": "exact"}, seed=0)
+    older = FaissIndexes(
+        dict(exact), bank_fingerprint=exact.bank_fingerprint, build={"approximate_index_above": 200000, "seed": 0}
+    )
+    with caplog.at_level(logging.WARNING, logger="fedpatchcore.pipelines.evaluation.nodes"):
+        rebuilt = index_for_bank(older, bank, {"index": "exact"}, 0)
+    assert rebuilt is not older and rebuilt.build == {"index": "exact"}
+    assert "approximate_index_above" in caplog.text
+    caplog.clear()
+    ivf = build_faiss_index(bank, {"index": "ivf", "ivf": {"nlist": 4, "nprobe": 1}}, seed=0)
+    assert ivf["metal"].nprobe == 1
+    with caplog.at_level(logging.WARNING, logger="fedpatchcore.pipelines.evaluation.nodes"):
+        kept = index_for_bank(ivf, bank, {"index": "ivf", "ivf": {"nlist": 4, "nprobe": 3}}, 0)
+        moved = index_for_bank(ivf, bank, {"index": "ivf", "ivf": {"nlist": 4, "nprobe": 3}}, 1)  # other k-means seed
+    assert kept is ivf and kept["metal"].nprobe == 3
+    assert moved is not ivf and caplog.text.count("rebuilding") == 1

@@ -10,10 +10,13 @@ never one after it (``tests/test_architecture.py`` checks it on every run)::
                 the public random projection, a category's setting
     coreset     greedy k-center (plain and skipping loop), k-center over a feature file
     banks       the per-category bank container that crosses the network, nearest-neighbour search
-    privacy     DP release of a client's rows, accountants, the budget ledger
-    federation  partition, heterogeneity, aggregation strategies, trust, fairness, client, server
+    privacy     DP release of a client's rows or of a DP-CVAE of them, accountants, the budget
+                ledger, averaging of model weights
+    federation  partition, heterogeneity, aggregation strategies, trust, fairness, client, server,
+                the rounds of federated DP-CVAE training
     scoring     patch scores -> anomaly maps and image scores, thresholds, predicting new images
-    evaluation  metrics (AutoVI / MVTec semantics), exported maps, the membership audit
+    evaluation  metrics (AutoVI / MVTec semantics), exported maps, the membership audit, fidelity
+                of synthetic banks
     tuning      validation split, pseudo-anomalies, the per-category tuner
     explain     why an image was flagged: neighbours, gradients, SHAP; only the asker's pixels
     reporting   curves, experiment tables and figures built from results

@@ -41,7 +41,7 @@ class FaissIndexes(dict):
 
     ``bank_fingerprint`` is :func:`fedpatchcore.core.banks.bank_fingerprint` of the memory bank
     the indexes hold (None: unknown, e.g. an index saved before fingerprints existed);
-    ``build`` the settings they were built with (``approximate_index_above``, ``seed``).
+    ``build`` the settings they were built with (:meth:`~fedpatchcore.core.banks.knn.IndexSpec.record`).
     Scoring compares the fingerprint with the bank it is given, so an index left over from
     another bank is never used silently.
     """

@@ -7,6 +7,8 @@
                    write the global bank where the Kedro catalog reads it.
 ``rounds.py``      the rounds over a Flower Grid (:func:`serve`), shared by the ServerApp and the
                    Kedro node of ``federation.engine: flower``; timeouts, size checks, resume.
+``generative.py``  ``privacy.mechanism: dp_cvae``: model weights through Flower's FedAvg strategy
+                   (and a trust-aware strategy over it); the site's local DP-SGD round.
 ``records.py``     project objects <-> Flower records (ArrayRecord, MetricRecord, ConfigRecord).
 ``site.py``        what one site holds and does (no Flower import).
 ``simulation.py``  the rounds through Flower's simulation engine inside one process.

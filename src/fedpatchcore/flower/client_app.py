@@ -80,13 +80,20 @@ def _local_coreset(site: sites.Site, parameters: Mapping[str, Any], context: Con
     return local
 
 
-def answer(message: Message, context: Context, node_configs: Mapping[int, Mapping[str, Any]] | None = None) -> Message:
-    """Reply to a round's instruction with this site's upload (``node_configs``: per partition id)."""
-    round_number, parameters, broadcast = records.read_instruction(message.content)
+def node_site(
+    context: Context, parameters: Mapping[str, Any], node_configs: Mapping[int, Mapping[str, Any]] | None = None
+) -> sites.Site:
+    """This node's site: its node config, plus ``node_configs[partition id]`` in a simulation."""
     node_config = dict(context.node_config)
     if node_configs is not None and PARTITION_ID in node_config:
         node_config.update(node_configs[int(node_config[PARTITION_ID])])
-    site = open_site(node_config, parameters, context.run_config)
+    return open_site(node_config, parameters, context.run_config)
+
+
+def answer(message: Message, context: Context, node_configs: Mapping[int, Mapping[str, Any]] | None = None) -> Message:
+    """Reply to a round's instruction with this site's upload (``node_configs``: per partition id)."""
+    round_number, parameters, broadcast = records.read_instruction(message.content)
+    site = node_site(context, parameters, node_configs)
     local = _local_coreset(site, parameters, context)
     upload = sites.round_upload(local, site.client_id, parameters, broadcast)
     logger.info(
@@ -107,6 +114,11 @@ def make_client_app(
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
+        from fedpatchcore.flower import generative
+
+        if generative.is_model_round(message.content):  # privacy.mechanism: dp_cvae (a strategy's round)
+            site = node_site(context, generative.round_parameters(message.content), node_configs)
+            return generative.answer(message, context, site)
         return answer(message, context, node_configs)
 
     return client_app

@@ -124,6 +124,24 @@ def build_local_coreset(site: Site, parameters: Mapping[str, Any]) -> client.Loc
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def build_generative_data(site: Site, parameters: Mapping[str, Any], categories: Iterable[str]) -> Any:
+    """Extract the site's patch features and keep its DP-CVAE training set (``privacy.mechanism: dp_cvae``)."""
+    from fedpatchcore.core.federation import generative as fed
+    from fedpatchcore.core.privacy import generative as gen
+
+    run_settings = client.ClientSettings.from_run(parameters, site.client_id)
+    cvae = gen.CVAESettings.from_parameters((parameters.get("privacy") or {}).get("dp_cvae"))
+    site.scratch_dir.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix=f"flower_{site.client_id}_", dir=site.scratch_dir)
+    try:
+        embedder = make_embedder(parameters["backbone"], parameters["extraction"])
+        features, _ = client.extract_features(site.samples, site.infos, embedder, scratch, run_settings)
+        shape = gen.ModelShape.of(embedder.feature_dim, list(categories), cvae)
+        return fed.client_data(features, shape, cvae, int(parameters["seed"]), site.client_id)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 def round_upload(
     local: client.LocalCoreset, client_id: str, parameters: Mapping[str, Any], broadcast: CategoryBanks | None
 ) -> ClientUpload:

@@ -9,6 +9,7 @@ import torch
 
 from fedpatchcore.core.banks import knn
 from fedpatchcore.core.banks.knn import (
+    IndexSpec,
     build_index,
     exact_nearest_distances,
     nearest_distances,
@@ -109,3 +110,66 @@ def test_exact_nearest_distance_does_not_depend_on_the_batch():
     assert np.array_equal(batched, alone)
     brute = np.sqrt(((queries[:, None].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1)).min(1)
     assert batched == pytest.approx(brute, rel=1e-12)
+
+
+# --- the scoring index: exact | ivf | hnsw ------------------------------------------------------
+
+
+def _clustered(seed: int = 0, m: int = 3000, n: int = 400, d: int = 32):
+    """Bank rows around 40 centres (what k-means cells and graphs are for) and queries among them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(40, d)).astype(np.float32) * 4.0
+    bank = centres[rng.integers(0, 40, m)] + rng.normal(size=(m, d)).astype(np.float32)
+    queries = centres[rng.integers(0, 40, n)] + rng.normal(size=(n, d)).astype(np.float32) * 1.2
+    return bank, queries
+
+
+@pytest.mark.parametrize("nlist", [7, 30])
+def test_ivf_probing_every_list_returns_the_exact_neighbours(nlist):
+    bank, queries = _clustered()
+    exact_dist, exact_ids = nearest_neighbours(IndexSpec("exact").build(bank), queries, k=3, device="cpu")
+    few = IndexSpec("ivf", ivf_nlist=nlist, ivf_nprobe=1).build(bank)
+    assert few.nlist == nlist and few.nprobe == 1
+    _, few_ids = nearest_neighbours(few, queries, k=3, device="cpu")
+    assert not np.array_equal(few_ids, exact_ids)  # one cell of several misses some neighbours
+    every = IndexSpec("ivf", ivf_nlist=nlist, ivf_nprobe=nlist).configure(few)
+    assert every.nprobe == nlist
+    dist, ids = nearest_neighbours(every, queries, k=3, device="cpu")
+    np.testing.assert_array_equal(ids, exact_ids)
+    # IVF computes ||q - b||² directly, the flat index by the norm expansion: float32 rounding apart.
+    np.testing.assert_allclose(dist, exact_dist, rtol=1e-5, atol=1e-5)
+    # nprobe above nlist is clipped to nlist (the same search)
+    assert IndexSpec("ivf", ivf_nprobe=10 * nlist).configure(every).nprobe == nlist
+
+
+def test_hnsw_is_reproducible_and_near_exact_with_a_wide_search():
+    bank, queries = _clustered(1)
+    _, exact_ids = nearest_neighbours(IndexSpec("exact").build(bank), queries, k=1, device="cpu")
+    narrow = IndexSpec("hnsw", hnsw_m=8, hnsw_ef_construction=16, hnsw_ef_search=1)
+    wide = IndexSpec("hnsw", hnsw_m=8, hnsw_ef_construction=16, hnsw_ef_search=256)
+    index = narrow.build(bank)
+    _, narrow_ids = nearest_neighbours(index, queries, k=1)
+    _, wide_ids = nearest_neighbours(wide.configure(index), queries, k=1)
+    narrow_recall = float((narrow_ids == exact_ids).mean())
+    wide_recall = float((wide_ids == exact_ids).mean())
+    assert narrow_recall < 0.9 and wide_recall >= 0.995, (narrow_recall, wide_recall)
+    # built on one thread: the same graph, hence the same answers, every time
+    _, again = nearest_neighbours(wide.build(bank), queries, k=1)
+    np.testing.assert_array_equal(again, wide_ids)
+
+
+def test_index_spec_from_the_scoring_block():
+    spec = IndexSpec.from_params({"index": "hnsw", "hnsw": {"m": 16, "ef_search": 128}}, seed=3)
+    assert (spec.kind, spec.hnsw_m, spec.hnsw_ef_construction, spec.hnsw_ef_search) == ("hnsw", 16, 40, 128)
+    # the record names what the built index depends on, not the search-time settings
+    assert spec.record() == {"index": "hnsw", "m": 16, "ef_construction": 40}
+    assert IndexSpec.from_params({"index": "ivf", "ivf": {"nlist": None, "nprobe": 2}}, 5).record() == {
+        "index": "ivf",
+        "nlist": None,
+        "seed": 5,
+    }
+    assert IndexSpec.from_params({}, 9).record() == {"index": "exact"}  # the seed changes nothing exact
+    with pytest.raises(ValueError, match="unknown scoring.index 'annoy'"):
+        IndexSpec("annoy")
+    assert IndexSpec("hnsw").matches(IndexSpec("hnsw").build(np.eye(4, dtype=np.float32)))
+    assert not IndexSpec("hnsw").matches(build_index(np.eye(4, dtype=np.float32)))

@@ -188,3 +188,13 @@ def test_label_noise_is_reproducible_from_the_seed():
     pool = reserve_label_noise(samples, variants, {}, seed=0)
     assert pool == reserve_label_noise(samples, variants, {}, seed=0)
     assert _partition(samples, pool, federation, heterogeneity) == _partition(samples, pool, federation, heterogeneity)
+
+
+def test_encoder_drift_is_parsed_and_leaves_the_images_alone():
+    from fedpatchcore.core.federation.heterogeneity import parse_client
+
+    spec = parse_client("1", {"encoder_drift": 3.0})
+    assert spec.encoder_drift == 3.0 and not spec.degrades_images
+    assert spec.describe() == {"encoder_drift": 3.0}
+    with pytest.raises(ValueError, match=r"heterogeneity.1.encoder_drift must lie in"):
+        parse_client("1", {"encoder_drift": -1.0})

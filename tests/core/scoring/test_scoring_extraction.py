@@ -15,7 +15,8 @@ from fedpatchcore.core.features.backbones import load_backbone
 from fedpatchcore.core.features.batches import iter_image_batches
 from fedpatchcore.core.features.embedding import PatchEmbedder
 from fedpatchcore.core.features.extraction import SCRATCH_MARKER, extract_patch_features, remove_stale_scratch
-from fedpatchcore.core.scoring.category import score_category
+from fedpatchcore.core.scoring.category import SearchBatches, score_category
+from fedpatchcore.core.scoring.patch_scores import PatchScorer
 
 WIDTH, HEIGHT = 48, 40  # not square: a swapped (width, height) shows up in the shapes
 INFO = CategoryInfo(name="widget", image_size=(WIDTH, HEIGHT), has_pixel_ground_truth=False)
@@ -217,13 +218,13 @@ def test_training_images_score_near_zero_against_their_own_bank(embedder, images
     bank = feature_file.gather(np.arange(feature_file.n_rows))
     index = build_index(bank, seed=0)
 
-    own = score_category(train, INFO, embedder, index, batch_size=2, sigma=0.0, num_workers=1)
+    own = score_category(train, INFO, embedder, index, PatchScorer(sigma=0.0), search=SearchBatches(2, num_workers=1))
     assert [s.image_id for s in own.samples] == ["000", "002", "003"]
     assert [entry["path"] for entry in own.skipped] == [train[1].image_path]
     assert own.maps.shape == (3, HEIGHT, WIDTH) and own.maps.dtype == np.float32
     np.testing.assert_allclose(own.image_scores, own.maps.reshape(3, -1).max(axis=1))
 
-    unseen = score_category(test, INFO, embedder, index, batch_size=2, sigma=4.0, num_workers=1)
+    unseen = score_category(test, INFO, embedder, index, PatchScorer(sigma=4.0), search=SearchBatches(2, num_workers=1))
     assert [s.defect_type for s in unseen.samples] == ["good", "stain"]
     assert unseen.maps.shape == (2, HEIGHT, WIDTH)
     good_score, stain_score = unseen.image_scores

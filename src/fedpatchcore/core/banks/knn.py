@@ -5,11 +5,22 @@
 present, exact searches run on the GPU with torch (:func:`torch_nearest_neighbours`: blocked
 matmul + ``topk``, exact); the index itself stays a faiss index (it is what the catalog
 persists).
+
+:class:`IndexSpec` is the scoring index a run asks for (parameters ``scoring.index``,
+``scoring.ivf``, ``scoring.hnsw``): ``exact`` (``IndexFlatL2``), ``ivf`` (``IndexIVFFlat``) or
+``hnsw`` (``IndexHNSWFlat``). Its :meth:`~IndexSpec.record` names what the built index depends
+on (kept beside a persisted index with the bank's fingerprint); the search-time settings
+(``nprobe``, ``ef_search``) are applied to any index of the same build by
+:meth:`~IndexSpec.configure`, so changing them needs no rebuild.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -18,6 +29,8 @@ import torch
 from fedpatchcore.core.common.runtime import resolve_device
 
 __all__ = [
+    "INDEX_KINDS",
+    "IndexSpec",
     "build_index",
     "exact_nearest_distances",
     "nearest_distances",
@@ -62,6 +75,96 @@ def build_index(
     index.add(bank)
     index.nprobe = int(min(nprobe, nlist))
     return index
+
+
+#: ``scoring.index`` values: exact search, an inverted file of k-means cells, a navigable small-world graph.
+INDEX_KINDS = ("exact", "ivf", "hnsw")
+
+
+@contextmanager
+def _faiss_threads(count: int):
+    """faiss' OpenMP threads limited to ``count`` for the duration."""
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(int(count))
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """The search index of a memory bank: ``kind`` and its settings (``scoring.index`` / ``.ivf`` / ``.hnsw``).
+
+    ``ivf_nlist=None``: ``~4*sqrt(M)`` cells, at most ``M // 39`` (see :func:`build_index`);
+    ``ivf_nprobe`` cells are searched per query (``nprobe >= nlist`` searches every cell: exact
+    results). ``hnsw_m``: graph neighbours per node; ``hnsw_ef_construction`` / ``hnsw_ef_search``:
+    candidate lists while building / searching (larger: nearer to exact, slower).
+    """
+
+    kind: str = "exact"
+    ivf_nlist: int | None = None
+    ivf_nprobe: int = 8
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 40
+    hnsw_ef_search: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in INDEX_KINDS:
+            raise ValueError(f"unknown scoring.index {self.kind!r}; choose one of {list(INDEX_KINDS)}")
+
+    @classmethod
+    def from_params(cls, scoring: Mapping[str, Any], seed: int = 0) -> IndexSpec:
+        """From the ``scoring`` parameter block (missing keys: the defaults above) and the run's seed."""
+        ivf, hnsw = scoring.get("ivf") or {}, scoring.get("hnsw") or {}
+        return cls(
+            kind=str(scoring.get("index", "exact")),
+            ivf_nlist=None if ivf.get("nlist") is None else int(ivf["nlist"]),
+            ivf_nprobe=int(ivf.get("nprobe", cls.ivf_nprobe)),
+            hnsw_m=int(hnsw.get("m", cls.hnsw_m)),
+            hnsw_ef_construction=int(hnsw.get("ef_construction", cls.hnsw_ef_construction)),
+            hnsw_ef_search=int(hnsw.get("ef_search", cls.hnsw_ef_search)),
+            seed=int(seed),
+        )
+
+    def record(self) -> dict[str, Any]:
+        """What a built index depends on besides its bank (search-time settings left out)."""
+        if self.kind == "ivf":
+            return {"index": "ivf", "nlist": self.ivf_nlist, "seed": self.seed}
+        if self.kind == "hnsw":
+            return {"index": "hnsw", "m": self.hnsw_m, "ef_construction": self.hnsw_ef_construction}
+        return {"index": "exact"}
+
+    def build(self, bank: np.ndarray) -> faiss.Index:
+        """The index over ``bank`` ``(M, d)``, search settings applied."""
+        if self.kind == "exact":
+            return build_index(bank)
+        if self.kind == "ivf":
+            return build_index(bank, approximate=True, nlist=self.ivf_nlist, nprobe=self.ivf_nprobe, seed=self.seed)
+        bank = _as_f32(bank)
+        if bank.ndim != 2 or bank.shape[0] == 0:
+            raise ValueError(f"bank must be a non-empty (M, d) array, got shape {bank.shape}")
+        index = faiss.IndexHNSWFlat(bank.shape[1], self.hnsw_m, faiss.METRIC_L2)
+        index.hnsw.efConstruction = self.hnsw_ef_construction
+        # Threads insert nodes concurrently and the graph then depends on their timing: one
+        # thread builds the same graph every time (the build is a small share of scoring).
+        with _faiss_threads(1):
+            index.add(bank)
+        return self.configure(index)
+
+    def configure(self, index: faiss.Index) -> faiss.Index:
+        """Apply the search-time settings (``nprobe``, ``efSearch``) to an index of this kind."""
+        if isinstance(index, faiss.IndexIVF):
+            index.nprobe = int(min(self.ivf_nprobe, index.nlist))
+        elif isinstance(index, faiss.IndexHNSW):
+            index.hnsw.efSearch = self.hnsw_ef_search
+        return index
+
+    def matches(self, index: faiss.Index) -> bool:
+        """Is ``index`` of this spec's kind (a loaded index whose record went missing is not trusted)?"""
+        kinds = {"exact": faiss.IndexFlat, "ivf": faiss.IndexIVFFlat, "hnsw": faiss.IndexHNSWFlat}
+        return isinstance(index, kinds[self.kind])
 
 
 #: Entries of one query-by-bank distance tile of :func:`torch_nearest_neighbours` (64 Mi floats
@@ -184,19 +287,20 @@ def nearest_neighbours(
     ``device``: ``"auto"`` searches an exact (``IndexFlatL2``) index on the GPU with
     :func:`torch_nearest_neighbours` when CUDA is available (same distances within float32
     rounding; the bank is copied to the GPU once per index), and with faiss otherwise;
-    ``"cpu"`` always uses faiss.
+    ``"cpu"`` always uses faiss. ``patches`` of another dtype (float16 test features) are
+    converted to float32 one batch at a time.
     """
-    patches = _as_f32(patches).reshape(-1, index.d)
+    patches = np.asarray(patches).reshape(-1, index.d)
     target = _search_device(index, device)
     if target is not None:
         bank_t, bank_sq = _cached_device_bank(index, target)
-        return torch_nearest_neighbours(bank_t, patches, k=k, device=target, bank_sq=bank_sq)
+        return torch_nearest_neighbours(bank_t, _as_f32(patches), k=k, device=target, bank_sq=bank_sq)
     n = patches.shape[0]
     dist = np.empty((n, k), dtype=np.float32)
     ids = np.empty((n, k), dtype=np.int64)
     for start in range(0, n, max(1, int(batch_size))):
         stop = min(n, start + int(batch_size))
-        d2, i = index.search(patches[start:stop], k)
+        d2, i = index.search(_as_f32(patches[start:stop]), k)
         dist[start:stop] = d2
         ids[start:stop] = i
     np.maximum(dist, 0.0, out=dist)  # faiss' squared L2 can be slightly negative

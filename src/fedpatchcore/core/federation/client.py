@@ -36,7 +36,12 @@ from fedpatchcore.core.features.embedding import PatchEmbedder
 from fedpatchcore.core.features.extraction import ExtractedFeatures, extract_patch_features
 from fedpatchcore.core.federation.aggregation import covering_radius_estimate, uncovered_rows
 from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas, shapes_client_coreset
-from fedpatchcore.core.federation.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
+from fedpatchcore.core.federation.heterogeneity import (
+    MODEL_ONLY_KEYS,
+    ClientHeterogeneity,
+    ImageDegrader,
+    parse_client,
+)
 from fedpatchcore.core.federation.trust import QualityMeter
 from fedpatchcore.core.privacy.ledger import Spent
 from fedpatchcore.core.privacy.release import (
@@ -145,7 +150,12 @@ def feature_inputs(parameters: Mapping[str, Any], client_id: str) -> dict[str, A
     """
     run = client_blocks(parameters)
     paths = [("seed",), ("backbone",), ("extraction",), ("coreset", "projection_dim"), ("heterogeneity", str(client_id))]
-    return values_at(run, paths)
+    inputs = values_at(run, paths)
+    degradation = inputs[f"heterogeneity.{client_id}"]
+    if isinstance(degradation, Mapping):  # encoder drift changes a DP-CVAE's training, not the features
+        kept = {k: v for k, v in degradation.items() if k not in MODEL_ONLY_KEYS}
+        inputs[f"heterogeneity.{client_id}"] = kept or None
+    return inputs
 
 
 def coreset_inputs(parameters: Mapping[str, Any], client_id: str) -> dict[str, Any]:

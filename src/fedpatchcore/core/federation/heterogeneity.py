@@ -9,12 +9,15 @@ The ``heterogeneity`` parameter block maps a client id to what is wrong at that 
         motion_blur: 9          # length in pixels of a horizontal motion-blur kernel
         jpeg_quality: 30        # JPEG re-encoding at this quality
         label_noise: 0.15       # share of the client's "good" training images that are defective
+        encoder_drift: 3.0      # DP-CVAE only: this client's latent prior is N(3·u, I), u a seeded unit vector
 
 Image degradations apply to that client's training images only, as they are read for feature
 extraction (nothing is written back), seeded per image, and every image's applied transforms go
 into a manifest. Label noise swaps a share of the client's training images for defective test
 images of the same category, drawn from a pool that every variant then leaves out of
-evaluation, so no variant is scored on an image some client trained on.
+evaluation, so no variant is scored on an image some client trained on. Encoder drift leaves
+the images alone: a client training a DP-CVAE (``privacy.mechanism: dp_cvae``) pulls its latent
+codes towards a biased prior (:func:`fedpatchcore.core.privacy.generative.prior_mean`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from fedpatchcore.core.federation.partition import partition_from_parameters
 
 logger = logging.getLogger(__name__)
 
-DEGRADATION_KEYS = ("domain_shift", "noise_sigma", "motion_blur", "jpeg_quality", "label_noise")
+DEGRADATION_KEYS = ("domain_shift", "noise_sigma", "motion_blur", "jpeg_quality", "label_noise", "encoder_drift")
+# Keys that change what a client does with its features, not the features: extraction is shared across them.
+MODEL_ONLY_KEYS = ("encoder_drift",)
 DOMAIN_SHIFT_KEYS = ("tint", "brightness", "contrast", "blur_sigma", "barrel_k")
 
 
@@ -59,6 +64,7 @@ class ClientHeterogeneity:
     motion_blur: int = 0
     jpeg_quality: int | None = None
     label_noise: float = 0.0
+    encoder_drift: float = 0.0  # norm of the mean of the client's latent prior (DP-CVAE training)
 
     @property
     def degrades_images(self) -> bool:
@@ -109,6 +115,7 @@ def parse_client(client_id: str, spec: Mapping[str, Any] | None) -> ClientHetero
         motion_blur=int(_number(spec.get("motion_blur", 0), f"{where}.motion_blur", 0, 200)),
         jpeg_quality=None if jpeg is None else int(_number(jpeg, f"{where}.jpeg_quality", 1, 95)),
         label_noise=_number(spec.get("label_noise", 0.0), f"{where}.label_noise", 0.0, 1.0),
+        encoder_drift=_number(spec.get("encoder_drift", 0.0), f"{where}.encoder_drift", 0.0, 100.0),
     )
 
 

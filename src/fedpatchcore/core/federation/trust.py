@@ -42,6 +42,7 @@ from scipy import ndimage
 from fedpatchcore.core.banks import ClientUpload
 from fedpatchcore.core.common.seeding import derive_rng
 from fedpatchcore.core.federation.aggregation import confirmed_rows
+from fedpatchcore.core.privacy.generative import CONSISTENCY, RECONSTRUCTION
 
 logger = logging.getLogger(__name__)
 
@@ -163,13 +164,7 @@ def trust_scores(uploads: Sequence[ClientUpload], settings: TrustSettings) -> di
         holders = [u for u in uploads if category in u.banks and len(u.banks[category])]
         if len(holders) < 2:
             continue
-        # Q: peers' reported image quality for this category.
-        sharp = {u.client_id: u.numbers[f"{SHARPNESS}.{category}"] for u in holders if f"{SHARPNESS}.{category}" in u.numbers}
-        noise = {u.client_id: u.numbers[f"{NOISE}.{category}"] for u in holders if f"{NOISE}.{category}" in u.numbers}
-        if len(sharp) >= 2 and len(noise) >= 2:
-            q_sharp, q_noise = _peer_ratio(sharp, True), _peer_ratio(noise, False)
-            for client_id in sharp.keys() & noise.keys():
-                quality[client_id][category] = q_sharp[client_id] * q_noise[client_id]
+        quality_terms(category, {u.client_id: u.numbers for u in holders}, quality)
         # R and C on bounded subsamples of every holder's rows.
         rows = {u.client_id: _sample(u.banks[category], settings.max_rows, settings.seed, u.client_id, category) for u in holders}
         discrepancy = {}
@@ -179,17 +174,38 @@ def trust_scores(uploads: Sequence[ClientUpload], settings: TrustSettings) -> di
             discrepancy[client_id] = mmd2(mine, others)
         for client_id, ratio in _peer_ratio(discrepancy, False).items():
             consistency[client_id][category] = ratio
+    sizes = {u.client_id: {c: float(len(b)) for c, b in u.banks.items()} for u in uploads}
+    return combine_terms(quality, reliability, consistency, sizes, settings)
+
+
+def quality_terms(category: str, numbers: Mapping[str, Mapping[str, float]], quality: dict[str, dict[str, float]]) -> None:
+    """Q of ``category`` for every client reporting its image quality (``numbers``: client -> its numbers),
+    written into ``quality[client][category]``; fewer than two reports leave it unset (neutral)."""
+    sharp = {cid: n[f"{SHARPNESS}.{category}"] for cid, n in numbers.items() if f"{SHARPNESS}.{category}" in n}
+    noise = {cid: n[f"{NOISE}.{category}"] for cid, n in numbers.items() if f"{NOISE}.{category}" in n}
+    if len(sharp) >= 2 and len(noise) >= 2:
+        q_sharp, q_noise = _peer_ratio(sharp, True), _peer_ratio(noise, False)
+        for client_id in sharp.keys() & noise.keys():
+            quality[client_id][category] = q_sharp[client_id] * q_noise[client_id]
+
+
+def combine_terms(
+    quality: Mapping[str, Mapping[str, float]],
+    reliability: Mapping[str, Mapping[str, float]],
+    consistency: Mapping[str, Mapping[str, float]],
+    sizes: Mapping[str, Mapping[str, float]],
+    settings: TrustSettings,
+) -> dict[str, dict]:
+    """T = α·Q + β·R + γ·C per client (each term its per-category values averaged with ``sizes``
+    as weights; a term without values is the neutral 1), excluded under ``min_trust``."""
     weights = np.array([settings.alpha, settings.beta, settings.gamma], dtype=np.float64)
     weights /= weights.sum()
     scores = {}
-    for upload in uploads:
-        sizes = {c: float(len(b)) for c, b in upload.banks.items()}
-        terms = np.array(
-            [_weighted_mean(t[upload.client_id], sizes) for t in (quality, reliability, consistency)]
-        )
+    for client_id, client_sizes in sizes.items():
+        terms = np.array([_weighted_mean(t.get(client_id, {}), client_sizes) for t in (quality, reliability, consistency)])
         trust = float(np.clip(np.dot(weights, terms), 0.0, 1.0))
         excluded = trust < settings.min_trust
-        scores[upload.client_id] = {
+        scores[client_id] = {
             "trust": trust,
             "quality": float(terms[0]),
             "reliability": float(terms[1]),
@@ -201,3 +217,34 @@ def trust_scores(uploads: Sequence[ClientUpload], settings: TrustSettings) -> di
         "Trust: %s", ", ".join(f"{cid} {s['trust']:.2f}{' (excluded)' if s['excluded'] else ''}" for cid, s in scores.items())
     )
     return scores
+
+
+def model_trust_scores(
+    numbers: Mapping[str, Mapping[str, float]], n_images: Mapping[str, Mapping[str, int]], settings: TrustSettings
+) -> dict[str, dict]:
+    """Trust in clients that send models (DP-CVAE), from what they report about their held-out images.
+
+    ``numbers``: client -> its reported numbers, per category ``report.reconstruction.<category>``
+    (R: the local decoder's reconstruction error) and ``report.consistency.<category>`` (C: MMD
+    of the local encoder's codes to N(0, I)), and image quality when reported (Q); ``n_images``:
+    client -> training images per category (the weights of the per-category terms). Every term
+    is relative to the peers holding the same category, as for row uploads: R = min(1, peers'
+    median error / own), C = min(1, peers' median MMD / own). Fooled by: a client misreporting
+    its numbers (they are noised, not verified), and a majority of drifted peers.
+    """
+    quality: dict[str, dict[str, float]] = {cid: {} for cid in numbers}
+    reliability: dict[str, dict[str, float]] = {cid: {} for cid in numbers}
+    consistency: dict[str, dict[str, float]] = {cid: {} for cid in numbers}
+    categories = sorted({c for counts in n_images.values() for c, n in counts.items() if n})
+    for category in categories:
+        holders = {cid: numbers[cid] for cid in numbers if n_images.get(cid, {}).get(category)}
+        if len(holders) < 2:
+            continue
+        quality_terms(category, holders, quality)
+        for prefix, term in ((f"{RECONSTRUCTION}.{category}", reliability), (f"{CONSISTENCY}.{category}", consistency)):
+            reported = {cid: float(n[prefix]) for cid, n in holders.items() if prefix in n}
+            if len(reported) >= 2:
+                for client_id, ratio in _peer_ratio(reported, False).items():
+                    term[client_id][category] = ratio
+    sizes = {cid: {c: float(n) for c, n in n_images.get(cid, {}).items() if n} for cid in numbers}
+    return combine_terms(quality, reliability, consistency, sizes, settings)

@@ -8,6 +8,9 @@
 ``accounting`` σ from (ε, δ) and ε from σ through Opacus / dp-accounting, in-memory composition
 ``ledger``    the persistent, append-only per-site ledger every release composes into
 ``audit``     the canary audit: an empirical ε lower bound (Clopper–Pearson) for any release
+``generative`` the DP-CVAE release: a conditional VAE of patch embeddings trained with per-image
+              DP-SGD (Opacus), its (R, C) reports, the synthetic bank sampled from it
+``model_averaging`` FedAvg / weighted averaging of released model weights
 
 Imports: ``common``, ``data``, ``features``, ``coreset``, ``banks``.
 """

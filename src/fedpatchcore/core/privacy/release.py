@@ -71,7 +71,8 @@ from fedpatchcore.core.privacy.summary import (
 logger = logging.getLogger(__name__)
 
 UNITS = ("image", "patch")
-MECHANISMS = ("rows", "summary")
+# What a client releases: rows, a DP-Lloyd summary, or a DP conditional VAE (``generative``).
+MECHANISMS = ("rows", "summary", "dp_cvae")
 NEIGHBOURING = "replace-one"
 # Keys of the ``privacy`` block (``audit`` is read by the membership-inference audit only).
 SETTING_KEYS = (
@@ -92,6 +93,7 @@ SETTING_KEYS = (
     "secure_aggregation",
     "canary_audit",
     "audit",
+    "dp_cvae",
 )
 # Of those, what changes neither the released values nor who is charged for them.
 _NOT_RELEASE = ("audit", "canary_audit", "ledger_dir", "max_epsilon")
@@ -244,8 +246,11 @@ class PrivacySettings:
     def releases(self) -> int:
         """Gaussian releases of fresh statistics per client.
 
-        rows: one (later rounds post-process the released rows); summary: one per DP-Lloyd round.
+        rows: one (later rounds post-process the released rows); summary: one per DP-Lloyd round;
+        dp_cvae: none here (its DP-SGD steps are charged from its own plan, :mod:`.generative`).
         """
+        if self.mechanism == "dp_cvae":
+            return 0
         return self.summary.rounds if self.mechanism == "summary" else 1
 
     @property
@@ -373,6 +378,8 @@ def release_parameters(block: Mapping[str, Any] | None) -> dict[str, Any]:
     still a summary (computed without noise), so its settings matter.
     """
     block = dict(block or {})
+    if block.get("mechanism") == "dp_cvae":  # a model, not rows: never a rows lane, private or not
+        return {k: v for k, v in block.items() if k not in _NOT_RELEASE}
     if not block.get("enabled", False):
         if block.get("mechanism", "rows") == "rows":
             return {"enabled": False}
@@ -414,7 +421,7 @@ def public_transform(settings: PrivacySettings, dim: int) -> PublicTransform | N
     contribution, :mod:`.summary`); None without a projection.
     """
     summary = settings.mechanism == "summary"
-    if not settings.enabled and not summary:
+    if (not settings.enabled and not summary) or settings.mechanism == "dp_cvae":  # a DP-CVAE's bank: the backbone's space
         return None
     if summary and settings.projection_dim is None:
         return None
@@ -716,7 +723,9 @@ def publish_budgets(
     return summary
 
 
-def audit_release(settings: PrivacySettings, coreset_ratio: float, seed: int) -> dict[str, Any]:
+def audit_release(
+    settings: PrivacySettings, coreset_ratio: float, seed: int, dp_cvae: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """The canary audit of this variant's mechanism on small public inputs (``privacy.canary_audit``).
 
     rows: the release and the local k-center after it (what the server receives); summary: every
@@ -725,7 +734,23 @@ def audit_release(settings: PrivacySettings, coreset_ratio: float, seed: int) ->
     """
     audit = settings.canary_audit
     per_image = settings.patches_per_image
-    if settings.mechanism == "summary":
+    claimed = settings.image_epsilon() if settings.enabled else None
+    if settings.mechanism == "dp_cvae":
+        # Imported here: the DP-CVAE loads torch, which a rows or summary release never needs.
+        from fedpatchcore.core.privacy import generative
+
+        cvae = generative.CVAESettings.from_parameters(dp_cvae)
+        without, with_canary = canary_inputs(audit.images, cvae.patches_per_image, audit.dim, settings.clip_norm, seed)
+        epsilon = settings.epsilon if settings.enabled else None
+        mechanism = generative.audit_mechanism(
+            cvae, epsilon=epsilon, delta=settings.delta, accountant=settings.accountant, seed=seed
+        )
+        holdout = generative.is_held_out([f"audit{i}" for i in range(audit.images)], cvae.holdout_fraction, seed, "audit")
+        plan = generative.plan_training(
+            int((~holdout).sum()), cvae, epsilon=epsilon, delta=settings.delta, accountant=settings.accountant
+        )
+        claimed = plan.epsilon  # what the trainings and reports of all rounds spend (None: not private)
+    elif settings.mechanism == "summary":
         scale = settings.summary.residual_clip
         without, with_canary = canary_inputs(audit.images, per_image, audit.dim, scale, seed)
         public = canary_inputs(audit.images, per_image, audit.dim, scale, derive_seed(seed, "canary_centres"))[0]
@@ -742,7 +767,7 @@ def audit_release(settings: PrivacySettings, coreset_ratio: float, seed: int) ->
         with_canary,
         trials=audit.trials,
         delta=settings.delta,
-        claimed_epsilon=settings.image_epsilon() if settings.enabled else None,
+        claimed_epsilon=claimed,
         seed=seed,
     )
     return {"enabled": True, "mechanism": settings.mechanism, **result.describe()}

@@ -46,7 +46,7 @@ import pandas as pd
 from PIL import Image
 
 from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.banks.knn import build_index
+from fedpatchcore.core.banks.knn import IndexSpec
 from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data import loading
 from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample, category_info_from_dict
@@ -133,8 +133,7 @@ def build_category_models(
     *,
     sigma: float = 4.0,
     device: str = "cpu",
-    approximate_index_above: int | None = None,
-    seed: int = 0,
+    index: IndexSpec | None = None,
     embedders: EmbedderCache | None = None,
     runtime: str = "torch",
 ) -> dict[str, CategoryModel]:
@@ -142,7 +141,8 @@ def build_category_models(
 
     ``settings``: one :class:`Setting` for all categories, or one per category (the tuned
     choice); a bank must have been built with its category's setting (same backbone, layers,
-    resolution and neighbourhood), otherwise its dimension will not match. ``runtime``: one of
+    resolution and neighbourhood), otherwise its dimension will not match. ``index``: the
+    search index of each bank (``scoring.index``; default exact). ``runtime``: one of
     :data:`RUNTIMES` (``onnx``: one ONNX Runtime session per network and input size).
     """
     if runtime not in RUNTIMES:
@@ -167,14 +167,13 @@ def build_category_models(
                 f"bank of {category!r} has shape {bank.shape} but setting {setting.name} gives "
                 f"{embedder.feature_dim}-dim features: was it built with another setting?"
             )
-        approximate = approximate_index_above is not None and len(bank) > int(approximate_index_above)
         models[category] = CategoryModel(
             category,
             setting,
             size,
             embedder,
             bank,
-            build_index(bank, approximate=approximate, seed=seed),
+            (index or IndexSpec()).build(bank),
             float(sigma),
         )
     return models
@@ -219,8 +218,7 @@ def bank_models(
         settings,
         sigma=float(scoring["sigma"]),
         device=backbone.get("device", "cpu"),
-        approximate_index_above=scoring.get("approximate_index_above"),
-        seed=int(seed),
+        index=IndexSpec.from_params(scoring, int(seed)),
         embedders=EmbedderCache(backbone.get("device", "cpu")),
         runtime=runtime,
     )

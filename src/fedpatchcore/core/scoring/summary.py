@@ -15,8 +15,7 @@ import numpy as np
 
 from fedpatchcore.core.data.types import CategoryInfo, Sample
 from fedpatchcore.core.features.batches import iter_image_batches
-from fedpatchcore.core.scoring.category import CategoryScores
-from fedpatchcore.core.scoring.patch_scores import anomaly_maps, topk_mean
+from fedpatchcore.core.scoring.patch_scores import CategoryScores, anomaly_maps, topk_mean
 
 # Patches scored against the centres at a time (bounds the (patches x centres) matrix).
 _PATCHES_PER_CHUNK = 8192

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, bank_fingerprint
-from fedpatchcore.core.banks.knn import build_index
+from fedpatchcore.core.banks.knn import IndexSpec
 from fedpatchcore.core.data.types import (
     TEST,
     category_info_from_dict,
@@ -25,39 +25,33 @@ from fedpatchcore.core.evaluation.metrics import (
     skipped_test_images,
 )
 from fedpatchcore.core.features import tuned_settings as run_settings
-from fedpatchcore.core.features.extraction import make_embedder
-from fedpatchcore.core.privacy.release import PrivacySettings, publish_budgets, with_public_transform
-from fedpatchcore.core.scoring.category import score_category
-from fedpatchcore.core.scoring.summary import score_category_summary
+from fedpatchcore.core.privacy.release import PrivacySettings, publish_budgets
+from fedpatchcore.core.scoring.category import CategoryPlan, SearchBatches, score_test_set
 from fedpatchcore.datasets.arrays import FaissIndexes
 
 logger = logging.getLogger(__name__)
 
 
 def build_faiss_index(memory_bank: dict[str, np.ndarray], scoring: dict[str, Any], seed: int) -> FaissIndexes:
-    """One nearest-neighbour index per category; approximate (IVF) only for very large banks.
+    """One nearest-neighbour index per category, of the kind ``scoring.index`` names.
 
-    The result records the fingerprint of ``memory_bank`` (saved beside the index), so
-    scoring can tell whether an index belongs to the bank it scores against.
+    The result records the fingerprint of ``memory_bank`` and the index's build settings
+    (saved beside the index), so scoring can tell whether an index belongs to the bank it
+    scores against.
     """
-    banks = CategoryBanks.from_arrays(memory_bank)
-    threshold = scoring["approximate_index_above"]
+    spec = IndexSpec.from_params(scoring, seed)
     indexes = {}
-    for category, bank in banks.banks.items():
-        approximate = threshold is not None and len(bank) > threshold
-        indexes[category] = build_index(bank, approximate=approximate, seed=seed)
-        logger.info("%s: %s index over %d rows", category, "IVF" if approximate else "exact", len(bank))
-    return FaissIndexes(
-        indexes,
-        bank_fingerprint=bank_fingerprint(memory_bank),
-        build={"approximate_index_above": threshold, "seed": seed},
-    )
+    for category, bank in CategoryBanks.from_arrays(memory_bank).banks.items():
+        indexes[category] = spec.build(bank)
+        logger.info("%s: %s index over %d rows", category, spec.kind, len(bank))
+    return FaissIndexes(indexes, bank_fingerprint=bank_fingerprint(memory_bank), build=spec.record())
 
 
 def index_for_bank(
     faiss_index: dict[str, Any],
     memory_bank: dict[str, np.ndarray],
     scoring: dict[str, Any],
+    seed: int,
     fingerprint: str | None = None,
 ) -> dict[str, Any]:
     """``faiss_index`` if it was built from ``memory_bank`` with these settings, else a rebuilt one.
@@ -66,13 +60,16 @@ def index_for_bank(
     the coreset and the index (or ``--to-nodes ...select_coreset``) leaves an index of an
     older bank behind. An index is a pure function of its bank and build settings, so
     rebuilding it here gives exactly what ``build_faiss_index`` would, and scores stay right;
-    a warning says the saved one is stale.
+    a warning says the saved one is stale. Search-time settings (``scoring.ivf.nprobe``,
+    ``scoring.hnsw.ef_search``) are applied to a kept index: they need no rebuild.
     """
+    spec = IndexSpec.from_params(scoring, seed)
     expected = fingerprint or bank_fingerprint(memory_bank)
     built_from = getattr(faiss_index, "bank_fingerprint", None)
     build = getattr(faiss_index, "build", {}) or {}
-    threshold = scoring["approximate_index_above"]
-    if built_from == expected and build.get("approximate_index_above", threshold) == threshold:
+    if built_from == expected and build == spec.record() and all(map(spec.matches, faiss_index.values())):
+        for index in faiss_index.values():
+            spec.configure(index)
         return faiss_index
     if built_from is None:
         reason = "records no fingerprint of the bank it was built from"
@@ -81,16 +78,13 @@ def index_for_bank(
             f"was built from another memory bank (fingerprint {built_from[:12]}, this bank {expected[:12]})"
         )
     else:
-        reason = (
-            f"was built with scoring.approximate_index_above={build.get('approximate_index_above')}, "
-            f"this run uses {threshold}"
-        )
+        reason = f"was built with {build}, this run's scoring asks for {spec.record()}"
     logger.warning(
         "The saved FAISS index %s; rebuilding it in memory from the memory bank being scored. "
         "Re-run the build_faiss_index node to refresh the saved index.",
         reason,
     )
-    return build_faiss_index(memory_bank, scoring, int(build.get("seed") or 0))
+    return build_faiss_index(memory_bank, scoring, seed)
 
 
 def score_test_images(
@@ -115,91 +109,42 @@ def score_test_images(
     ``tuned`` (the centralized baseline only): a category with an entry is scored with its
     own setting, at its own input size; its maps are then resized to ``category_info``'s size,
     where the ground truth and the report read them (the image scores are taken before that).
+    Every category's setting is resolved here, once; ``core.scoring`` does the rest.
     """
     fingerprint = bank_fingerprint(memory_bank)
-    faiss_index = index_for_bank(faiss_index, memory_bank, scoring, fingerprint)
-    banks = CategoryBanks.from_arrays(memory_bank)
-    privacy_settings = PrivacySettings.from_parameters(privacy, seed)
-    test_samples = [s for s in frame_to_samples(evaluation_index) if s.split == TEST]
-    by_category = group_by_category(test_samples)
-    per_category = run_settings.category_settings(by_category, backbone, extraction, scoring, tuned)
-    embedders: dict[Any, Any] = {}
-    maps, rows = {}, []
-    for category, samples in by_category.items():
-        if category not in faiss_index:
-            raise KeyError(f"no memory bank for category '{category}': no client held its training images")
-        setting = per_category[category]
-        key = None if setting is None else setting.embedding_key
-        cat_backbone, cat_extraction, cat_scoring = run_settings.blocks_for(setting, backbone, extraction, scoring)
-        if key not in embedders:
-            embedders[key] = with_public_transform(make_embedder(cat_backbone, cat_extraction), privacy_settings)
+    indexes = index_for_bank(faiss_index, memory_bank, scoring, seed, fingerprint)
+    by_category = group_by_category(s for s in frame_to_samples(evaluation_index) if s.split == TEST)
+    settings = run_settings.category_settings(by_category, backbone, extraction, scoring, tuned)
+    plans = {}
+    for category, setting in settings.items():
         info = category_info_from_dict(category_info[category])
-        if category in banks.radius:  # a private summary bank: distance over the centre's radius
-            scores = score_category_summary(
-                samples,
-                info,
-                embedders[key],
-                banks.banks[category],
-                banks.radius[category],
-                batch_size=scoring["batch_size"],
-                sigma=scoring["sigma"],
-                num_workers=extraction["num_workers"],
-                image_score=cat_scoring.get("image_score", "max"),
-                topk=int(cat_scoring.get("topk", 10)),
-            )
-        else:
-            scores = score_category(
-                samples,
-                run_settings.info_for(setting, info),
-                embedders[key],
-                faiss_index[category],
-                batch_size=scoring["batch_size"],
-                sigma=scoring["sigma"],
-                reweight=cat_scoring["reweight"],
-                bank=banks.banks[category] if cat_scoring["reweight"] else None,
-                reweight_neighbours=cat_scoring["reweight_neighbours"],
-                num_workers=extraction["num_workers"],
-                image_score=cat_scoring.get("image_score", "max"),
-                topk=int(cat_scoring.get("topk", 10)),
-            )
-        if setting is not None:
-            scores.maps = resize_maps(scores.maps, info.image_size)
-        if scores.skipped:
-            logger.warning(
-                "%s: %d unreadable test image(s) left out of scoring and metrics (listed in the metrics "
-                "under skipped_test_images)",
-                category,
-                len(scores.skipped),
-            )
-        maps[category] = {
-            "keys": [s.key for s in scores.samples],
-            "maps": scores.maps,
-            "skipped": list(scores.skipped),
+        blocks = run_settings.blocks_for(setting, backbone, extraction, scoring)
+        plans[category] = CategoryPlan.from_blocks(info, *blocks, input_size=run_settings.info_for(setting, info).image_size)
+    banks = CategoryBanks.from_arrays(memory_bank)
+    scores = score_test_set(
+        plans,
+        by_category,
+        indexes,
+        banks.banks,
+        PrivacySettings.from_parameters(privacy, seed),
+        SearchBatches.from_params(scoring, extraction),
+        radius=banks.radius,
+    )
+    maps = {
+        category: {
+            "keys": [s.key for s in result.samples],
+            "maps": result.maps,
+            "skipped": list(result.skipped),
             "bank_fingerprint": fingerprint,
         }
-        rows.extend(
-            {
-                "key": s.key,
-                "category": s.category,
-                "defect_type": s.defect_type,
-                "label": s.label,
-                "image_score": float(score),
-            }
-            for s, score in zip(scores.samples, scores.image_scores, strict=True)
-        )
+        for category, result in scores.items()
+    }
+    rows = [
+        {"key": s.key, "category": s.category, "defect_type": s.defect_type, "label": s.label, "image_score": float(v)}
+        for result in scores.values()
+        for s, v in zip(result.samples, result.image_scores, strict=True)
+    ]
     return maps, pd.DataFrame(rows, columns=["key", "category", "defect_type", "label", "image_score"])
-
-
-def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Raw maps ``(n, H, W)`` bilinearly resized to ``size`` = (width, height) (values keep their scale)."""
-    import torch
-    import torch.nn.functional as F
-
-    width, height = int(size[0]), int(size[1])
-    if maps.shape[1:] == (height, width):
-        return maps
-    resized = F.interpolate(torch.from_numpy(np.ascontiguousarray(maps))[:, None], size=(height, width), mode="bilinear", align_corners=False)
-    return resized[:, 0].numpy().astype(np.float32)
 
 
 def compute_metrics(

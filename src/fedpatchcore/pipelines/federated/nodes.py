@@ -196,7 +196,7 @@ def audit_canary(privacy: dict[str, Any], coreset: dict[str, Any], seed: int) ->
     settings = PrivacySettings.from_parameters(privacy, seed)
     if not settings.canary_audit.enabled:
         return {"enabled": False}
-    result = audit_release(settings, float(coreset["ratio"]), seed)
+    result = audit_release(settings, float(coreset["ratio"]), seed, privacy.get("dp_cvae"))
     logger.info(
         "Canary audit (%s): empirical ε lower bound %.3f (claimed %s, at most %.2f with %d trials)",
         settings.mechanism,

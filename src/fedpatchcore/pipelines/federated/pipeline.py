@@ -13,12 +13,19 @@ run's :data:`~fedpatchcore.core.federation.server.SERVER_BLOCKS`.
 
 from kedro.pipeline import Pipeline, node
 
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.evaluation import run_summary
 from fedpatchcore.core.federation.server import SERVER_BLOCKS
 from fedpatchcore.pipelines import bind, in_variant, node_with_parameters
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.federated.flower_pipeline import flower_federation, uses_flower
+from fedpatchcore.pipelines.federated.generative_pipeline import (
+    add_bank_fidelity,
+    generative_federation,
+    generative_rounds,
+    is_generative,
+)
 from fedpatchcore.pipelines.federated.summary_pipeline import summary_federation
 from fedpatchcore.pipelines.training.pipeline import client_lanes, extraction_node, later_round_uploads
 from fedpatchcore.structure import VARIANTS_KEY, Variant, round_bank
@@ -100,6 +107,7 @@ def summary_pipeline(variant: Variant) -> Pipeline:
     variant's namespace downstream of another variant's nodes would cut the namespace in two.
     """
     partition = variant.partition_owner
+    rounds = generative_rounds(variant) if is_generative(variant) else variant.rounds
     template = Pipeline(
         [
             node(
@@ -111,7 +119,7 @@ def summary_pipeline(variant: Variant) -> Pipeline:
                     "partition_stats",
                     "dataset_index",
                     "params:aggregation",
-                    *[f"round_{r}_report" for r in range(1, variant.rounds + 1)],
+                    *[f"round_{r}_report" for r in range(1, rounds + 1)],
                 ],
                 "run_summary",
                 name="summarise_run",
@@ -156,14 +164,33 @@ def summary_pipeline(variant: Variant) -> Pipeline:
             f"params:{VARIANTS_KEY}.{name}.seed",
             *privacy_budget_datasets(variant),
         ],
-        published_metrics_name(variant),
+        f"{name}.privacy_metrics" if is_generative(variant) else published_metrics_name(variant),
         name=f"publish_{name}_metrics",
     )
-    return in_variant(template, name, inputs=inputs) + Pipeline([publish])
+    published = Pipeline([publish])
+    if is_generative(variant):  # the synthetic bank's fidelity joins the published metrics
+        published += Pipeline(
+            [
+                node(
+                    add_bank_fidelity,
+                    [f"{name}.privacy_metrics", f"{name}.bank_fidelity"],
+                    published_metrics_name(variant),
+                    name=f"add_{name}_bank_fidelity",
+                )
+            ]
+        )
+    return in_variant(template, name, inputs=inputs) + published
 
 
 def federated_training(variant: Variant) -> Pipeline:
     partition = partition_pipeline(variant) if variant.owns_partition else Pipeline([])
+    if is_generative(variant):  # privacy.mechanism: dp_cvae -> a DP-CVAE trained over rounds, the bank sampled
+        if uses_flower(variant):
+            raise InputError(
+                f"variant {variant.name}: privacy.mechanism dp_cvae runs with federation.engine inprocess in Kedro "
+                "(the Flower path of the DP-CVAE is fedpatchcore.flower.generative.serve_generative)"
+            )
+        return partition + generative_federation(variant, extraction_node)
     if variant.summary:  # privacy.mechanism: summary -> DP-Lloyd rounds over public centres
         if int(variant.federation.get("rounds", 1)) != 1:
             raise ValueError(
