@@ -11,6 +11,7 @@ public centres alone and the plain PatchCore bank (every training patch, exact n
 
     python benchmarks/privacy_summary.py                       # n=2400, 128 px drawn -> 64 px, seed 0
     python benchmarks/privacy_summary.py --n 240 --seed 1 --epsilons 1 8 inf
+    python benchmarks/privacy_summary.py --draw-size 64 --seed 1 --centres 8 16 64   # one bank per K
 
 Prints a row per setting (mean and per-category image AUC-ROC), the wall time of each stage and
 the machine's load average.
@@ -66,7 +67,7 @@ def main() -> None:
     parser.add_argument("--draw-size", type=int, default=128, help="size the generator draws at")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epsilons", nargs="+", default=["1", "2", "4", "8", "inf"])
-    parser.add_argument("--centres", type=int, default=64)
+    parser.add_argument("--centres", type=int, nargs="+", default=[64], help="K public centres per category (several: one bank each)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--public-images", type=int, default=2)
     parser.add_argument("--test-good", type=int, default=16)
@@ -75,7 +76,6 @@ def main() -> None:
 
     started = time.perf_counter()
     embedder = make_embedder({"name": "efficientnet_lite0", "device": "cpu"}, {"num_threads": 2, "neighbourhood": 3})
-    summary = {"centres": args.centres, "rounds": args.rounds, "public_images": args.public_images}
     results: dict[str, dict[str, float]] = {}
     timings = {"draw": 0.0, "embed": 0.0, "summary": 0.0}
     for category in SYNTHETIC_CATEGORIES:
@@ -89,8 +89,6 @@ def main() -> None:
         train_features, good_features, bad_features = (_embed(embedder, x) for x in (train, good, bad))
         t2 = time.perf_counter()
         info = CategoryInfo(category, (args.size, args.size), True)
-        base = PrivacySettings.from_parameters({"mechanism": "summary", "summary": summary}, args.seed)
-        public = public_summary(info, embedder, base, args.seed, (args.draw_size, args.draw_size))
         patches = train_features.reshape(len(train_features), -1, train_features.shape[-1])
         flat = patches.reshape(-1, patches.shape[-1]).astype(np.float32)
 
@@ -104,31 +102,36 @@ def main() -> None:
             return np.sqrt(np.maximum(best, 0))
 
         results.setdefault("plain PatchCore (all patches)", {})[category] = _auroc(plain, good_features, bad_features)
-        results.setdefault("public centres alone", {})[category] = _auroc(
-            lambda q, p=public: scaled_distances(q, p.centres, p.radius), good_features, bad_features
-        )
         rng = np.random.default_rng()  # OS entropy, as a release
-        for epsilon in args.epsilons:
-            block = {"mechanism": "summary", "summary": summary}
-            if epsilon != "inf":
-                block.update(enabled=True, epsilon=float(epsilon))
-            settings = PrivacySettings.from_parameters(block, args.seed)
-            state = public
-            for _ in range(settings.summary.rounds):
-                stats = image_statistics(patches, state.centres, settings.summary.residual_clip, settings.summary.contribution_clip)
-                vector = stats.to_vector() + (rng.normal(0, settings.sigma, size=stats.to_vector().shape) if settings.sigma else 0)
-                pooled = Statistics.from_vector(vector, len(state.centres), state.centres.shape[1])
-                state, bank = lloyd_update(state, pooled, settings.sigma, settings.summary)
-            results.setdefault(f"summary ε={epsilon}", {})[category] = _auroc(
-                lambda q, b=bank: scaled_distances(q, b.centres, b.radius), good_features, bad_features
+        for centres in args.centres:
+            summary = {"centres": centres, "rounds": args.rounds, "public_images": args.public_images}
+            tag = f"K={centres} " if len(args.centres) > 1 else ""
+            base = PrivacySettings.from_parameters({"mechanism": "summary", "summary": summary}, args.seed)
+            public = public_summary(info, embedder, base, args.seed, (args.draw_size, args.draw_size))
+            results.setdefault(f"{tag}public centres alone", {})[category] = _auroc(
+                lambda q, p=public: scaled_distances(q, p.centres, p.radius), good_features, bad_features
             )
+            for epsilon in args.epsilons:
+                block = {"mechanism": "summary", "summary": summary}
+                if epsilon != "inf":
+                    block.update(enabled=True, epsilon=float(epsilon))
+                settings = PrivacySettings.from_parameters(block, args.seed)
+                state = public
+                for _ in range(settings.summary.rounds):
+                    stats = image_statistics(patches, state.centres, settings.summary.residual_clip, settings.summary.contribution_clip)
+                    vector = stats.to_vector() + (rng.normal(0, settings.sigma, size=stats.to_vector().shape) if settings.sigma else 0)
+                    pooled = Statistics.from_vector(vector, len(state.centres), state.centres.shape[1])
+                    state, bank = lloyd_update(state, pooled, settings.sigma, settings.summary)
+                results.setdefault(f"{tag}summary ε={epsilon}", {})[category] = _auroc(
+                    lambda q, b=bank: scaled_distances(q, b.centres, b.radius), good_features, bad_features
+                )
         timings["draw"] += t1 - t0
         timings["embed"] += t2 - t1
         timings["summary"] += time.perf_counter() - t2
         print(f"{category}: drawn {t1 - t0:.1f} s, embedded {t2 - t1:.1f} s, banks {time.perf_counter() - t2:.1f} s", flush=True)
 
     print(f"\nn={args.n} per category, {args.draw_size} px drawn -> {args.size} px, seed {args.seed}, "
-          f"{args.centres} centres, {args.rounds} rounds, {args.public_images} public images")
+          f"{'/'.join(map(str, args.centres))} centres, {args.rounds} rounds, {args.public_images} public images")
     print(f"{'bank':34s} {'mean':>6s}  " + "  ".join(f"{c[:12]:>12s}" for c in SYNTHETIC_CATEGORIES))
     for name, values in results.items():
         print(f"{name:34s} {np.mean(list(values.values())):6.3f}  " + "  ".join(f"{values[c]:12.3f}" for c in SYNTHETIC_CATEGORIES))
