@@ -10,10 +10,13 @@ never one after it (``tests/test_architecture.py`` checks it on every run)::
     coreset     greedy k-center (plain and skipping loop), k-center over a feature file
     banks       the per-category bank container that crosses the network, nearest-neighbour search
     privacy     DP release of a client's rows, accountants, the budget ledger
+    experts     logical-defect experts (global, position, composition) from mergeable statistics,
+                fusion with PatchCore
     federation  partition, heterogeneity, aggregation strategies, trust, fairness, client, server
-    scoring     patch scores -> anomaly maps and image scores, thresholds, predicting new images
+    scoring     patch scores -> anomaly maps and image scores, experts' scores and fusion,
+                thresholds, predicting new images
     evaluation  metrics (AutoVI / MVTec semantics), exported maps, the membership audit
-    tuning      validation split, pseudo-anomalies, the per-category tuner
+    tuning      validation split, pseudo-anomalies, the per-category tuner, fusion rule choice
     explain     why an image was flagged: neighbours, gradients, SHAP
     reporting   curves and experiment tables built from results
 
@@ -29,6 +32,7 @@ STAGES = (
     "coreset",
     "banks",
     "privacy",
+    "experts",
     "federation",
     "scoring",
     "evaluation",
