@@ -50,6 +50,9 @@ VARIANTS_KEY = "variants"
 # per-category settings apply to the centralized baseline only (README "Tuning and inspecting
 # new images").
 NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned"}
+# ... except these keys of them: how many training images each category's banks are built from
+# is what a few-shot experiment varies (the images themselves are shared: ingest runs once).
+OVERRIDABLE_KEYS = {"dataset": {"train_shots"}}
 # Dict-valued parameters keyed by names the user chose (client ids, variant names,
 # categories): an override replaces them whole rather than adding its keys to the base ones.
 REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
@@ -67,6 +70,7 @@ REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
 # Parameters that decide which images the clients hold (label noise swaps some of them).
 SPLIT_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("seed",),
+    ("dataset", "train_shots"),
     ("federation", "partition"),
     ("federation", "num_clients"),
     ("federation", "clients"),
@@ -150,8 +154,10 @@ def resolve_variants(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]
         # `labels` name the variant in the experiment's table; they are not parameters.
         override = {k: v for k, v in override.items() if k != "labels"}
         for block, value in override.items():
-            if block in NOT_OVERRIDABLE:
-                raise ValueError(f"{where}.{block}: '{block}' is shared by every variant and cannot be overridden")
+            allowed = OVERRIDABLE_KEYS.get(block, set())
+            if block in NOT_OVERRIDABLE and not (isinstance(value, Mapping) and allowed and set(value) <= allowed):
+                only = f" (but for {sorted(allowed)})" if allowed else ""
+                raise ValueError(f"{where}.{block}: '{block}' is shared by every variant and cannot be overridden{only}")
             if block not in shared:
                 raise ValueError(
                     f"{where}.{block}: unknown parameter block; a variant overrides blocks such as "

@@ -26,7 +26,7 @@ from fedpatchcore.core.federation.heterogeneity import (
 from fedpatchcore.core.federation.partition import make_partition, partition_statistics
 from fedpatchcore.core.federation.server import ServerSettings, run_round
 from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
-from fedpatchcore.pipelines.ingest.nodes import validation_keys
+from fedpatchcore.pipelines.ingest.nodes import unused_training_keys
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,9 @@ def reserve_label_noise_images(
         specs = parse_heterogeneity(parameters.get("heterogeneity"))
         if not any(spec.label_noise for spec in specs.values()):
             continue
-        held_out = validation_keys(dataset_index, parameters.get("validation"), parameters["seed"])
+        held_out = unused_training_keys(
+            dataset_index, parameters.get("validation"), parameters.get("dataset"), parameters["seed"]
+        )
         partitioned = [s for s in samples if s.key not in held_out]
         for client_id, keys in _partition(partitioned, parameters["federation"], parameters["seed"]).items():
             spec = specs.get(str(client_id))
@@ -89,6 +91,7 @@ def partition_clients(
     heterogeneity: dict[str, Any],
     seed: int,
     validation: dict[str, Any] | None = None,
+    dataset: dict[str, Any] | None = None,
     *,
     client_ids: list[str],
 ) -> tuple:
@@ -96,11 +99,12 @@ def partition_clients(
 
     With ``heterogeneity.<client>.label_noise``, a share of that client's images is swapped for
     defective ones from the label-noise pool (its "good" folder holds defective parts).
-    With ``validation.enabled`` the validation split's training images go to no client.
+    With ``validation.enabled`` the validation split's training images go to no client, and with
+    ``dataset.train_shots`` only that many images per category (a seeded subset) go to any.
     Returns the partition (client -> image keys), its statistics, then one training-image
     table per client in ``client_ids`` order.
     """
-    held_out = validation_keys(dataset_index, validation, seed)
+    held_out = unused_training_keys(dataset_index, validation, dataset, seed)
     samples = [s for s in frame_to_samples(dataset_index) if s.key not in held_out]
     assignment = _partition(samples, federation, seed)
     if list(assignment) != list(client_ids):

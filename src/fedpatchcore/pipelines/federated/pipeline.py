@@ -34,6 +34,7 @@ def partition_pipeline(variant: Variant) -> Pipeline:
                     "params:heterogeneity",
                     "params:seed",
                     "params:validation",
+                    "params:dataset",
                 ],
                 ["partition", "partition_stats", *tables],
                 name="partition_clients",

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from fedpatchcore.core.data.index import index_dataset, subsample_training
+from fedpatchcore.core.data.index import few_shot_training, index_dataset, subsample_training
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import category_info_to_dict, frame_to_samples, samples_to_frame
 from fedpatchcore.core.features.backbones import default_image_size
@@ -76,6 +76,20 @@ def validation_keys(dataset_index: pd.DataFrame, validation: dict[str, Any] | No
         return set()
     split = split_validation(frame_to_samples(dataset_index), float(validation["fraction"]), int(seed))
     return {s.key for s in split.validation}
+
+
+def unused_training_keys(
+    dataset_index: pd.DataFrame, validation: dict[str, Any] | None, dataset: dict[str, Any] | None, seed: int
+) -> set[str]:
+    """Training images no bank is built from: the validation split's, and with
+    ``dataset.train_shots`` every image beyond the seeded few-shot subset of the rest."""
+    held_out = validation_keys(dataset_index, validation, seed)
+    shots = (dataset or {}).get("train_shots", "all")
+    if shots in (None, "all"):
+        return held_out
+    rest = [s for s in frame_to_samples(dataset_index) if s.key not in held_out]
+    kept = {s.key for s in few_shot_training(rest, shots, int(seed))}
+    return held_out | {s.key for s in rest if s.key not in kept}
 
 
 def make_validation_split(

@@ -16,7 +16,7 @@ from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_t
 from fedpatchcore.core.features.extraction import ExtractedFeatures, make_embedder
 from fedpatchcore.core.federation import client
 from fedpatchcore.pipelines import settings as run_settings
-from fedpatchcore.pipelines.ingest.nodes import validation_keys
+from fedpatchcore.pipelines.ingest.nodes import unused_training_keys
 
 CENTRALIZED_CLIENT = "all"
 
@@ -37,11 +37,14 @@ def _settings(
 
 
 def hold_all_training_images(
-    dataset_index: pd.DataFrame, validation: dict[str, Any] | None = None, seed: int = 0
+    dataset_index: pd.DataFrame,
+    validation: dict[str, Any] | None = None,
+    seed: int = 0,
+    dataset: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     """The centralized baseline's single client holds every training image (but the validation
-    split's, with ``validation.enabled``)."""
-    held_out = validation_keys(dataset_index, validation, seed)
+    split's, with ``validation.enabled``, and those beyond ``dataset.train_shots`` per category)."""
+    held_out = unused_training_keys(dataset_index, validation, dataset, seed)
     training = dataset_index.loc[(dataset_index["split"] == TRAIN) & ~dataset_index["key"].isin(held_out)]
     return training.sort_values("key").reset_index(drop=True)
 

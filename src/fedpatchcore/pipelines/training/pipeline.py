@@ -77,7 +77,7 @@ def centralized_training() -> Pipeline:
         [
             node(
                 nodes.hold_all_training_images,
-                ["dataset_index", "params:validation", "params:seed"],
+                ["dataset_index", "params:validation", "params:seed", "params:dataset"],
                 "training_images",
                 name="hold_all_training_images",
             ),
