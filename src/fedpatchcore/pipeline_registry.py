@@ -27,6 +27,7 @@ from fedpatchcore import structure
 from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.evaluation import nodes as evaluation_nodes
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
+from fedpatchcore.pipelines.experts.pipeline import expert_fitting, experts_enabled
 from fedpatchcore.pipelines.explain.pipeline import create_pipeline as explain
 from fedpatchcore.pipelines.export.pipeline import export_enabled, export_maps
 from fedpatchcore.pipelines.federated import nodes as federated_nodes
@@ -43,7 +44,16 @@ from fedpatchcore.pipelines.training.pipeline import centralized_training
 from fedpatchcore.pipelines.tune.pipeline import create_pipeline as tune
 
 
-def centralized_evaluation() -> Pipeline:
+def centralized_experts(parameters) -> Pipeline:
+    """The centralized baseline's experts: the fitting chain with its single client (experts.enabled)."""
+    if not experts_enabled(parameters):
+        return Pipeline([])
+    site = {training_nodes.CENTRALIZED_CLIENT: (structure.CENTRALIZED, f"{structure.CENTRALIZED}.patch_features")}
+    rounds = int(parameters["experts"]["composition"]["lloyd_rounds"])
+    return expert_fitting(structure.CENTRALIZED, site, rounds, per_category=True, count_traffic=False)
+
+
+def centralized_evaluation(experts: bool = False) -> Pipeline:
     summary = Pipeline(
         [
             node(
@@ -60,7 +70,7 @@ def centralized_evaluation() -> Pipeline:
             ),
         ]
     )
-    return evaluation(structure.CENTRALIZED) + in_variant(
+    return evaluation(structure.CENTRALIZED, experts) + in_variant(
         summary, structure.CENTRALIZED, outputs={"published_metrics": "metrics_centralized"}
     )
 
@@ -73,13 +83,16 @@ def register_pipelines() -> dict[str, Pipeline]:
     # Experiments that vary only federated settings may leave the centralized baseline out.
     with_centralized = compare and comparison.get("centralized", True)
 
-    centralized_eval = centralized_evaluation()
-    centralized_report = report(structure.CENTRALIZED)
-    centralized_all = centralized_training() + centralized_eval + centralized_report
+    centralized_eval = centralized_evaluation(experts_enabled(parameters))
+    centralized_report = report(structure.CENTRALIZED, experts_enabled(parameters))
+    centralized_all = centralized_training() + centralized_experts(parameters) + centralized_eval + centralized_report
 
     federated_train = sum((federated_training(v) for v in variants), Pipeline([]))
     federated_eval = sum((federated_evaluation(v) for v in variants), Pipeline([]))
-    federated_report = sum((report(v.name) for v in variants), Pipeline([]))
+    federated_report = sum((report(v.name, experts_enabled(v.parameters)) for v in variants), Pipeline([]))
+    with_experts = {v.name for v in variants if experts_enabled(v.parameters)}
+    if experts_enabled(parameters):
+        with_experts.add(structure.CENTRALIZED)
     published = {f"metrics_{v.name}": published_metrics_name(v) for v in variants}
     if with_centralized:
         published["metrics_centralized"] = "metrics_centralized"
@@ -97,10 +110,10 @@ def register_pipelines() -> dict[str, Pipeline]:
     if compare:
         federated += comparison_report
         reporting += comparison_report
-    centralized = ingest() + centralized_all + html_report([structure.CENTRALIZED], experiment=None)
+    centralized = ingest() + centralized_all + html_report([structure.CENTRALIZED], None, with_experts)
     # One HTML page over every run of the experiment (and its table and plot).
     runs = ([structure.CENTRALIZED] if with_centralized else []) + [v.name for v in variants]
-    page = html_report(runs, comparison.get("name", "comparison") if compare else None)
+    page = html_report(runs, comparison.get("name", "comparison") if compare else None, with_experts)
     federated += page
     reporting += page
     if export_enabled(parameters):

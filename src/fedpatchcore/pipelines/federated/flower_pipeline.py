@@ -5,7 +5,8 @@ The client lanes and the server-round nodes of the in-process engine are replace
 training-image table (written for it from ``<partition owner>.client_<id>.training_images``),
 runs the ServerApp's rounds (:func:`fedpatchcore.flower.server.serve`) and outputs the datasets
 the in-process engine outputs -- ``<variant>.memory_bank``, ``global_bank_round_<r>``,
-``round_<r>_report``, ``client_<id>.upload_round_<r>`` (what the server received) -- plus
+``round_<r>_report``, ``client_<id>.upload_round_<r>`` (what the server received), and with
+``experts.enabled`` ``<variant>.expert_model`` and ``.expert_traffic`` -- plus
 ``<variant>.flower_traffic`` (bytes of the messages). Evaluation and the summary are unchanged.
 """
 
@@ -38,6 +39,7 @@ FLOWER_SETTINGS = [
     "params:heterogeneity",
     "params:fairness",
     "params:privacy",
+    "params:experts",
     "params:seed",
 ]
 
@@ -92,6 +94,7 @@ def run_flower_federation(
     heterogeneity: dict[str, Any],
     fairness: dict[str, Any],
     privacy: dict[str, Any],
+    experts: dict[str, Any],
     seed: int,
     *training_images: pd.DataFrame,
     variant: str,
@@ -114,6 +117,7 @@ def run_flower_federation(
         "heterogeneity": heterogeneity,
         "fairness": fairness,
         "privacy": privacy,
+        "experts": experts,
         "seed": seed,
     }
     plan = FederationPlan(variant, tuple(client_ids), rounds, parameters)
@@ -123,6 +127,9 @@ def run_flower_federation(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     outputs: dict[str, Any] = {"flower_traffic": result.traffic_summary()}
+    if result.expert_model is not None:
+        outputs["expert_model"] = result.expert_model
+        outputs["expert_traffic"] = result.expert_traffic
     for round_number, (bank, report, uploads) in enumerate(zip(result.banks, result.reports, result.uploads, strict=True), 1):
         outputs[_bank_output(round_number, rounds)] = bank.to_arrays()
         outputs[f"round_{round_number}_report"] = report
@@ -145,6 +152,8 @@ def flower_federation(variant: Variant) -> Pipeline:
     client_ids = variant.client_ids
     tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
     outputs = ["flower_traffic"]
+    if (variant.parameters.get("experts") or {}).get("enabled", False):
+        outputs += ["expert_model", "expert_traffic"]
     # Template names without dots, mapped onto the clients' namespaced uploads.
     uploads = {}
     for round_number in range(1, variant.rounds + 1):

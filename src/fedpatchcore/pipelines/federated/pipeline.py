@@ -11,6 +11,8 @@ from kedro.pipeline import Pipeline, node
 
 from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
+from fedpatchcore.pipelines.experts import nodes as expert_nodes
+from fedpatchcore.pipelines.experts.pipeline import expert_fitting, experts_enabled
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.federated.flower_pipeline import flower_federation, uses_flower
 from fedpatchcore.pipelines.training import nodes as client_nodes
@@ -108,7 +110,9 @@ def published_metrics_name(variant: Variant) -> str:
 
 
 def summary_pipeline(variant: Variant) -> Pipeline:
-    """The published metrics: the run's summary, each client's privacy budget and the audit."""
+    """The published metrics: the run's summary, each client's privacy budget and the audit
+    (with ``experts.enabled``, what the experts' fitting sent is added to the communication)."""
+    experts = experts_enabled(variant.parameters)
     partition = variant.partition_owner
     budgets = {
         f"client_{cid}_privacy_budget": f"{variant.lane_owner[cid]}.client_{cid}.privacy_budget"
@@ -127,8 +131,20 @@ def summary_pipeline(variant: Variant) -> Pipeline:
                     "params:aggregation",
                     *[f"round_{r}_report" for r in range(1, variant.rounds + 1)],
                 ],
-                "run_summary",
+                "patchcore_run_summary" if experts else "run_summary",
                 name="summarise_run",
+            ),
+            *(
+                [
+                    node(
+                        expert_nodes.add_expert_communication,
+                        ["patchcore_run_summary", "expert_traffic"],
+                        "run_summary",
+                        name="add_expert_communication",
+                    )
+                ]
+                if experts
+                else []
             ),
             node(
                 nodes.audit_membership,
@@ -165,12 +181,25 @@ def summary_pipeline(variant: Variant) -> Pipeline:
     )
 
 
+def variant_experts(variant: Variant) -> Pipeline:
+    """The variant's logical experts (``experts.enabled``): each client measures its own features
+    beside its coreset, the server fits them from the merged sums (:mod:`..experts.pipeline`)."""
+    if not experts_enabled(variant.parameters):
+        return Pipeline([])
+    sites = {
+        f"client_{cid}": (f"{variant.name}.client_{cid}", f"{variant.feature_owner[cid]}.client_{cid}.patch_features")
+        for cid in variant.client_ids
+    }
+    rounds = int(variant.parameters["experts"]["composition"]["lloyd_rounds"])
+    return expert_fitting(variant.name, sites, rounds)
+
+
 def federated_training(variant: Variant) -> Pipeline:
     partition = partition_pipeline(variant) if variant.owns_partition else Pipeline([])
     if uses_flower(variant):  # federation.engine: flower -> one node runs the rounds through Flower
         return partition + flower_federation(variant)
-    return partition + client_lanes(variant) + server_rounds(variant)
+    return partition + client_lanes(variant) + server_rounds(variant) + variant_experts(variant)
 
 
 def federated_evaluation(variant: Variant) -> Pipeline:
-    return evaluation(variant.name) + summary_pipeline(variant)
+    return evaluation(variant.name, experts_enabled(variant.parameters)) + summary_pipeline(variant)

@@ -22,7 +22,9 @@ from fedpatchcore.core.data.types import category_info_from_dict, frame_to_sampl
 from fedpatchcore.core.reporting.curves import bank_contributions as count_bank_contributions
 from fedpatchcore.core.reporting.curves import pick_overlays, roc_curve, spro_curve
 
-# Ground truth is read exactly as the metrics node reads it (same masks, same sPRO regions).
+# Ground truth is read exactly as the metrics node reads it (same masks, same sPRO regions), and
+# an expert's maps exactly as the metrics of the experts see them.
+from fedpatchcore.pipelines.evaluation.experts import REPORTED, expert_maps_and_scores
 from fedpatchcore.pipelines.evaluation.nodes import _ground_truth
 
 logger = logging.getLogger(__name__)
@@ -194,4 +196,73 @@ def draw_overlays(
         figure.suptitle(f"{category}: anomaly maps (shared scale 0..{vmax:.2f})", fontsize=10)
         figure.tight_layout()
         figures[f"{category}.png"] = figure
+    return figures
+
+
+# --------------------------------------------------------------------------------------------
+# the logical experts
+# --------------------------------------------------------------------------------------------
+
+
+def draw_expert_overlays(
+    texture_anomaly_maps: dict[str, dict[str, Any]],
+    texture_image_scores: pd.DataFrame,
+    expert_scores: dict[str, np.ndarray],
+    fusion_rules: dict[str, Any],
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+    experts: dict[str, Any],
+) -> dict[str, plt.Figure]:
+    """Per category with logical defects (``experts.logical_defects``): its worst logical miss (the
+    logical defect the chosen rule scores lowest) as every expert sees it, one map per expert.
+
+    Each map is the expert's z-normalised map (one colour scale per expert and category, from
+    the good validation statistics: 0 = a typical good image).
+    """
+    logical = set(experts.get("logical_defects") or ())
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    figures = {}
+    for category, entry in texture_anomaly_maps.items():
+        keys = list(entry["keys"])
+        defects = [samples[key].defect_type for key in keys]
+        rows = [i for i, defect in enumerate(defects) if defect in logical]
+        if not rows:
+            continue
+        views = {
+            name: expert_maps_and_scores(
+                name, {category: entry}, texture_image_scores, expert_scores, {category: fusion_rules[category]}
+            )
+            for name in REPORTED
+        }
+        selected = views["selected"][1].set_index("key").loc[keys, "image_score"].to_numpy()
+        worst = min(rows, key=lambda i: selected[i])
+        sample = samples[keys[worst]]
+        info = category_info_from_dict(category_info[category])
+        image = load_image(sample.image_path, info.image_size)
+        mask = load_mask(sample, info) if info.has_pixel_ground_truth else np.zeros(image.shape[:2], bool)
+        rule = fusion_rules[category]["selected"]["rule"]
+        figure, axes = plt.subplots(1, len(REPORTED) + 1, figsize=(2.1 * (len(REPORTED) + 1), 2.6), squeeze=False)
+        axes = axes[0]
+        axes[0].imshow(image)
+        _contour(axes[0], mask)
+        _caption(axes[0], f"{sample.defect_type}/{sample.image_id}")
+        for axis, name in zip(axes[1:], REPORTED, strict=True):
+            maps, scores = views[name]
+            values = np.asarray(maps[category]["maps"])
+            score = scores.set_index("key").loc[keys[worst], "image_score"]
+            axis.imshow(image)
+            axis.imshow(values[worst], cmap="jet", alpha=0.5, vmin=float(values.min()), vmax=float(values.max()))
+            _contour(axis, mask)
+            label = f"selected ({rule})" if name == "selected" else name
+            _caption(axis, f"{label}: z {score:.1f}")
+        for axis in axes:
+            axis.axis("off")
+        figure.suptitle(f"{category}: worst logical miss as each expert sees it", fontsize=9)
+        figure.tight_layout()
+        figures[f"{category}.png"] = figure
+    if not figures:  # a folder with nothing in it could not be read back
+        figure, axis = plt.subplots(figsize=(4, 1))
+        axis.text(0.5, 0.5, "no test image of a logical defect type (experts.logical_defects)", ha="center", va="center")
+        axis.axis("off")
+        figures["none.png"] = figure
     return figures

@@ -35,12 +35,13 @@ def plot_metrics(metrics: dict[str, Any], report: dict[str, Any]) -> plt.Figure:
 
 
 def summarise_experiment(
-    comparison: dict[str, Any], report: dict[str, Any], **published: dict[str, Any]
+    comparison: dict[str, Any], report: dict[str, Any], experts: dict[str, Any] | None = None, **published: dict[str, Any]
 ) -> tuple[pd.DataFrame, plt.Figure, dict[str, Any]]:
     """The experiment's tidy table (a row per run × group), its plot, and its analyses.
 
     ``published`` maps ``metrics_<run>`` to each run's published metrics. A run's labels come
-    from ``comparison.variants.<run>.labels`` or ``comparison.labels.<run>``.
+    from ``comparison.variants.<run>.labels`` or ``comparison.labels.<run>``. ``experts``: the
+    block whose ``logical_defects`` the ``experts`` grouping splits defect types by.
     """
     runs = {name.removeprefix("metrics_"): metrics for name, metrics in published.items()}
     labels = {run: dict(values) for run, values in (comparison.get("labels") or {}).items()}
@@ -48,7 +49,8 @@ def summarise_experiment(
         if variant and variant.get("labels"):
             labels[run] = dict(variant["labels"])
     groups = comparison.get("groups", "categories")
-    table = experiment_table(runs, labels, groups, report["spro_limit"])
+    logical = (experts or {}).get("logical_defects") or ()
+    table = experiment_table(runs, labels, groups, report["spro_limit"], logical)
     analysis: dict[str, Any] = {}
     leave_one_out = comparison.get("leave_one_out")
     if leave_one_out:
@@ -73,6 +75,8 @@ def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
     """
     if groups == "categories":
         return _bar_chart(_per_group(table, "image_auroc", ["mean"], sort_runs=False), "image AUC-ROC")
+    if groups == "experts":
+        return _experts_plot(table)
     if groups in ("fairness", "clients"):
         spro = next(c for c in table.columns if c.startswith("aucspro_"))
         figure, axes = plt.subplots(1, 2, figsize=(max(10, 2.4 * table["group"].nunique()), 4))
@@ -117,6 +121,58 @@ def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
     columns = rest[0] if rest else None
     wide = table.pivot_table(index=index, columns=columns, values="image_auroc", sort=False) if columns else table.set_index(index)[["image_auroc"]]
     return _bar_chart(wide, "image AUC-ROC (mean over categories)")
+
+
+def _experts_plot(table: pd.DataFrame) -> plt.Figure:
+    """Image AUC-ROC of every expert per run over categories: one panel per category and ``mean``;
+    with a numeric label (``shots``) as the x axis, one line per expert (and other label)."""
+    label_columns = list(table.columns[: list(table.columns).index("category")])
+    categories = list(dict.fromkeys(table["category"]))
+    figure, axes = plt.subplots(1, len(categories), figsize=(3.2 * len(categories), 3.4), squeeze=False, sharey=True)
+    numeric = next((c for c in label_columns if as_axis(table[c].tolist()) is not None and table[c].nunique() > 1), None)
+    if numeric is None:  # shots: "all" reads as +inf, one step right of the largest number
+        numeric = next((c for c in label_columns if c == "shots"), None)
+    for axis, category in zip(axes[0], categories, strict=True):
+        part = table[table["category"] == category]
+        others = [c for c in label_columns if c != numeric]
+        if numeric is None:
+            runs = part[label_columns].astype(str).agg(" / ".join, axis=1)
+            part.assign(run=runs).pivot_table(index="expert", columns="run", values="image_auroc", sort=False).plot.bar(
+                ax=axis, rot=45, legend=axis is axes[0][-1]
+            )
+        else:
+            x = _shots_axis(part[numeric])
+            for key, rows in part.assign(_x=x).groupby(["expert", *others], sort=False):
+                rows = rows.sort_values("_x")
+                name = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+                axis.plot(rows["_x"], rows["image_auroc"], marker="o", label=name)
+            ticks = sorted(set(x))
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(ticks, [_shots_label(t, part[numeric]) for t in ticks])
+            axis.minorticks_off()
+            axis.set_xlabel(numeric)
+        axis.set_title(category, fontsize=9)
+        axis.set_ylim(0.0, 1.05)
+        axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    axes[0][0].set_ylabel("image AUC-ROC")
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, names, fontsize=7, loc="lower center", ncol=min(6, len(names)))
+    figure.tight_layout(rect=(0, 0.12 if handles else 0, 1, 1))
+    return figure
+
+
+def _shots_axis(values: pd.Series) -> np.ndarray:
+    """Numbers of a label column for the x axis; ``all`` (or inf) one doubling right of the largest."""
+    x = as_axis(values.tolist())
+    finite = np.isfinite(x)
+    right = x[finite].max() * 2 if finite.any() else 1.0
+    return np.where(finite, x, right)
+
+
+def _shots_label(tick: float, values: pd.Series) -> str:
+    x = as_axis(values.tolist())
+    return "all" if not np.isin(tick, x[np.isfinite(x)]) else f"{tick:g}"
 
 
 def _per_group(table: pd.DataFrame, column: str, last: list[str], sort_runs: bool = True) -> pd.DataFrame:
