@@ -143,3 +143,20 @@ def test_move_part_puts_the_part_into_another_seat():
 def test_tune_keeps_the_structural_kinds_by_default():
     assert set(PSEUDO_ANOMALY_KINDS) < set(KNOWN_PSEUDO_ANOMALY_KINDS)
     assert {"remove_part", "move_part"} == set(KNOWN_PSEUDO_ANOMALY_KINDS) - set(PSEUDO_ANOMALY_KINDS)
+
+
+def test_part_generators_prefer_parts_that_every_good_image_has():
+    """Seat 0's part is in every good image, seat 2's in one of two: a removed part is seat 0's."""
+    from fedpatchcore.core.tuning.pseudo_anomalies import part_variability
+
+    image, seats = _carrier_with_seats()  # parts in seats 0, 2 and 4
+    other = image.copy()
+    for cy, cx in (seats[2], seats[4]):  # the other good image has no part in seats 2 and 4
+        other[cy - 4 : cy + 5, cx - 4 : cx + 5] = image[seats[1][0] - 4 : seats[1][0] + 5, seats[1][1] - 4 : seats[1][1] + 5]
+    variability = part_variability([image, other])
+    assert variability[seats[0]] == 0 and variability[seats[2]] > 20
+    assert part_variability([image]) is None
+    for seed in range(4):
+        result = remove_part(image, np.random.default_rng(seed), variability=variability)
+        assert result.image[seats[0]][0] > 80  # seat 0's part is the one taken out
+        assert result.image[seats[2]][0] < 80 and result.image[seats[4]][0] < 80

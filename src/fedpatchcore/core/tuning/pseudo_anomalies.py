@@ -479,13 +479,15 @@ def remove_part(
     """Take out the most distinct of several random rectangles (a part, most likely) and fill it
     with background: the inside of the place whose surroundings look most like the part's and
     whose inside does not (an empty seat, bare carrier), else the ring's colour and grain.
-    What a missing part leaves."""
+    What a missing part leaves. ``variability`` (:func:`part_variability` of good images):
+    prefer parts that are always there."""
     image = _check_image(image)
-
     stride = _search_stride(image)
+    small_variability = None if variability is None else variability[::stride, ::stride]
 
     def generate(rng: np.random.Generator) -> np.ndarray:
-        region = _full(_distinct_region(image[::stride, ::stride], rng, scale), stride, image.shape)
+        coarse = _distinct_region(image[::stride, ::stride], rng, scale, small_variability)
+        region = _full(coarse, stride, image.shape)
         out = image.copy()
         _fill_with_background(out, image, region, rng)
         return out

@@ -123,9 +123,15 @@ def _experiment_plot(table: pd.DataFrame, groups: str) -> plt.Figure:
     return _bar_chart(wide, "image AUC-ROC (mean over categories)")
 
 
+#: The experts an ``experts`` experiment plot draws: PatchCore alone against each category's choice.
+_PLOTTED_EXPERTS = {"texture": "tab:blue", "selected": "tab:red"}
+
+
 def _experts_plot(table: pd.DataFrame) -> plt.Figure:
-    """Image AUC-ROC of every expert per run over categories: one panel per category and ``mean``;
-    with a numeric label (``shots``) as the x axis, one line per expert (and other label)."""
+    """Image AUC-ROC of PatchCore alone (``texture``) and of each category's chosen rule
+    (``selected``) per run: one panel per category and ``mean``; with a numeric label (``shots``)
+    as the x axis, one line per expert and other label (one line style per other label)."""
+    table = table[table["expert"].isin(list(_PLOTTED_EXPERTS))]
     label_columns = list(table.columns[: list(table.columns).index("category")])
     categories = list(dict.fromkeys(table["category"]))
     figure, axes = plt.subplots(1, len(categories), figsize=(3.2 * len(categories), 3.4), squeeze=False, sharey=True)
@@ -142,10 +148,15 @@ def _experts_plot(table: pd.DataFrame) -> plt.Figure:
             )
         else:
             x = _shots_axis(part[numeric])
+            styles = dict(zip(dict.fromkeys(part[others].astype(str).agg(" / ".join, axis=1)), ("-", "--", ":", "-."), strict=False))
             for key, rows in part.assign(_x=x).groupby(["expert", *others], sort=False):
                 rows = rows.sort_values("_x")
-                name = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
-                axis.plot(rows["_x"], rows["image_auroc"], marker="o", label=name)
+                key = key if isinstance(key, tuple) else (key,)
+                rest = " / ".join(map(str, key[1:]))
+                axis.plot(
+                    rows["_x"], rows["image_auroc"], marker="o", color=_PLOTTED_EXPERTS[key[0]],
+                    linestyle=styles.get(rest, "-"), label=" / ".join(map(str, key)),
+                )
             ticks = sorted(set(x))
             axis.set_xscale("log", base=2)
             axis.set_xticks(ticks, [_shots_label(t, part[numeric]) for t in ticks])
