@@ -47,8 +47,8 @@ VARIANTS_KEY = "variants"
 # Blocks a variant cannot override: ingest is shared by all variants, the experiment's own
 # description cannot vary inside it, `explain` and `predict` choose a variant themselves, the
 # validation split is held out of every variant's training images alike, and the tuned
-# per-category settings apply to the centralized baseline only (README "Tuning and inspecting
-# new images").
+# per-category settings are the run's (every client of every variant extracts a category with
+# its setting; README "Tuning and inspecting new images").
 NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned"}
 # ... except these keys of them: how many training images each category's banks are built from
 # is what a few-shot experiment varies (the images themselves are shared: ingest runs once).
@@ -84,6 +84,7 @@ EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
     *SPLIT_PARAMETERS,
     ("backbone",),
     ("extraction",),
+    ("tuned",),
     ("coreset", "projection_dim"),
     ("federation", "engine"),  # only in-process lanes write features another variant could read
 )

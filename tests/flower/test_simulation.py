@@ -101,3 +101,34 @@ def test_simulated_round_goes_on_without_a_crashed_site_and_rejects_a_poisoned_o
     assert any("non-finite" in problem for problem in report["rejected"]["2"])
     bank = CategoryBanks.from_arrays(result.bank.to_arrays())
     assert {str(c) for origins in bank.origin.values() for c in origins} == {"1"}
+
+
+def test_flower_carries_the_experts_and_fits_what_the_in_process_lanes_fit(tiny_dataset, tmp_path):
+    """Statistics beside round 1's upload, the k-means rounds as Flower messages: the same experts."""
+    from fedpatchcore.core.experts.fitting import experts_from_arrays
+    from fedpatchcore.pipelines.ingest import nodes as ingest_nodes
+
+    extra = {
+        "experts": {"enabled": True, "composition": {"clusters": [2, 3], "lloyd_rounds": 1}},
+        "validation": {"enabled": True, "fraction": 0.5},
+    }
+    outputs = {}
+    for engine in ("inprocess", "flower"):
+        parameters = _parameters(tmp_path / engine, extra, engine=engine, num_clients=2)
+        (variant,) = structure.federated_variants(parameters)
+        split = ingest_nodes.make_validation_split(tiny_dataset["dataset_index"], parameters["validation"], 0)
+        pipe = federated_training(variant) + federated_evaluation(variant)
+        keep = ("federated.expert_model",)
+        catalog = memory_catalog(parameters, keep=keep, validation_split=split, **tiny_dataset)
+        outputs[engine] = run_slice(pipe, catalog, keep=keep)
+    inprocess, flower = (experts_from_arrays(outputs[e]["federated.expert_model"]) for e in ("inprocess", "flower"))
+    assert set(flower) == set(inprocess) == set(tiny_dataset["category_info"])
+    for category in inprocess:
+        fed, local = flower[category].to_arrays("x"), inprocess[category].to_arrays("x")
+        for key in local:
+            np.testing.assert_allclose(fed[key], local[key], rtol=1e-5, atol=1e-8, err_msg=f"{category} {key}")
+    published = {e: outputs[e]["metrics_federated"] for e in outputs}
+    assert published["flower"]["experts"] == published["inprocess"]["experts"]
+    traffic = published["flower"]["communication"]["experts"]
+    assert traffic == published["inprocess"]["communication"]["experts"]
+    assert len(traffic["kmeans_rounds"]) == 2 and set(traffic["sites"]) == {"client_1", "client_2"}

@@ -25,7 +25,11 @@ STRUCTURAL = {
     "federation.clients",
     "federation.rounds",
     "federation.engine",
+    "experts.enabled",
+    "experts.composition.lloyd_rounds",
 }
+# The probe variant turns the experts on (with one k-means round), so their settings are probed too.
+PROBE_STRUCTURE = {"experts": {"enabled": True, "composition": {"lloyd_rounds": 1}}}
 
 
 def _leaves(values: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -69,6 +73,7 @@ def test_every_override_reaches_every_node_of_its_variant(built):
         # An empty mapping (e.g. aggregation.options) is overridden by one entry.
         value = {"probe_key": probe} if isinstance(structure._lookup(base, path), dict) else probe
         overrides = structure.merge_parameters(overrides, _nested(path, value), replaced_whole=())
+    overrides = structure.merge_parameters(overrides, PROBE_STRUCTURE, replaced_whole=())
     parameters = project_parameters({"comparison": {"enabled": True, "variants": {"probe": overrides}}})
     probe_parameters = parameters["variants"]["probe"]
 

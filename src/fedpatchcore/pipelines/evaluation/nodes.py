@@ -113,7 +113,7 @@ def score_test_images(
     ``{"path", "reason"}``) and the ``bank_fingerprint`` it was scored against.
     With ``privacy.enabled`` the bank holds released rows: test patches go through the same
     public map (projection, clipping) before they are compared with it.
-    ``tuned`` (the centralized baseline only): a category with an entry is scored with its
+    ``tuned``: a category with an entry is scored with its
     own setting, at its own input size; its maps are then resized to ``category_info``'s size,
     where the ground truth and the report read them (the image scores are taken before that).
     """

@@ -5,7 +5,6 @@ from kedro.pipeline import Pipeline, node
 from fedpatchcore.pipelines import in_variant
 from fedpatchcore.pipelines.evaluation import experts as expert_nodes
 from fedpatchcore.pipelines.evaluation import nodes
-from fedpatchcore.structure import CENTRALIZED
 
 
 def expert_evaluation_template(per_category: bool = False) -> Pipeline:
@@ -80,7 +79,7 @@ def expert_evaluation_template(per_category: bool = False) -> Pipeline:
 
 
 def evaluation_template(per_category: bool = False, experts: bool = False) -> Pipeline:
-    """``per_category``: score each category with its ``params:tuned`` setting (centralized only);
+    """``per_category``: score each category with its ``params:tuned`` setting;
     ``experts``: fuse PatchCore with the logical experts (``experts.enabled``)."""
     scored = ["texture_anomaly_maps", "texture_image_scores"] if experts else ["anomaly_maps", "image_scores"]
     template = Pipeline(
@@ -125,6 +124,6 @@ def evaluation(variant: str, experts: bool = False) -> Pipeline:
     Every variant is scored on ``evaluation_index``: the test images minus any that label
     noise put into a training set.
     """
-    template = evaluation_template(per_category=variant == CENTRALIZED, experts=experts)
+    template = evaluation_template(per_category=True, experts=experts)
     shared = {"evaluation_index", "category_info"} | ({"dataset_index", "validation_split"} if experts else set())
     return in_variant(template, variant, inputs=shared)

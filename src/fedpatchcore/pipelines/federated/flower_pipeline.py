@@ -149,6 +149,11 @@ def run_flower_federation(
 
 def flower_federation(variant: Variant) -> Pipeline:
     """``<variant>.run_flower_federation``: the client lanes and server rounds in one Flower node."""
+    if variant.parameters.get("tuned"):
+        raise ValueError(
+            f"variant {variant.name}: federation.engine 'flower' does not extract with the tuned per-category "
+            "settings yet (the in-process engine does); run it with federation.engine: inprocess or without tuned"
+        )
     client_ids = variant.client_ids
     tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
     outputs = ["flower_traffic"]

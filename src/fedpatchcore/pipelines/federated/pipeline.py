@@ -191,7 +191,7 @@ def variant_experts(variant: Variant) -> Pipeline:
         for cid in variant.client_ids
     }
     rounds = int(variant.parameters["experts"]["composition"]["lloyd_rounds"])
-    return expert_fitting(variant.name, sites, rounds)
+    return expert_fitting(variant.name, sites, rounds, per_category=True)
 
 
 def federated_training(variant: Variant) -> Pipeline:

@@ -86,11 +86,13 @@ def extract_centralized_features(
     *,
     client_id: str,
 ) -> tuple[ExtractedFeatures, dict[str, Any]]:
-    """:func:`extract_client_features`, each category with its ``tuned`` setting (if it has one).
+    """:func:`extract_client_features`, each category with its ``tuned`` setting (if it has one):
+    what every client lane runs, a federated client's and the centralized baseline's alike.
 
     Without ``tuned`` entries this is exactly :func:`extract_client_features`. Otherwise the
     categories are extracted in groups sharing one network, each at its setting's input size;
-    the categories' feature files may then differ in dimension (one bank per category).
+    the categories' feature files may then differ in dimension (one bank per category; every
+    client extracts a category with the same setting, so the server merges like with like).
     """
     args = (coreset, federation, extraction, seed, heterogeneity)
     if not tuned:

@@ -11,9 +11,17 @@ CLIENT_SETTINGS = ["params:coreset", "params:federation", "params:extraction", "
 
 
 def extraction_node(client_id: str):
+    """Each category extracted with its ``params:tuned`` setting (else the run's blocks)."""
     return node(
-        bind(nodes.extract_client_features, client_id=client_id),
-        ["training_images", "category_info", "params:backbone", *CLIENT_SETTINGS, "params:heterogeneity"],
+        bind(nodes.extract_centralized_features, client_id=client_id),
+        [
+            "training_images",
+            "category_info",
+            "params:backbone",
+            *CLIENT_SETTINGS,
+            "params:heterogeneity",
+            "params:tuned",
+        ],
         ["patch_features", "heterogeneity_manifest"],
         name="extract_features",
     )
@@ -69,8 +77,8 @@ def client_lanes(variant: Variant) -> Pipeline:
 def centralized_training() -> Pipeline:
     """The baseline: one client holding every training image; its coreset is the memory bank.
 
-    Unlike a federated client it reads ``params:tuned``: each category with a tuned entry is
-    extracted with its own setting.
+    Like every client it reads ``params:tuned``: each category with a tuned entry is extracted
+    with its own setting.
     """
     client_id = nodes.CENTRALIZED_CLIENT
     template = Pipeline(
@@ -81,19 +89,7 @@ def centralized_training() -> Pipeline:
                 "training_images",
                 name="hold_all_training_images",
             ),
-            node(
-                bind(nodes.extract_centralized_features, client_id=client_id),
-                [
-                    "training_images",
-                    "category_info",
-                    "params:backbone",
-                    *CLIENT_SETTINGS,
-                    "params:heterogeneity",
-                    "params:tuned",
-                ],
-                ["patch_features", "heterogeneity_manifest"],
-                name="extract_features",
-            ),
+            extraction_node(client_id),
             coreset_node(client_id),
             node(nodes.coreset_as_memory_bank, "local_coreset", "memory_bank", name="publish_memory_bank"),
         ]
