@@ -360,22 +360,18 @@ class ExpertFusionParams(Block):
     pseudo_anomaly_kinds: Annotated[list[str], Field(min_length=1)]
     pseudo_anomalies_per_image: PositiveInt = 7
 
-    @field_validator("candidates")
+    @field_validator("candidates", "pseudo_anomaly_kinds")
     @classmethod
-    def _known_rules(cls, value: list[str]) -> list[str]:
+    def _known_names(cls, value: list[str], info) -> list[str]:
         from fedpatchcore.core.experts.fusion import RULES
-
-        for rule in value:
-            _one_of("fusion rule", rule, RULES)
-        return value
-
-    @field_validator("pseudo_anomaly_kinds")
-    @classmethod
-    def _known_kinds(cls, value: list[str]) -> list[str]:
         from fedpatchcore.core.tuning.pseudo_anomalies import KNOWN_PSEUDO_ANOMALY_KINDS
 
-        for kind in value:
-            _one_of("pseudo-anomaly kind", kind, KNOWN_PSEUDO_ANOMALY_KINDS)
+        kind, known = ("fusion rule", RULES) if info.field_name == "candidates" else (
+            "pseudo-anomaly kind",
+            KNOWN_PSEUDO_ANOMALY_KINDS,
+        )
+        for name in value:
+            _one_of(kind, name, known)
         return value
 
 
