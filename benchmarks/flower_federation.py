@@ -4,7 +4,7 @@
 * ``simulation``: ``kedro run --params federation.engine=flower`` (Flower's simulation engine on
   Ray inside one Kedro node, 2 CPUs, 1 per client);
 * ``deployment``: a SuperLink and one SuperNode per client as separate processes on loopback,
-  TLS and SuperNode authentication on (:mod:`fedpatchcore.flower.loopback`), ``flwr run``; the
+  TLS and SuperNode authentication on (``scripts/flower_loopback.py``), ``flwr run``; the
   SuperNodes reach the SuperLink through a byte-counting relay (TLS records, heartbeats,
   the app bundle and all).
 
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -110,9 +111,10 @@ def main() -> None:
             results[mode] = entry
 
         if "deployment" in modes:
-            from fedpatchcore.flower.loopback import LoopbackFederation
+            sys.path.insert(0, str(REPO))  # the loopback tooling lives in the checkout's scripts/
             from fedpatchcore.flower.site import make_site_folder
             from fedpatchcore.structure import federated_variants
+            from scripts.flower_loopback import LoopbackFederation
 
             parameters = _load_parameters(project)
             (variant,) = federated_variants(parameters)

@@ -1,5 +1,6 @@
 """The structure drawn from the code: core/ stages import only down the flow, core/ stays
-framework-free, and no module imports itself back through a circle."""
+framework-free, pipelines do not reach into each other, and no module of the package imports
+itself back through a circle."""
 
 from __future__ import annotations
 
@@ -93,7 +94,49 @@ def _cycle_from(start: str) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("scope", ["fedpatchcore.core"])
+@pytest.mark.parametrize("scope", ["fedpatchcore.core", "fedpatchcore"])
 def test_no_import_circle(scope):
     circles = {tuple(c) for m in MODULES if m.startswith(scope) and (c := _cycle_from(m))}
     assert not circles, "import circles:\n" + "\n".join(" -> ".join(c) for c in sorted(circles))
+
+
+# The pipeline builders another pipeline is made of, and why. Anything else two pipelines share
+# (a node function, a constant, a rule) lives in core/ (or, with no domain logic in it, in the
+# pipeline-building helpers of fedpatchcore.pipelines).
+BUILT_FROM = {
+    ("federated", "training"): "a federated variant is made of client lanes (and their later-round steps)",
+    ("federated", "evaluation"): "a federated variant is scored by the evaluation pipeline",
+    ("federated", "experts"): "a federated variant fits its logical experts with the experts' fitting chain",
+    ("tune", "ingest"): "tuning runs ingest's validation split, forced on",
+}
+
+
+def _pipeline(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[2] if len(parts) >= 4 and parts[1] == "pipelines" else None
+
+
+def test_pipelines_import_no_other_pipeline_but_the_builders_they_are_made_of():
+    crossing = []
+    for module, targets in GRAPH.items():
+        own = _pipeline(module)
+        for target in targets:
+            other = _pipeline(target)
+            if own is None or other is None or other == own:
+                continue
+            builder = module == f"fedpatchcore.pipelines.{own}.pipeline" and target == f"fedpatchcore.pipelines.{other}.pipeline"
+            if not (builder and (own, other) in BUILT_FROM):
+                crossing.append(f"{module} imports {target}")
+    assert not crossing, "pipelines reaching into each other:\n" + "\n".join(crossing)
+
+
+def test_only_the_registry_imports_every_pipeline():
+    """Outside pipelines/, only the registry composes pipelines (flower/, structure, hooks build none)."""
+    outside = [
+        f"{module} imports {target}"
+        for module, targets in GRAPH.items()
+        if not module.startswith("fedpatchcore.pipelines") and module != "fedpatchcore.pipeline_registry"
+        for target in targets
+        if target.startswith("fedpatchcore.pipelines.")
+    ]
+    assert not outside, "\n".join(outside)

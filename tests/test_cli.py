@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from fedpatchcore.cli import main
 from tests.core.data.test_download import autovi_zip, free_port, zenodo  # noqa: F401  (zenodo is a fixture)
@@ -93,3 +95,23 @@ def test_kedro_finds_a_click_group_named_cli(tmp_path):
 def test_check_layout_of_missing_root_fails(tmp_path, capsys):
     assert main(["check-layout", str(tmp_path / "nowhere")]) == 3
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_the_project_run_is_kedros_run_with_its_options():
+    """`kedro run` and `python -m fedpatchcore` find the project's run: Kedro's own command."""
+    from kedro.framework.cli.project import run as kedro_run
+    from kedro.framework.cli.utils import find_run_command
+
+    from fedpatchcore import cli as module
+
+    assert module.cli.get_command(None, "run") is module.run
+    assert find_run_command("fedpatchcore") is module.run  # what `python -m fedpatchcore` runs (it failed: no cli.run)
+    assert [p.name for p in module.run.params] == [p.name for p in kedro_run.params]
+    assert "run" in module.cli.list_commands(None)
+
+
+def test_the_console_script_does_not_import_kedro():
+    # Importing Kedro configures logging (a log line on every `fedpatchcore download`) and costs ~1 s.
+    code = "import sys, fedpatchcore.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'kedro'))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

@@ -90,3 +90,28 @@ def test_variants_is_a_reserved_parameter(tmp_path):
     conf = _conf(tmp_path, local={"variants": {"x": {}}})
     with pytest.raises(ValueError, match="reserved"):
         _parameters(conf)
+
+
+def test_project_parameters_read_the_environment_kedro_run_would(tmp_path, monkeypatch):
+    from fedpatchcore.config_loader import project_parameters
+
+    conf = _conf(tmp_path, local={"seed": 4}, experiment={"seed": 7})
+    assert project_parameters(conf)["seed"] == 4  # conf/local by default
+    monkeypatch.setenv("KEDRO_ENV", "experiment")
+    assert project_parameters(conf)["seed"] == 7  # KEDRO_ENV, as `kedro run` reads it
+    assert project_parameters(conf, env="local", runtime_params={"seed": 9})["seed"] == 9  # --params win
+    monkeypatch.chdir(tmp_path)
+    assert project_parameters()["seed"] == 7  # ./conf
+
+
+def test_the_run_parameters_are_the_sessions_once_it_hands_them_over(tmp_path, monkeypatch):
+    from fedpatchcore import config_loader
+
+    monkeypatch.setattr(config_loader, "_run_parameters", None)
+    monkeypatch.chdir(_conf(tmp_path, local={"seed": 4}).parent)
+    assert config_loader.run_parameters()["seed"] == 4  # no run yet: the project's own conf
+    session = {**BASE, "seed": 11}
+    assert config_loader.use_run_parameters(session) is True  # new parameters: pipelines are rebuilt
+    session["seed"] = 12  # the session's dict changing afterwards changes nothing here
+    assert config_loader.run_parameters()["seed"] == 11
+    assert config_loader.use_run_parameters({**BASE, "seed": 11}) is False  # the same again: no rebuild

@@ -5,9 +5,11 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from fedpatchcore.params_schema import (
     BLOCKS,
@@ -172,9 +174,24 @@ def test_comparison_variants_accept_block_overrides_and_check_their_keys():
     [problem] = _problems(comparison__variants={"v1": {"federation": {"partiton": "iid"}}})
     assert problem == "comparison.variants: v1.federation.partiton: unknown key"
     [problem] = _problems(comparison__variants={"bad.name": {}})
-    assert problem.startswith("comparison.variants: variant name 'bad.name' must be letters")
+    assert problem.startswith("comparison.variants: variant name 'bad.name' must be a letter followed by letters")
     [problem] = _problems(comparison__variants={"centralized": {}})
     assert "reserved" in problem
+
+
+@pytest.mark.parametrize("name", ["_hidden", "1st", "a-b", "federated", "centralized", "fine_name2"])
+def test_the_schema_and_the_pipeline_shape_judge_variant_names_alike(name):
+    """One rule (structure.variant_name_problem): the schema refuses exactly what the build refuses."""
+    from fedpatchcore import structure
+
+    refused_by_schema = bool(_problems(comparison__enabled=True, comparison__variants={name: {}}))
+    parameters = {**_base(), "comparison": {"enabled": True, "variants": {name: {}}}}
+    try:
+        structure.resolve_variants(parameters)
+        refused_by_build = False
+    except ValueError:
+        refused_by_build = True
+    assert refused_by_schema == refused_by_build == (name != "fine_name2")
 
 
 def test_resolved_variants_are_validated_with_the_same_models():
@@ -239,3 +256,121 @@ def test_experts_need_a_validation_split_and_no_privacy():
 def test_train_shots_is_all_or_a_number_of_images(shots, ok):
     problems = [p for p in _problems(dataset__train_shots=shots) if p.startswith("dataset.train_shots")]
     assert (not problems) == ok, problems
+
+
+# --------------------------------------------------------------------------- defaults in one place
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    candidates = [annotation, *getattr(annotation, "__args__", ())]
+    return next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+
+
+def _defaulted(model: type[BaseModel], values: dict, path: tuple[str, ...]) -> dict[tuple[str, ...], Any]:
+    """path -> schema default of every key of ``model`` that has one (nested blocks walked where conf sets them)."""
+    found = {}
+    for name, field in model.model_fields.items():
+        sub = _submodel(field.annotation)
+        if sub is not None and isinstance(values.get(name), dict):
+            found.update(_defaulted(sub, values[name], (*path, name)))
+        elif not field.is_required():
+            found[(*path, name)] = field.get_default(call_default_factory=True)
+    return found
+
+
+def _schema_defaults(params: dict) -> dict[tuple[str, ...], Any]:
+    return {
+        path: default
+        for block, model in BLOCKS.items()
+        if isinstance(model, type) and issubclass(model, BaseModel)
+        for path, default in _defaulted(model, params[block], (block,)).items()
+    }
+
+
+def test_every_schema_default_is_the_value_conf_base_writes():
+    """conf/base is where a default is written; a key's schema default repeats it, never differs."""
+    params = _base()
+    defaults = _schema_defaults(params)
+    assert ("fairness", "min_share") in defaults and ("federation", "flower", "num_cpus") in defaults
+    different = {}
+    for path, default in defaults.items():
+        value = params
+        for key in path:
+            assert key in value, f"{'.'.join(path)} has a schema default but no line in conf/base"
+            value = value[key]
+        if value != default:
+            different[".".join(path)] = (default, value)
+    assert not different, f"schema default vs conf/base: {different}"
+
+
+def _without(params: dict, paths) -> dict:
+    params = copy.deepcopy(params)
+    for *parents, key in paths:
+        target = params
+        for part in parents:
+            target = target[part]
+        target.pop(key)
+    return params
+
+
+def test_settings_read_a_left_out_key_as_conf_base_writes_it():
+    """A key a file may leave out (it has a schema default) means the same to ClientSettings /
+    ServerSettings.from_run as conf/base's value: their fallbacks agree with conf/base too."""
+    from fedpatchcore.core.federation.client import CLIENT_BLOCKS, ClientSettings
+    from fedpatchcore.core.federation.server import SERVER_BLOCKS, ServerSettings
+
+    full = _base()
+    read = set(CLIENT_BLOCKS) | set(SERVER_BLOCKS)
+    stripped = _without(full, [path for path in _schema_defaults(full) if path[0] in read])
+    for client_id in ("metal", "qc"):
+        assert ClientSettings.from_run(stripped, client_id) == ClientSettings.from_run(full, client_id)
+    assert ServerSettings.from_run(stripped) == ServerSettings.from_run(full)
+
+
+# --------------------------------------------------------------------------- per-client keys
+
+
+CATEGORY_CLIENTS = "its clients are ['metal', 'textile', 'electronics', 'qc']"
+
+
+@pytest.mark.parametrize(
+    ("changes", "path"),
+    [
+        ({"heterogeneity": {"7": {"noise_sigma": 0.1}}}, "heterogeneity.7"),
+        ({"aggregation__client_weights": {"ghost": 0.0}}, "aggregation.client_weights.ghost"),
+        ({"federation__client_coreset_ratios": {"QC": 0.2}}, "federation.client_coreset_ratios.QC"),
+    ],
+)
+def test_a_per_client_key_must_name_a_client_of_the_partition(changes, path):
+    params = _with(comparison__enabled=False, **changes)
+    [problem] = parameter_problems(params)
+    assert problem == f"{path}: no client '{path.rsplit('.', 1)[1]}' in the partition (federation.partition: category); {CATEGORY_CLIENTS}"
+    fine = _with(comparison__enabled=False, heterogeneity={"qc": {"noise_sigma": 0.1}}, aggregation__client_weights={"metal": 0.5})
+    assert parameter_problems(fine) == []
+
+
+def test_per_client_keys_are_checked_against_each_variants_own_partition():
+    from fedpatchcore.config_loader import project_parameters
+
+    runtime = {
+        "heterogeneity": {"qc": {"noise_sigma": 0.1}},  # a client of the category layout ...
+        "comparison": {"variants": {"federated_iid": {"federation": {"partition": "iid"}}}},  # ... not of 1..4
+    }
+    problems = parameter_problems(project_parameters(REPO_ROOT / "conf", env="base", runtime_params=runtime))
+    assert problems == [
+        "variants.federated_iid.heterogeneity.qc: no client 'qc' in the partition (federation.partition: iid); "
+        "its clients are ['1', '2', '3', '4']"
+    ]
+    runtime["comparison"]["variants"]["federated_iid"]["heterogeneity"] = {"1": {"noise_sigma": 0.1}}
+    assert parameter_problems(project_parameters(REPO_ROOT / "conf", env="base", runtime_params=runtime)) == []
+
+
+def test_leave_one_out_names_clients_of_its_base_run():
+    from fedpatchcore.config_loader import project_parameters
+
+    params = project_parameters(REPO_ROOT / "conf", env="robustness")
+    assert parameter_problems(params) == []
+    dropped = params["comparison"]["leave_one_out"]["dropped"]
+    params["comparison"]["leave_one_out"]["dropped"] = {**dropped, "9": next(iter(dropped.values()))}
+    [problem] = parameter_problems(params)
+    assert problem.startswith("comparison.leave_one_out.dropped.9: no client '9' in the partition")

@@ -188,22 +188,6 @@ def test_reserved_names_are_fine_while_comparison_is_disabled():
     assert [v.name for v in structure.federated_variants(parameters)] == ["federated"]
 
 
-def test_run_parameters_shape_the_next_build(monkeypatch):
-    """``use_parameters`` (the hook's entry point) is what ``current_parameters`` returns."""
-    monkeypatch.setattr(structure, "_run_parameters", None)
-    configured = []
-    from kedro.framework import project
-
-    monkeypatch.setattr(project.pipelines, "configure", lambda module: configured.append(module))
-    parameters = _parameters(enabled=True, variants={"federated_iid": {"federation": {"partition": "iid", "num_clients": 2}}})
-    structure.use_parameters(parameters)
-    assert configured == ["fedpatchcore.pipeline_registry"]
-    assert structure.current_parameters() == parameters
-    assert [v.name for v in structure.federated_variants()] == ["federated", "federated_iid"]
-    structure.use_parameters(copy.deepcopy(parameters))  # same parameters: no rebuild
-    assert configured == ["fedpatchcore.pipeline_registry"]
-
-
 def test_a_private_variant_shares_the_extraction_but_not_the_client_lane():
     parameters = _parameters(
         enabled=True,
@@ -238,3 +222,36 @@ def test_a_variant_may_change_only_the_training_shots_of_the_dataset():
         structure.resolve_variants(
             _parameters(enabled=True, variants={"v": {"dataset": {"train_shots": 1, "root": "elsewhere"}}})
         )
+
+
+def test_unknown_block_message_lists_only_blocks_a_variant_may_override():
+    parameters = _parameters(enabled=True, variants={"v": {"partition": "iid"}})
+    with pytest.raises(ValueError, match="unknown parameter block") as error:
+        structure.resolve_variants(parameters)
+    listed = str(error.value).split("one of ")[1]
+    assert "'federation'" in listed and "'coreset'" in listed and "'seed'" in listed
+    assert "'dataset'" not in listed and "'comparison'" not in listed  # shared by every variant
+
+
+def test_round_bank_names_the_last_rounds_bank_the_memory_bank():
+    assert [structure.round_bank(r, 3) for r in (1, 2, 3)] == ["global_bank_round_1", "global_bank_round_2", "memory_bank"]
+    assert structure.round_bank(1, 1) == "memory_bank"
+
+
+def test_fairness_shapes_a_lane_only_when_it_shapes_the_clients_coreset():
+    parameters = _parameters(
+        enabled=True,
+        variants={
+            "client_groups": {"fairness": {"mode": "equal", "group_by": "client"}},  # server-side only
+            "category_groups": {"fairness": {"mode": "equal", "group_by": "category"}},  # splits a client's budget
+            "one_budget": {"coreset": {"total_size": 40}},  # one budget over a client's categories
+        },
+    )
+    parameters["fairness"] = {"mode": "none", "group_by": "category", "min_share": 0.1}
+    variants = {v.name: v for v in structure.federated_variants(parameters)}
+    clients = ("metal", "textile", "qc")
+    assert variants["client_groups"].lane_owner == dict.fromkeys(clients, "federated")
+    assert variants["category_groups"].lane_owner == dict.fromkeys(clients, "category_groups")
+    assert variants["one_budget"].lane_owner == dict.fromkeys(clients, "one_budget")
+    for name in variants:
+        assert variants[name].feature_owner == dict.fromkeys(clients, "federated"), name

@@ -1,4 +1,4 @@
-"""``fedpatchcore`` command line: fetch the AutoVI data and check its layout.
+"""``fedpatchcore`` command line: fetch the AutoVI data and check its layout; ``kedro run``.
 
     fedpatchcore download [--categories engine_wiring pipe_clip ...] [--target data/01_raw/autovi]
                           [--api-base https://zenodo.org] [--from-dir DIR] [--retries N] [--no-progress]
@@ -10,17 +10,26 @@ non-zero exit code, no traceback. The pipelines themselves run with ``kedro run`
 Kedro imports ``<package>.cli`` and requires a click group named ``cli`` in it (otherwise every
 ``kedro`` command fails with "Cannot load commands from fedpatchcore.cli"); :data:`cli` provides
 it and also makes ``kedro download ...`` / ``kedro check-layout ...`` work.
+
+:data:`run` is Kedro's own ``kedro run`` (same options, same code) with one change: an
+:class:`~fedpatchcore.core.common.errors.InputError` (a bad parameter, a missing saved result,
+an image that contradicts the index) is reported through Kedro's CLI error path, a
+``KedroCliError``: its message alone and exit code 1, instead of a rich traceback of ~150
+lines (a bug, any other exception, keeps its traceback). Kedro picks a project's ``run``
+over its own (``kedro run``) and ``python -m fedpatchcore`` runs it too.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from collections.abc import Sequence
 
 import click
 
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data.download import (
     AUTOVI_CATEGORIES,
     AUTOVI_LICENSE,
@@ -46,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Federated PatchCore: dataset utilities (pipelines run with `kedro run`).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_download(sub)
+    _add_check_layout(sub)
+    return parser
 
+
+def _add_download(sub) -> None:
     dl = sub.add_parser(
         "download",
         help="download and unpack AutoVI categories",
@@ -83,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     dl.add_argument("--keep-zips", action="store_true", help="keep the verified zips in <target>/.partial")
     dl.add_argument("--no-progress", action="store_true", help="no progress bars or table")
 
+
+def _add_check_layout(sub) -> None:
     chk = sub.add_parser(
         "check-layout",
         help="count images per category/defect and write layout_report.json",
@@ -92,7 +108,6 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument(
         "--categories", nargs="+", default=None, metavar="CATEGORY", help="default: every sub-folder"
     )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -141,7 +156,18 @@ def _run(args: argparse.Namespace) -> int:
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
-@click.group(name="fedpatchcore")
+class _ProjectCommands(click.Group):
+    """The project's ``kedro`` commands. ``run`` is built when Kedro asks for it, so the
+    ``fedpatchcore`` console script never imports Kedro (which configures logging on import)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "run"])
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        return _run_command() if name == "run" else super().get_command(ctx, name)
+
+
+@click.group(name="fedpatchcore", cls=_ProjectCommands)
 def cli() -> None:
     """fedpatchcore dataset commands (same as the `fedpatchcore` console script)."""
 
@@ -158,6 +184,40 @@ def _kedro_download(args: tuple[str, ...]) -> None:
 def _kedro_check_layout(args: tuple[str, ...]) -> None:
     """Check an AutoVI folder and write layout_report.json."""
     raise SystemExit(main(["check-layout", *args]))
+
+
+@functools.cache
+def _run_command() -> click.Command:
+    """Kedro's ``kedro run`` (its options, its code) that shows an InputError as its message alone."""
+    from kedro.framework.cli.project import run as kedro_run
+    from kedro.framework.cli.utils import KedroCliError
+
+    class InputErrorMessage(KedroCliError):
+        """Kedro's CLI error, shown as the message alone on stderr (exit code 1).
+
+        ``KedroCliError.show`` formats ``sys.exc_info()``, which click 8.5 no longer sets when it
+        shows an error: it would print "NoneType: None" instead of the message.
+        """
+
+        def show(self, file=None) -> None:
+            click.secho(self.format_message(), fg="yellow", err=True, file=file)
+
+    def run_reporting_input_errors(**options):
+        try:
+            return kedro_run.callback(**options)
+        except InputError as error:
+            raise InputErrorMessage(str(error)) from error
+
+    return click.Command(
+        "run", callback=run_reporting_input_errors, params=kedro_run.params, help=kedro_run.help, short_help=kedro_run.short_help
+    )
+
+
+def __getattr__(name: str):
+    # Kedro's find_run_command (``python -m fedpatchcore``) reads the module attribute ``run``.
+    if name == "run":
+        return _run_command()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -13,10 +13,21 @@ the base block, losing ``dataset.categories``). Here:
 * ``--params`` then apply on top, key by key, whatever the environment holds;
 * the result gains ``variants``: every variant's complete parameters
   (:func:`fedpatchcore.structure.resolve_variants`), which the variants' nodes read.
+
+This module owns the run's parameters. A Kedro session hands its resolved parameters over when
+its context is created (``hooks.PipelineStructureHook`` -> :func:`use_run_parameters`), and
+``pipeline_registry.register_pipelines()`` (Kedro calls it without arguments) shapes the
+pipelines by :func:`run_parameters`: those, or, outside a run (``kedro viz``, a notebook), the
+parameters ``kedro run`` would use in the working directory (:func:`project_parameters`).
+Everything downstream (``structure``, the pipeline builders) takes parameters explicitly.
 """
 
 from __future__ import annotations
 
+import copy
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kedro.config import OmegaConfigLoader
@@ -56,3 +67,41 @@ class ProjectConfigLoader(OmegaConfigLoader):
                 "resolved parameters): describe variants under comparison.variants instead"
             )
         return {**value, VARIANTS_KEY: resolve_variants(value)}
+
+
+# The environments: conf/base, and conf/local unless --env (or KEDRO_ENV) names another (settings.py uses these).
+BASE_ENV = "base"
+DEFAULT_RUN_ENV = "local"
+
+_run_parameters: dict[str, Any] | None = None
+
+
+def project_parameters(
+    conf_source: str | Path | None = None, env: str | None = None, runtime_params: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parameters ``kedro run`` would use: ``conf/base`` + the environment + ``runtime_params``.
+
+    ``conf_source``: default ``./conf``; ``env``: default ``$KEDRO_ENV``, else ``conf/local``.
+    """
+    loader = ProjectConfigLoader(
+        conf_source=str(conf_source or Path.cwd() / "conf"),
+        base_env=BASE_ENV,
+        default_run_env=DEFAULT_RUN_ENV,
+        env=env or os.environ.get("KEDRO_ENV"),
+        runtime_params=dict(runtime_params or {}),
+    )
+    return loader["parameters"]
+
+
+def use_run_parameters(parameters: Mapping[str, Any]) -> bool:
+    """Make ``parameters`` (a session's: conf environment + ``--params``) the run's; True if they changed."""
+    global _run_parameters
+    if parameters == _run_parameters:
+        return False
+    _run_parameters = copy.deepcopy(dict(parameters))
+    return True
+
+
+def run_parameters() -> dict[str, Any]:
+    """The parameters of the run in this process, else those of the project in the working directory."""
+    return _run_parameters if _run_parameters is not None else project_parameters()

@@ -7,8 +7,10 @@ import time
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
+from kedro.io import MemoryDataset
 
-from fedpatchcore import structure
+from fedpatchcore.config_loader import use_run_parameters
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data.layout_check import check_dataset_layout
 from fedpatchcore.core.features.extraction import remove_stale_scratch
 from fedpatchcore.params_schema import ParameterError, parameter_problems
@@ -21,14 +23,19 @@ class PipelineStructureHook:
     """Makes the run's parameters (conf env + ``--params``) shape the pipelines.
 
     Kedro builds pipelines in ``register_pipelines()``, which receives no parameters. The number
-    of client lanes and rounds are parameters, so the context's merged parameters are stored
-    before the session asks for its pipeline. Reading ``context.params`` here would itself build
+    of client lanes and rounds are parameters, so the context's merged parameters are handed to
+    the config loader (their owner) before the session asks for its pipeline, and Kedro's cached
+    pipelines are dropped when they changed. Reading ``context.params`` here would itself build
     the pipelines (for parameter validation), hence the raw config loader.
     """
 
     @hook_impl
     def after_context_created(self, context) -> None:
-        structure.use_parameters(context.config_loader["parameters"])
+        if use_run_parameters(context.config_loader["parameters"]):
+            # Kedro caches the registered pipelines per process; rebuild them for the new shape.
+            from kedro.framework.project import pipelines
+
+            pipelines.configure("fedpatchcore.pipeline_registry")
 
 
 class NodeTimingHook:
@@ -88,6 +95,11 @@ class ParameterValidationHook:
     export) are checked already when the context is created: Kedro builds the pipelines from
     them before ``before_pipeline_run``, and a bad value would otherwise stop the build with an
     error that does not name the parameter.
+
+    A run that starts from saved results (``predict``, ``explain``, ``evaluate``, ``report``,
+    ``--from-nodes``) before any run saved them stops here too, with the command that makes
+    them (:func:`missing_saved_inputs`, :func:`train_first`), instead of a ``DatasetError``
+    traceback from the first node's load.
     """
 
     STRUCTURE_BLOCKS = ("federation", "comparison", "export")
@@ -110,6 +122,72 @@ class ParameterValidationHook:
             ]
         if problems:
             raise ParameterError(problems)
+        missing = missing_saved_inputs(pipeline, catalog)
+        if missing:
+            raise MissingInputError(train_first(missing, pipeline, params, run_params))
+
+
+class MissingInputError(InputError):
+    """A run reads saved results that no run has written yet."""
+
+
+def _filepath(catalog, name: str) -> str | None:
+    """The file ``name`` is configured to read or write (from the catalog's config: no dataset is built)."""
+    return (catalog.config_resolver.resolve_pattern(name) or {}).get("filepath")
+
+
+def missing_saved_inputs(pipeline, catalog) -> list[str]:
+    """Datasets ``pipeline`` reads without making them, persisted by the catalog and not saved yet.
+
+    An input that reads a file this pipeline writes under another name (``<experiment>_plot_png``
+    reads ``<experiment>_plot``'s image) is made by this run: not missing.
+    """
+    missing = []
+    for name in sorted(pipeline.inputs()):
+        if name == "parameters" or name.startswith("params:"):
+            continue
+        dataset = catalog.get(name)
+        if dataset is None or isinstance(dataset, MemoryDataset):
+            continue  # not persisted: no earlier run could have made it
+        try:
+            saved = dataset.exists()
+        except Exception:  # noqa: BLE001 - a dataset that cannot tell: its load will report it
+            saved = True
+        if not saved:
+            missing.append(name)
+    if missing:
+        written = {_filepath(catalog, name) for name in pipeline.all_outputs()} - {None}
+        missing = [name for name in missing if _filepath(catalog, name) not in written]
+    return missing
+
+
+def _smallest_pipeline_making(names: set[str]) -> str | None:
+    """The registered pipeline with the fewest nodes that makes every dataset in ``names``."""
+    from kedro.framework.project import pipelines
+
+    makers = [(len(p.nodes), name) for name, p in pipelines.items() if name != "__default__" and names <= p.all_outputs()]
+    return min(makers)[1] if makers else None
+
+
+_NAMED = 6  # missing datasets named in the message; the command that makes them matters more
+
+
+def train_first(missing: list[str], pipeline, params: dict, run_params: dict) -> str:
+    """What is missing and the ``kedro run`` that makes it (same ``--env``; the validation
+    split ``predict`` calibrates on when this run reads one and does not enable it)."""
+    running = ",".join(run_params.get("pipeline_names") or ["__default__"])
+    maker = _smallest_pipeline_making(set(missing))
+    named = ", ".join(missing[:_NAMED]) + (f" and {len(missing) - _NAMED} more" if len(missing) > _NAMED else "")
+    lines = [f"`kedro run --pipeline {running}` reads saved results that no run has written yet: {named}."]
+    if maker is None:
+        return " ".join([*lines, "Run the pipelines that make them first (`kedro registry describe <pipeline>` lists outputs)."])
+    command = f"kedro run --pipeline {maker}"
+    env = run_params.get("env")
+    if env and env != "local":
+        command += f" --env {env}"
+    if "validation_split" in pipeline.inputs() and not (params.get("validation") or {}).get("enabled", False):
+        command += " --params validation.enabled=true"
+    return " ".join([*lines, f"Train first: {command} (with this run's dataset parameters), then run this again."])
 
 
 def log_input_versions(pipeline, catalog) -> dict[str, str]:

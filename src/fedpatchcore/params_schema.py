@@ -10,6 +10,9 @@ parameters (conf environment + ``--params``) against them and raises one
     aggregation.strategy: unknown strategy 'fedavg'; choose one of ['concatenate', ...]
     federation.partiton: unknown key (a typo?); known keys: alpha, client_coreset_ratios, ...
 
+A key's default here is its value in ``conf/base`` (a test holds them equal): conf/base is the
+one place defaults are written, the schema only repeats them for a key a file leaves out.
+
 Types are strict (``"7"`` is not an integer, ``1`` is not a boolean); names that come from a
 registry (``aggregation.strategy``, ``backbone.name``) are looked up when validating, so
 strategies and backbones registered later are accepted without touching this file.
@@ -46,6 +49,9 @@ from pydantic import (
     model_validator,
 )
 
+from fedpatchcore.core.common.errors import InputError
+from fedpatchcore.structure import VARIANTS_KEY, variant_name_problem
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,17 +70,17 @@ BLOCKS: dict[str, Any] = {}
 #: Every top-level parameter key this schema knows: the blocks plus the reserved keys.
 KNOWN_BLOCKS: list[str] = []
 #: Top-level keys that are not blocks. ``variants``: variant name -> that variant's resolved parameters.
-RESERVED_KEYS = ("variants",)
+RESERVED_KEYS = (VARIANTS_KEY,)
 KNOWN_BLOCKS.extend(RESERVED_KEYS)
 
-# Names usable as a Kedro namespace and a folder name.
-_VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-_RESERVED_VARIANT_NAMES = ("federated", "centralized")
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-class ParameterError(ValueError):
-    """The run's parameters (or the dataset they point at) have problems; ``problems`` lists them."""
+class ParameterError(InputError):
+    """The run's parameters (or the dataset they point at) have problems; ``problems`` lists them.
+
+    An :class:`~fedpatchcore.core.common.errors.InputError`: ``kedro run`` prints the message
+    alone (``fedpatchcore.cli.run``)."""
 
     def __init__(self, problems: list[str], heading: str | None = None):
         self.problems = list(problems)
@@ -220,7 +226,7 @@ class BackboneParams(Block):
 @block("extraction")
 class ExtractionParams(Block):
     batch_size: PositiveInt
-    num_threads: NonNegativeInt | None = None  # 0 / null: leave torch's thread count as it is
+    num_threads: NonNegativeInt | None = 2  # 0 / null: leave torch's thread count as it is
     num_workers: NonNegativeInt
     scratch_dir: Annotated[str, Field(min_length=1)]
     neighbourhood: PositiveInt
@@ -236,9 +242,10 @@ class ExtractionParams(Block):
 @block("coreset")
 class CoresetParams(Block):
     ratio: Ratio
-    max_size: PositiveInt | None = None
+    max_size: PositiveInt | None  # null: no bound (conf/base holds the project's bound)
     total_size: PositiveInt | None = None
-    projection_dim: PositiveInt | None = None
+    min_rows: PositiveInt = 1
+    projection_dim: PositiveInt | None  # null: k-center on full vectors (conf/base: 128)
     num_starts: PositiveInt = 1
     device: str = "auto"
 
@@ -251,7 +258,7 @@ class ScoringParams(Block):
     reweight: bool
     reweight_neighbours: PositiveInt
     batch_size: PositiveInt
-    approximate_index_above: PositiveInt | None = None
+    approximate_index_above: PositiveInt | None = 200000
     image_score: str = "max"
     topk: PositiveInt = 10
 
@@ -385,7 +392,7 @@ class ExpertsParams(Block):
     position: ExpertPositionParams = ExpertPositionParams()
     composition: ExpertCompositionParams = ExpertCompositionParams()
     fusion: ExpertFusionParams
-    logical_defects: list[str] = []
+    logical_defects: list[str]
 
     @field_validator("enabled", mode="before")
     @classmethod
@@ -401,6 +408,7 @@ class PredictParams(Block):
     pattern: str | None = None
     category: str | None = None
     variant: str = "federated"
+    runtime: str = "torch"
     max_false_alarm_rate: Annotated[float, Field(ge=0, lt=1)] = 0.05
     calibration: str = "conformal"
     tile: Size | None = None
@@ -415,11 +423,25 @@ class PredictParams(Block):
 
         return _one_of("calibration method", value, CALIBRATION_METHODS)
 
+    @field_validator("runtime")
+    @classmethod
+    def _known_runtime(cls, value: str) -> str:
+        from fedpatchcore.core.scoring.predict import RUNTIMES
+
+        return _one_of("runtime", value, RUNTIMES)
+
 
 @block("export")
 class ExportParams(Block):
     enabled: bool = False
     format: str = "autovi"
+    inspector: str | None = None
+    onnx_opset: Annotated[int, Field(ge=7)] = 17
+
+    @field_validator("inspector")
+    @classmethod
+    def _known_inspector(cls, value: str | None) -> str | None:
+        return None if value is None else _one_of("inspector format", value, ["onnx"])
 
     @field_validator("format")
     @classmethod
@@ -427,6 +449,11 @@ class ExportParams(Block):
         from fedpatchcore.datasets.exported_maps import EXPORTERS
 
         return _one_of("export format", value, list(EXPORTERS))
+
+
+@block("mlflow")
+class MlflowParams(Block):
+    enabled: bool = True
 
 
 class FlowerParams(Block):
@@ -439,13 +466,13 @@ class FlowerParams(Block):
 @block("federation")
 class FederationParams(Block):
     partition: str
-    num_clients: PositiveInt | None = None
-    clients: dict[str, Any] | None = None
+    num_clients: PositiveInt | None = 4
+    clients: dict[str, Any] | None  # the category layout: conf/base names it (no default here)
     qc_sample_ratio: UnitFloat = 0.1
-    alpha: Annotated[float, Field(gt=0)] | None = None
+    alpha: Annotated[float, Field(gt=0)] | None = 0.5
     rounds: PositiveInt = 1
     coverage_quantile: UnitFloat
-    client_coreset_ratios: dict[str, Ratio] | None = None
+    client_coreset_ratios: dict[str, Ratio] | None = {}
     engine: str = "inprocess"
     round_timeout_s: Annotated[float, Field(gt=0)] = 600
     flower: FlowerParams = FlowerParams()
@@ -513,14 +540,15 @@ class LeaveOneOutParams(Block):
 
 @block("comparison")
 class ComparisonParams(Block):
-    enabled: bool = False
+    enabled: bool = True
     name: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")] = "comparison"
     centralized: bool = True
     groups: str = "categories"
     labels: dict[str, dict[str, Any]] = {}
     leave_one_out: LeaveOneOutParams | None = None
     # variant name -> overrides: {block: {key: value}}, plus optional `labels` for the table
-    variants: dict[str, dict[str, Any] | None] | None = None
+    # (the experiment's own: conf/base or the experiment's environment names them, no default here)
+    variants: dict[str, dict[str, Any] | None] | None
 
     @field_validator("groups")
     @classmethod
@@ -534,12 +562,9 @@ class ComparisonParams(Block):
     def _variants(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         problems = []
         for name, override in (value or {}).items():
-            if not _VARIANT_NAME.match(name):
-                problems.append(
-                    f"variant name {name!r} must be letters, digits and _ (starting with a letter)"
-                )
-            elif name in _RESERVED_VARIANT_NAMES:
-                problems.append(f"variant name {name!r} is reserved; choose another")
+            problem = variant_name_problem(name)
+            if problem:
+                problems.append(f"variant name {name!r} {problem}")
             problems += [f"{name}.{p}" for p in _override_problems(override or {})]
         if problems:
             raise ValueError("; ".join(problems))
@@ -576,7 +601,7 @@ register_block("heterogeneity", Annotated[dict[Any, Any], AfterValidator(_hetero
 class FairnessParams(Block):
     mode: str = "none"
     group_by: str = "category"
-    min_share: UnitFloat = 0.0
+    min_share: UnitFloat = 0.1
 
     @field_validator("mode")
     @classmethod
@@ -777,6 +802,72 @@ def _setting_problems(params: Mapping[str, Any], prefix: str) -> list[str]:
     return problems
 
 
+#: Parameters keyed by client id: every key must name a client of the run's partition.
+PER_CLIENT_KEYS: tuple[tuple[str, ...], ...] = (
+    ("heterogeneity",),
+    ("aggregation", "client_weights"),
+    ("federation", "client_coreset_ratios"),
+)
+
+
+def _partition_clients(params: Mapping[str, Any]) -> list[str] | None:
+    """The client ids of ``params``' partition (``None`` when the federation block cannot say:
+    its own problems are reported with it)."""
+    from fedpatchcore.core.federation.partition import client_ids_of
+
+    try:
+        return client_ids_of(params["federation"])
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _unknown_clients(keys: Iterable[Any], clients: list[str], where: str, federation: Mapping[str, Any]) -> list[str]:
+    return [
+        f"{where}.{key}: no client '{key}' in the partition (federation.partition: "
+        f"{federation.get('partition')}); its clients are {clients}"
+        for key in keys
+        if str(key) not in clients
+    ]
+
+
+def _client_id_problems(params: Mapping[str, Any], prefix: str, invalid: Iterable[str] = ()) -> list[str]:
+    """Per-client keys (:data:`PER_CLIENT_KEYS`) naming a client the partition does not have.
+
+    Such a key used to be ignored without a word (``heterogeneity.<id>``) or noticed only after
+    the extraction (``aggregation.client_weights.<id>``). Blocks in ``invalid`` (their values
+    have problems already) are not looked at.
+    """
+    clients = _partition_clients(params)
+    if clients is None:
+        return []
+    problems = []
+    for path in PER_CLIENT_KEYS:
+        if path[0] in invalid:
+            continue
+        values: Any = params
+        for key in path:
+            values = values.get(key) if isinstance(values, Mapping) else None
+        if isinstance(values, Mapping):
+            problems += _unknown_clients(values, clients, prefix + ".".join(path), params["federation"])
+    return problems
+
+
+def _blocks_of(problems: Iterable[str], prefix: str) -> set[str]:
+    """The blocks ``problems`` (``<prefix><block>...: message``) are about."""
+    return {p.removeprefix(prefix).split(":")[0].split(".")[0] for p in problems}
+
+
+def _leave_one_out_problems(params: Mapping[str, Any]) -> list[str]:
+    """``comparison.leave_one_out.dropped`` names clients of its ``base`` run's partition."""
+    leave_one_out = (params.get("comparison") or {}).get("leave_one_out") or {}
+    base = ((params.get(VARIANTS_KEY) or {}).get(leave_one_out.get("base")) or {}) if leave_one_out else {}
+    clients = _partition_clients(base) if base else None
+    dropped = leave_one_out.get("dropped")
+    if clients is None or not isinstance(dropped, Mapping):
+        return []
+    return _unknown_clients(dropped, clients, "comparison.leave_one_out.dropped", base["federation"])
+
+
 def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None = None) -> list[str]:
     """Every problem of ``params`` and of each ``params['variants'][<name>]``, as ``path: message``.
 
@@ -786,9 +877,10 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
         return [f"parameters must be a mapping of blocks, got {type(params).__name__}"]
     problems = _validate_blocks(params, "", blocks)
     if blocks is None:
+        problems += _client_id_problems(params, "", _blocks_of(problems, "")) + _leave_one_out_problems(params)
         problems += _setting_problems(params, "")
     shared = set(problems)
-    variants = params.get("variants")
+    variants = params.get(VARIANTS_KEY)
     if variants is not None:
         if not isinstance(variants, Mapping):
             problems.append(f"variants: must map each variant name to its parameters, got {variants!r}")
@@ -806,6 +898,7 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
                     {k: v for k, v in resolved.items() if k not in RESERVED_KEYS}, prefix, variant_blocks
                 )
                 if blocks is None:
+                    found += _client_id_problems(resolved, prefix, _blocks_of(found, prefix))
                     found += _setting_problems(resolved, prefix)
                 # A problem every variant inherits from the shared parameters is reported once, there.
                 problems += [p for p in found if p.removeprefix(prefix) not in shared]

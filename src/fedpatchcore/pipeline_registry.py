@@ -15,22 +15,30 @@
 ``predict``      every image under predict.input against a variant's persisted bank, at
                  thresholds calibrated on its validation split -> predictions.csv, masks, overlays
 ``export``       anomaly maps in the official AutoVI/MVTec layout from persisted maps
-                 (also appended to ``centralized``/``federated`` when export.enabled)
+                 (also appended to ``centralized``/``federated`` when export.enabled); with
+                 export.inspector=onnx also predict.variant's inspector (ONNX embedder, bank,
+                 thresholds, manifest per category)
 ``__default__``  federated
 """
 
 from __future__ import annotations
 
-from kedro.pipeline import Pipeline, node
+from collections.abc import Mapping
+from typing import Any
+
+from kedro.pipeline import Pipeline
 
 from fedpatchcore import structure
-from fedpatchcore.pipelines import bind, in_variant
-from fedpatchcore.pipelines.evaluation import nodes as evaluation_nodes
-from fedpatchcore.pipelines.evaluation.pipeline import evaluation
-from fedpatchcore.pipelines.experts.pipeline import expert_fitting, experts_enabled
+from fedpatchcore.config_loader import run_parameters
+from fedpatchcore.pipelines.evaluation.pipeline import centralized_evaluation
+from fedpatchcore.pipelines.experts.pipeline import centralized_experts, experts_enabled
 from fedpatchcore.pipelines.explain.pipeline import create_pipeline as explain
-from fedpatchcore.pipelines.export.pipeline import export_enabled, export_maps
-from fedpatchcore.pipelines.federated import nodes as federated_nodes
+from fedpatchcore.pipelines.export.pipeline import (
+    export_enabled,
+    export_maps,
+    inspector_export,
+    inspector_variant,
+)
 from fedpatchcore.pipelines.federated.pipeline import (
     federated_evaluation,
     federated_training,
@@ -39,44 +47,21 @@ from fedpatchcore.pipelines.federated.pipeline import (
 from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
 from fedpatchcore.pipelines.predict.pipeline import create_pipeline as predict
 from fedpatchcore.pipelines.report.pipeline import experiment_summary, html_report, report
-from fedpatchcore.pipelines.training import nodes as training_nodes
 from fedpatchcore.pipelines.training.pipeline import centralized_training
 from fedpatchcore.pipelines.tune.pipeline import create_pipeline as tune
 
 
-def centralized_experts(parameters) -> Pipeline:
-    """The centralized baseline's experts: the fitting chain with its single client (experts.enabled)."""
-    if not experts_enabled(parameters):
-        return Pipeline([])
-    site = {training_nodes.CENTRALIZED_CLIENT: (structure.CENTRALIZED, f"{structure.CENTRALIZED}.patch_features")}
-    rounds = int(parameters["experts"]["composition"]["lloyd_rounds"])
-    return expert_fitting(structure.CENTRALIZED, site, rounds, per_category=True, count_traffic=False)
-
-
-def centralized_evaluation(experts: bool = False) -> Pipeline:
-    summary = Pipeline(
-        [
-            node(
-                evaluation_nodes.summarise_centralized_run,
-                ["metrics", "memory_bank", "params:tuned"],
-                "run_summary",
-                name="summarise_run",
-            ),
-            node(
-                bind(federated_nodes.add_privacy_budgets, client_ids=[training_nodes.CENTRALIZED_CLIENT]),
-                ["run_summary", "params:privacy", "params:seed", "privacy_budget"],
-                "published_metrics",
-                name="publish_privacy",
-            ),
-        ]
-    )
-    return evaluation(structure.CENTRALIZED, experts) + in_variant(
-        summary, structure.CENTRALIZED, outputs={"published_metrics": "metrics_centralized"}
-    )
-
-
 def register_pipelines() -> dict[str, Pipeline]:
-    parameters = structure.current_parameters()
+    """Kedro's entry point (it passes nothing): the pipelines for this run's parameters.
+
+    The config loader owns them (the session's conf environment and ``--params``, or the
+    project's conf outside a run); :func:`create_pipelines` builds from whatever it is given.
+    """
+    return create_pipelines(run_parameters())
+
+
+def create_pipelines(parameters: Mapping[str, Any]) -> dict[str, Pipeline]:
+    """Every registered pipeline, shaped by ``parameters`` (clients, rounds, variants, export)."""
     variants = structure.federated_variants(parameters)
     compare = structure.comparison_enabled(parameters)
     comparison = parameters.get("comparison") or {}
@@ -116,6 +101,10 @@ def register_pipelines() -> dict[str, Pipeline]:
     page = html_report(runs, comparison.get("name", "comparison") if compare else None, with_experts)
     federated += page
     reporting += page
+    inspected = inspector_variant(parameters)
+    if inspected is not None:
+        with_thresholds = bool((parameters.get("validation") or {}).get("enabled", False))
+        exporting += inspector_export(inspected, with_thresholds)
     if export_enabled(parameters):
         centralized += export_maps([structure.CENTRALIZED])
         federated += exporting

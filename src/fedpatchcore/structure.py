@@ -16,40 +16,44 @@ extraction settings, and that variant's whole client lane (coreset, first upload
 coreset settings match too (:attr:`Variant.partition_owner`, :attr:`Variant.feature_owner`,
 :attr:`Variant.lane_owner`).
 
-``register_pipelines()`` gets no arguments, yet a 5-client layout needs 5 lanes. The
-``PipelineStructureHook`` stores the run's merged parameters here (conf environment and
-``--params``); before any run in this process (kedro viz, a notebook, tests that build
-pipelines directly) the project's ``conf/base`` + ``conf/$KEDRO_ENV`` (default ``conf/local``)
-parameters are read instead.
+Everything here takes the run's parameters explicitly: ``pipeline_registry.create_pipelines``
+gets them from the config loader (which owns them: ``fedpatchcore.config_loader``), tests pass
+their own. Which work two variants may share is decided by one fingerprint recipe
+(:func:`fedpatchcore.core.common.fingerprint.fingerprint`) over what that work depends on:
+which images (:data:`SPLIT_PARAMETERS`) and, per client, what its features and coreset depend
+on (:func:`fedpatchcore.core.federation.client.feature_inputs`, ``coreset_inputs``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from fedpatchcore.core.federation.fairness import FairnessSettings
-from fedpatchcore.core.federation.partition import client_ids_for
-from fedpatchcore.core.privacy.release import release_parameters
+from fedpatchcore.core.common.fingerprint import fingerprint, values_at
+from fedpatchcore.core.federation.partition import client_ids_of
 
 logger = logging.getLogger(__name__)
 
 MAIN_VARIANT = "federated"
 CENTRALIZED = "centralized"
+# The centralized baseline's single client, which holds every training image.
+CENTRALIZED_CLIENT = "all"
+# Names every run uses itself; a comparison variant cannot take them.
+RESERVED_VARIANT_NAMES = (MAIN_VARIANT, CENTRALIZED)
+# A variant name names a Kedro namespace and folders: a letter, then letters, digits and '_'.
+VARIANT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 # The parameter key under which the config loader publishes every variant's resolved parameters.
 VARIANTS_KEY = "variants"
 # Blocks a variant cannot override: ingest is shared by all variants, the experiment's own
 # description cannot vary inside it, `explain` and `predict` choose a variant themselves, the
 # validation split is held out of every variant's training images alike, and the tuned
 # per-category settings are the run's (every client of every variant extracts a category with
-# its setting; README "Tuning and inspecting new images").
-NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned"}
+# its setting; README "Tuning and inspecting new images"). Whether a run is tracked (`mlflow`)
+# is the run's, not a variant's.
+NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned", "mlflow"}
 # ... except these keys of them: how many training images each category's banks are built from
 # is what a few-shot experiment varies (the images themselves are shared: ingest runs once).
 OVERRIDABLE_KEYS = {"dataset": {"train_shots"}}
@@ -78,24 +82,11 @@ SPLIT_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("federation", "alpha"),
 )
 PARTITION_PARAMETERS = (*SPLIT_PARAMETERS, ("heterogeneity",))
-# What one client's feature extraction writes depends on the split, that client's own
-# heterogeneity (label noise and degradations) and the extraction settings.
-EXTRACTION_PARAMETERS: tuple[tuple[str, ...], ...] = (
-    *SPLIT_PARAMETERS,
-    ("backbone",),
-    ("extraction",),
-    ("tuned",),
-    ("coreset", "projection_dim"),
-    ("federation", "engine"),  # only in-process lanes write features another variant could read
-)
-# ... and what its local coreset and first upload depend on besides the features: the coreset
-# settings, the fairness block when it shapes a client's coreset (see client_fairness), and the
-# DP release (only what changes the released rows: a disabled release is one thing whatever its
-# other keys, and the audit changes nothing; see privacy.release_parameters).
-LANE_PARAMETERS: tuple[tuple[str, ...], ...] = (*EXTRACTION_PARAMETERS, ("coreset",), ("privacy",))
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-_run_parameters: dict[str, Any] | None = None
+# Only in-process lanes write features another variant could read (a Flower variant's sites
+# keep theirs), so the engine is part of where a client's features come from.
+ENGINE = ("federation", "engine")
+# Each category is extracted with its tuned setting (the run's, as every variant has the same).
+TUNED = ("tuned",)
 
 
 # --------------------------------------------------------------------------- merging
@@ -123,17 +114,23 @@ def merge_parameters(
     return out
 
 
-def _lookup(parameters: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    value: Any = parameters
-    for key in path:
-        if not isinstance(value, Mapping):
-            return None
-        # Client ids may be written as numbers in YAML (`1:`) and arrive as strings elsewhere.
-        match = next((k for k in value if k == key or str(k) == str(key)), None)
-        if match is None:
-            return None
-        value = value[match]
-    return value
+def variant_name_problem(name: Any) -> str | None:
+    """What is wrong with ``name`` as a comparison variant's name, as "<name> <problem>" (``None``: nothing)."""
+    if str(name) in RESERVED_VARIANT_NAMES:
+        return f"is reserved ({' and '.join(RESERVED_VARIANT_NAMES)} are the run's own); choose another"
+    if not isinstance(name, str) or not VARIANT_NAME.match(name):
+        return "must be a letter followed by letters, digits and '_' (it names a Kedro namespace)"
+    return None
+
+
+def overridable_blocks(parameters: Mapping[str, Any]) -> list[str]:
+    """The parameter blocks a comparison variant may override (the rest are shared by every variant)."""
+    return sorted(str(k) for k in parameters if k not in NOT_OVERRIDABLE)
+
+
+def round_bank(round_number: int, rounds: int) -> str:
+    """A variant's dataset holding the global bank after ``round_number``: the last round's is its memory bank."""
+    return "memory_bank" if round_number == rounds else f"global_bank_round_{round_number}"
 
 
 def resolve_variants(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
@@ -145,10 +142,9 @@ def resolve_variants(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]
         return resolved
     for name, override in (comparison.get("variants") or {}).items():
         where = f"comparison.variants.{name}"
-        if name in (MAIN_VARIANT, CENTRALIZED):
-            raise ValueError(f"{where}: '{name}' is reserved, choose another variant name")
-        if not _NAME.match(str(name)):
-            raise ValueError(f"{where}: a variant name must be letters, digits and '_' (it names a namespace)")
+        problem = variant_name_problem(name)
+        if problem:
+            raise ValueError(f"{where}: the variant name {name!r} {problem}")
         override = override or {}
         if not isinstance(override, Mapping):
             raise ValueError(f"{where} must map parameter blocks to their overrides, got {override!r}")
@@ -161,43 +157,12 @@ def resolve_variants(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]
                 raise ValueError(f"{where}.{block}: '{block}' is shared by every variant and cannot be overridden{only}")
             if block not in shared:
                 raise ValueError(
-                    f"{where}.{block}: unknown parameter block; a variant overrides blocks such as "
-                    f"{sorted(k for k in shared if isinstance(shared[k], Mapping))}"
+                    f"{where}.{block}: unknown parameter block; a variant overrides one of {overridable_blocks(shared)}"
                 )
             if isinstance(shared[block], Mapping) and not isinstance(value, Mapping):
                 raise ValueError(f"{where}.{block} must be a mapping of '{block}' keys, got {value!r}")
         resolved[str(name)] = merge_parameters(shared, override)
     return resolved
-
-
-# --------------------------------------------------------------------------- the run's parameters
-
-
-def use_parameters(parameters: dict[str, Any]) -> None:
-    """Shape the next pipeline build by these parameters (a run's merged parameters)."""
-    global _run_parameters
-    if parameters == _run_parameters:
-        return
-    _run_parameters = dict(parameters)
-    # Kedro caches the registered pipelines per process; rebuild them for the new shape.
-    from kedro.framework.project import pipelines
-
-    pipelines.configure("fedpatchcore.pipeline_registry")
-
-
-def current_parameters() -> dict[str, Any]:
-    if _run_parameters is not None:
-        return _run_parameters
-    from fedpatchcore.config_loader import ProjectConfigLoader
-
-    # Same environment resolution as `kedro run`: KEDRO_ENV if set, else conf/local.
-    loader = ProjectConfigLoader(
-        conf_source=str(Path.cwd() / "conf"),
-        base_env="base",
-        default_run_env="local",
-        env=os.environ.get("KEDRO_ENV"),
-    )
-    return loader["parameters"]
 
 
 # --------------------------------------------------------------------------- variants
@@ -219,8 +184,7 @@ class Variant:
 
     @property
     def client_ids(self) -> list[str]:
-        federation = self.federation
-        return client_ids_for(federation["partition"], federation.get("num_clients"), federation.get("clients"))
+        return client_ids_of(self.federation)
 
     @property
     def rounds(self) -> int:
@@ -240,55 +204,31 @@ class Variant:
         return self.lane_owner[client_id] == self.name
 
 
-def fingerprint(parameters: Mapping[str, Any], paths: Iterable[tuple[str, ...]], *extra: str) -> str:
-    """A stable text of the values at ``paths`` (two variants with equal fingerprints do the same work)."""
-    values = {".".join(path): _lookup(parameters, path) for path in paths}
-    return json.dumps([values, extra], sort_keys=True, default=str)
+def federated_variants(parameters: Mapping[str, Any]) -> list[Variant]:
+    """The main federated run plus, when comparison is enabled, its comparison variants.
 
-
-def client_fairness(parameters: Mapping[str, Any]) -> str:
-    """The fairness settings a client's coreset depends on ("" when they leave it as ``ratio`` makes it).
-
-    Read as written (not validated here: the client's settings check the values when it runs).
+    A variant uses the partition, a client's features and a client's whole lane of the first
+    variant whose fingerprint of what that work depends on is the same as its own.
     """
-    fairness = dict(parameters.get("fairness") or {})
-    defaults = FairnessSettings()
-    mode, group_by = fairness.get("mode", defaults.mode), fairness.get("group_by", defaults.group_by)
-    total_size = (parameters.get("coreset") or {}).get("total_size")
-    shapes = group_by == "category" and (mode != "none" or total_size is not None)
-    return json.dumps(fairness, sort_keys=True, default=str) if shapes else ""
+    # Imported here: the client module loads torch, which the config loader (it imports this
+    # module at every `kedro` command) should not pay for before a pipeline is built.
+    from fedpatchcore.core.federation.client import coreset_inputs, feature_inputs
 
-
-def federated_variants(parameters: Mapping[str, Any] | None = None) -> list[Variant]:
-    """The main federated run plus, when comparison is enabled, its comparison variants."""
-    parameters = current_parameters() if parameters is None else parameters
-    resolved = resolve_variants(parameters)
     partition_owners: dict[str, str] = {}
     feature_owners: dict[str, str] = {}
     lane_owners: dict[str, str] = {}
     variants = []
-    for name, values in resolved.items():
+    for name, values in resolve_variants(parameters).items():
         if name == CENTRALIZED:
             continue
-        partition_key = fingerprint(values, PARTITION_PARAMETERS)
-        partition_owner = partition_owners.setdefault(partition_key, name)
-        federation = values["federation"]
-        clients = client_ids_for(federation["partition"], federation.get("num_clients"), federation.get("clients"))
-        own = {c: (("heterogeneity", c), ("federation", "client_coreset_ratios", c)) for c in clients}
-        features = {
-            c: feature_owners.setdefault(fingerprint(values, (*EXTRACTION_PARAMETERS, own[c][0]), c), name)
-            for c in clients
-        }
-        selection = client_fairness(values)
-        released = {**values, "privacy": release_parameters(values.get("privacy"))}
-        lanes = {
-            c: lane_owners.setdefault(fingerprint(released, (*LANE_PARAMETERS, *own[c]), c, selection), name)
-            for c in clients
-        }
+        partition_owner = partition_owners.setdefault(fingerprint(values_at(values, PARTITION_PARAMETERS)), name)
+        images = values_at(values, (*SPLIT_PARAMETERS, ENGINE, TUNED))  # which images, and who keeps the features
+        clients = client_ids_of(values["federation"])
+        features = {c: feature_owners.setdefault(fingerprint(c, images, feature_inputs(values, c)), name) for c in clients}
+        lanes = {c: lane_owners.setdefault(fingerprint(c, images, coreset_inputs(values, c)), name) for c in clients}
         variants.append(Variant(name, values, partition_owner, features, lanes))
     return variants
 
 
-def comparison_enabled(parameters: Mapping[str, Any] | None = None) -> bool:
-    parameters = current_parameters() if parameters is None else parameters
+def comparison_enabled(parameters: Mapping[str, Any]) -> bool:
     return bool((parameters.get("comparison") or {}).get("enabled", False))

@@ -1,6 +1,6 @@
 """A Flower Grid in memory: each node is a function from an instruction to a reply (or None).
 
-Drives :func:`fedpatchcore.flower.server.serve` without the simulation engine or a SuperLink,
+Drives :func:`fedpatchcore.flower.rounds.serve` without the simulation engine or a SuperLink,
 so fault handling is tested in milliseconds. A node returning None never replies (a dead or
 hung SuperNode): the reply is simply missing when ``send_and_receive``'s timeout ends.
 """

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.flower.loopback import LoopbackFederation
 from fedpatchcore.flower.site import make_site_folder
+from scripts.flower_loopback import LoopbackFederation
 from tests.pipelines.conftest import TINY_PARAMS, merged
 
 pytestmark = pytest.mark.flower

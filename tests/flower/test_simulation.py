@@ -79,7 +79,7 @@ def poison_client_2(message: Message, context, call_next) -> Message:
 
 
 def test_simulated_round_goes_on_without_a_crashed_site_and_rejects_a_poisoned_one(tiny_dataset, tmp_path):
-    from fedpatchcore.flower.server import FederationPlan
+    from fedpatchcore.flower.rounds import FederationPlan
     from fedpatchcore.flower.simulation import simulate
     from fedpatchcore.pipelines.federated import flower_pipeline, nodes
 
@@ -132,3 +132,15 @@ def test_flower_carries_the_experts_and_fits_what_the_in_process_lanes_fit(tiny_
     traffic = published["flower"]["communication"]["experts"]
     assert traffic == published["inprocess"]["communication"]["experts"]
     assert len(traffic["kmeans_rounds"]) == 2 and set(traffic["sites"]) == {"client_1", "client_2"}
+
+
+def test_the_offline_environment_lasts_as_long_as_the_simulation(monkeypatch):
+    import os
+
+    from fedpatchcore.flower.simulation import offline_environment
+
+    monkeypatch.delenv("RAY_USAGE_STATS_ENABLED", raising=False)
+    monkeypatch.setenv("FLWR_TELEMETRY_ENABLED", "1")  # the user's own choice is kept
+    with offline_environment():
+        assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" and os.environ["FLWR_TELEMETRY_ENABLED"] == "1"
+    assert "RAY_USAGE_STATS_ENABLED" not in os.environ and os.environ["FLWR_TELEMETRY_ENABLED"] == "1"

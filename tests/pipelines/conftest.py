@@ -30,6 +30,9 @@ TINY_PARAMS: dict[str, Any] = {
     "extraction": {"batch_size": 4, "num_threads": 1, "num_workers": 1},
     "scoring": {"batch_size": 4},
     "coreset": {"ratio": 0.2},
+    # MLflow tracking only where a test asks for it (tests/pipelines/test_tracking_run.py): opening
+    # a fresh SQLite store costs seconds per session.
+    "mlflow": {"enabled": False},
 }
 
 
@@ -70,10 +73,7 @@ class KedroProject:
 
 @pytest.fixture(scope="module")
 def kedro_project(tmp_path_factory) -> Iterator[KedroProject]:
-    from kedro.framework.project import pipelines
     from kedro.framework.startup import bootstrap_project
-
-    from fedpatchcore import structure
 
     path = tmp_path_factory.mktemp("project")
     shutil.copy(REPO_ROOT / "pyproject.toml", path / "pyproject.toml")
@@ -84,10 +84,6 @@ def kedro_project(tmp_path_factory) -> Iterator[KedroProject]:
         patch.chdir(path)
         bootstrap_project(path)
         yield KedroProject(path)
-    # The structure hook keeps the last run's parameters process-wide; forget them so later
-    # tests build pipelines from the repo's own parameters again.
-    structure._run_parameters = None
-    pipelines.configure("fedpatchcore.pipeline_registry")
 
 
 # --------------------------------------------------------------------------- in-memory slices
@@ -150,14 +146,20 @@ def _indexed_dataset(root: Path, runtime_params: dict[str, Any]) -> dict[str, An
 
     dataset = {**project_parameters(runtime_params)["dataset"], "root": str(root)}
     raw = ingest.prepare_raw_dataset(dataset, seed=0)
-    index, infos, _ = ingest.index_raw_dataset(raw, dataset)
+    index, infos, skipped = ingest.index_raw_dataset(raw, dataset)
     # No label noise: nothing is set aside and every test image is evaluated.
-    return {"dataset_index": index, "category_info": infos, "label_noise_pool": {}, "evaluation_index": index}
+    return {
+        "dataset_index": index,
+        "category_info": infos,
+        "skipped_files": skipped,
+        "label_noise_pool": {},
+        "evaluation_index": index,
+    }
 
 
 @pytest.fixture(scope="session")
 def default_dataset(tmp_path_factory) -> dict[str, Any]:
-    """The embedded default dataset (as `kedro run` generates it), indexed: dataset_index + category_info."""
+    """The embedded default dataset (as `kedro run` generates it), indexed: dataset_index, category_info, skipped_files."""
     return _indexed_dataset(tmp_path_factory.mktemp("default_dataset") / "synthetic", {})
 
 

@@ -19,11 +19,8 @@ NOTEBOOKS = ["01_data_exploration.ipynb", "02_results_analysis.ipynb"]
 
 @pytest.fixture(scope="module")
 def default_project(tmp_path_factory):
-    from kedro.framework.project import pipelines
     from kedro.framework.session import KedroSession
     from kedro.framework.startup import bootstrap_project
-
-    from fedpatchcore import structure
 
     path = tmp_path_factory.mktemp("default_project")
     shutil.copy(REPO_ROOT / "pyproject.toml", path / "pyproject.toml")
@@ -37,8 +34,6 @@ def default_project(tmp_path_factory):
         with KedroSession.create(project_path=path) as session:
             session.run()  # `kedro run`: the default pipeline on the embedded default dataset
         yield path
-    structure._run_parameters = None
-    pipelines.configure("fedpatchcore.pipeline_registry")
 
 
 @pytest.mark.slow

@@ -184,13 +184,12 @@ def test_export_pipeline_is_one_namespaced_node_per_variant():
 
 
 @pytest.mark.parametrize("enabled", [False, True])
-def test_registry_adds_export_only_when_enabled(monkeypatch, enabled):
-    from fedpatchcore.pipeline_registry import register_pipelines
+def test_registry_adds_export_only_when_enabled(enabled):
+    from fedpatchcore.pipeline_registry import create_pipelines
 
     params = ProjectConfigLoader(str(CONF), base_env="base", default_run_env="local")["parameters"]
     params = {**params, "export": {**params["export"], "enabled": enabled}}
-    monkeypatch.setattr(structure, "_run_parameters", params)
-    pipes = register_pipelines()
+    pipes = create_pipelines(params)
     variants = [v.name for v in structure.federated_variants(params)]
     expected = {f"{v}.export_maps" for v in variants} | (
         {"centralized.export_maps"} if structure.comparison_enabled(params) else set()
@@ -218,7 +217,7 @@ def test_autovi_environment_loads_with_five_clients():
     assert params["dataset"]["image_sizes"]["pipe_clip"] == [400, 400]
     assert params["backbone"]["name"] == "wide_resnet50_2"
     assert params["coreset"]["ratio"] == 0.01
-    assert params["export"] == {"enabled": True, "format": "autovi"}
+    assert params["export"] == {"enabled": True, "format": "autovi", "inspector": None, "onnx_opset": 17}
 
 
 def test_autovi_image_sizes_match_the_reader_defaults():

@@ -37,12 +37,13 @@ def _in_unit_interval(value) -> bool:
 @pytest.fixture(scope="module")
 def centralized_run(kedro_project):
     outputs, catalog = kedro_project.run(pipeline_names=["centralized"])
-    return outputs, catalog
+    # The versions this run left: tests run in a shuffled order, and one of them re-runs scoring.
+    return outputs, catalog, kedro_project.versions("data/08_reporting/metrics_centralized.json")
 
 
 @pytest.mark.slow
 def test_catalog_paths_resolve_inside_the_throwaway_project(kedro_project, centralized_run):
-    _, catalog = centralized_run
+    _, catalog, _ = centralized_run
     for name in ("dataset_index", "centralized.anomaly_maps", "metrics_centralized"):
         filepath = Path(str(catalog.get(name)._describe()["filepath"]))
         assert filepath.is_absolute() and kedro_project.path in filepath.parents, (name, filepath)
@@ -52,11 +53,10 @@ def test_catalog_paths_resolve_inside_the_throwaway_project(kedro_project, centr
 
 @pytest.mark.slow
 def test_centralized_run_publishes_versioned_metrics(kedro_project, centralized_run):
-    _, catalog = centralized_run
-    assert len(kedro_project.versions("data/08_reporting/metrics_centralized.json")) == 1
-    metrics = _latest_json(kedro_project.path / "data/08_reporting/metrics_centralized.json")
-    # (The run's HTML report reads the published metrics, so they are no longer a free output.)
-    assert metrics == catalog.load("metrics_centralized")
+    _, _, versions = centralized_run
+    assert len(versions) == 1
+    folder = kedro_project.path / "data/08_reporting/metrics_centralized.json"
+    metrics = json.loads((folder / versions[0] / folder.name).read_text())  # what this run published
 
     assert set(metrics["categories"]) == set(SYNTHETIC_CATEGORIES)
     for category, values in {**metrics["categories"], "mean": metrics["mean"]}.items():
@@ -75,7 +75,7 @@ def test_centralized_run_publishes_versioned_metrics(kedro_project, centralized_
 
 @pytest.mark.slow
 def test_centralized_maps_are_raw_and_scores_are_their_maxima(centralized_run):
-    _, catalog = centralized_run
+    _, catalog, _ = centralized_run
     maps = catalog.load("centralized.anomaly_maps")
     scores = catalog.load("centralized.image_scores").set_index("key")
     index = catalog.load("dataset_index")
@@ -105,10 +105,12 @@ def test_scoring_reruns_alone_from_the_persisted_bank(kedro_project, centralized
     from kedro.framework.project import pipelines
 
     assert "centralized.score_test_images" in {n.name for n in pipelines["centralized"].nodes}
+    metrics_versions = kedro_project.versions("data/08_reporting/metrics_centralized.json")
+    map_versions = kedro_project.versions("data/07_model_output/centralized/anomaly_maps")
     kedro_project.run(pipeline_names=["centralized"], from_nodes=["centralized.score_test_images"])
 
-    assert len(kedro_project.versions("data/08_reporting/metrics_centralized.json")) == 2
-    assert len(kedro_project.versions("data/07_model_output/centralized/anomaly_maps")) == 2
+    assert len(kedro_project.versions("data/08_reporting/metrics_centralized.json")) == len(metrics_versions) + 1
+    assert len(kedro_project.versions("data/07_model_output/centralized/anomaly_maps")) == len(map_versions) + 1
     # Nothing upstream of scoring ran again.
     assert kedro_project.versions("data/06_models/centralized/memory_bank.npz") == bank_versions
     assert features.stat().st_mtime_ns == features_mtime
@@ -131,7 +133,7 @@ def test_category_layout_with_two_rounds(kedro_project):
         "aggregation": {"global_bank_size": 8},
     }
     outputs, catalog = kedro_project.run(params, pipeline_names=["federated"])
-    client_ids = set(structure.federated_variants(structure.current_parameters())[0].client_ids)
+    client_ids = set(structure.federated_variants(catalog.load("parameters"))[0].client_ids)
     assert client_ids == {"metal", "textile", "electronics", "qc"}
 
     report = catalog.load("federated.round_2_report")
@@ -154,16 +156,15 @@ def test_category_layout_with_two_rounds(kedro_project):
     assert set(bank.origin["metal_plate"].tolist()) <= {"metal", "qc"}
 
 
-def test_default_client_lanes_are_namespaced(monkeypatch):
-    from fedpatchcore.pipeline_registry import register_pipelines
+def test_default_client_lanes_are_namespaced():
+    from fedpatchcore.config_loader import project_parameters
+    from fedpatchcore.pipeline_registry import create_pipelines
 
-    monkeypatch.setattr(structure, "_run_parameters", None)
-    monkeypatch.chdir(REPO_ROOT)  # outside a run the project's conf/ is read from the cwd
     configured = yaml.safe_load((REPO_ROOT / "conf/base/parameters_federated.yml").read_text())
     client_ids = list(configured["federation"]["clients"])
     assert client_ids
 
-    federated = register_pipelines()["federated"]
+    federated = create_pipelines(project_parameters(REPO_ROOT / "conf"))["federated"]
     names = {n.name for n in federated.nodes}
     for cid in client_ids:
         assert f"federated.client_{cid}.extract_features" in names

@@ -19,6 +19,7 @@ import pytest
 
 from fedpatchcore import structure
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data.loading import load_image
 from fedpatchcore.core.data.synthetic import SYNTHETIC_CATEGORIES
 from fedpatchcore.core.data.types import category_info_from_dict
@@ -28,7 +29,7 @@ from fedpatchcore.core.federation.client import LocalCoreset
 VARIANTS = ["centralized", "federated", "federated_iid"]
 CHARTS = ["roc.png", "spro.png", "bank_contributions.png", "metrics.png"]
 EXPLAINED_VARIANT = "federated_iid"  # 4 IID clients: the nearest rows come from several clients
-ASKING_CLIENT = "1"
+IID_CLIENTS = ["1", "2", "3", "4"]
 
 
 def _latest(folder: Path) -> Path:
@@ -117,17 +118,25 @@ def test_report_pipeline_rebuilds_the_page_from_persisted_results(kedro_project,
 
 @pytest.fixture(scope="module")
 def explained(kedro_project, federated_run):
+    """The explanation, asked by the first client that holds metal_plate images (only a client that
+    holds the category may ask; with 4 tiny images per category, not every IID client does)."""
     index = federated_run.load("dataset_index")
     defective = index[(index["split"] == "test") & (index["label"] == 1) & (index["category"] == "metal_plate")]
     image = defective.iloc[0]
-    params = {"explain": {"image": image["image_path"], "variant": EXPLAINED_VARIANT, "client": ASKING_CLIENT}}
+    holders = [
+        cid
+        for cid in IID_CLIENTS
+        if LocalCoreset.from_arrays(federated_run.load(f"{EXPLAINED_VARIANT}.client_{cid}.local_coreset")).image_keys.get("metal_plate")
+    ]
+    asking = holders[0]
+    params = {"explain": {"image": image["image_path"], "variant": EXPLAINED_VARIANT, "client": asking}}
     _, catalog = kedro_project.run(params, pipeline_names=["explain"])
-    return image, catalog
+    return image, catalog, asking
 
 
 @pytest.mark.slow
 def test_explain_finds_the_banks_nearest_rows(explained, federated_run):
-    image, catalog = explained
+    image, catalog, _ = explained
     explanation = catalog.load("explain.explanation")
     arrays = catalog.load("explain.arrays")
     bank = CategoryBanks.from_arrays(federated_run.load(f"{EXPLAINED_VARIANT}.memory_bank")).banks["metal_plate"]
@@ -166,14 +175,15 @@ def _client_crop(catalog, client: str, row: int, explanation) -> np.ndarray:
 
 @pytest.mark.slow
 def test_explain_provenance_names_client_and_position_and_shows_only_the_askers_pixels(explained, federated_run):
-    _, catalog = explained
+    _, catalog, asking = explained
     explanation = catalog.load("explain.explanation")
     crops = catalog.load("explain.crops")
     bank = CategoryBanks.from_arrays(federated_run.load(f"{EXPLAINED_VARIANT}.memory_bank"))
     origin, origin_row = bank.origin["metal_plate"], bank.origin_row["metal_plate"]
     neighbours = [n for p in explanation["patches"] for n in p["neighbours"]]
-    others = [n for n in neighbours if n["client"] != ASKING_CLIENT]
+    others = [n for n in neighbours if n["client"] != asking]
     assert others, "every nearest row came from the asking client: the test would check nothing"
+    assert len(others) < len(neighbours), "no nearest row came from the asking client: its pixels go unchecked"
 
     for neighbour in neighbours:
         row = neighbour["bank_row"]
@@ -182,10 +192,10 @@ def test_explain_provenance_names_client_and_position_and_shows_only_the_askers_
         assert neighbour["patch"] == local.patch_source["metal_plate"][neighbour["client_row"]][1:].tolist()
 
     # Pixels: the explained image's own patches and the asking client's own rows, nothing else.
-    assert all(key.startswith(("query/", f"{ASKING_CLIENT}/")) for key in crops)
+    assert all(key.startswith(("query/", f"{asking}/")) for key in crops)
     for neighbour in neighbours:
-        if neighbour["client"] == ASKING_CLIENT:
-            own = _client_crop(catalog, ASKING_CLIENT, neighbour["client_row"], explanation)
+        if neighbour["client"] == asking:
+            own = _client_crop(catalog, asking, neighbour["client_row"], explanation)
             assert np.array_equal(crops[neighbour["crop"]], own)
         else:
             assert neighbour["crop"] is None and neighbour["image"] is None
@@ -201,7 +211,7 @@ def test_explain_provenance_names_client_and_position_and_shows_only_the_askers_
 
 @pytest.mark.slow
 def test_explain_writes_its_figure_and_shap_values(kedro_project, explained):
-    _, catalog = explained
+    _, catalog, _ = explained
     explanation = catalog.load("explain.explanation")
     arrays = catalog.load("explain.arrays")
     figure = catalog.load("explain.figure")
@@ -225,12 +235,26 @@ def test_explain_names_the_variants_when_asked_for_an_unknown_one(kedro_project,
         kedro_project.run({"explain": {"image": "x.png", "variant": "nope"}}, pipeline_names=["explain"])
 
 
+@pytest.mark.slow
+def test_explain_refuses_a_category_or_a_client_that_contradicts_the_run(kedro_project, federated_run):
+    # Both used to be accepted: the image explained against another category's bank, or an
+    # "asking" client that holds none of the category's images.
+    index = federated_run.load("dataset_index")
+    image = index[(index["split"] == "test") & (index["category"] == "metal_plate")].iloc[0]["image_path"]
+    with pytest.raises(InputError, match=r"explain.category 'woven_fabric' contradicts dataset_index, where .* is an image of 'metal_plate'"):
+        kedro_project.run({"explain": {"image": image, "category": "woven_fabric"}}, pipeline_names=["explain"])
+    # The main variant's category layout: client textile holds woven_fabric only.
+    with pytest.raises(InputError, match=r"explain.client 'textile' does not hold category 'metal_plate' in variant 'federated'.*that hold it: \['metal'"):
+        kedro_project.run({"explain": {"image": image, "client": "textile"}}, pipeline_names=["explain"])
+
+
 # --------------------------------------------------------------------------------------- kedro viz
 
 
 @pytest.mark.slow
-def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(kedro_project, federated_run, monkeypatch):
-    from fedpatchcore.pipeline_registry import register_pipelines
+def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(kedro_project, federated_run):
+    from fedpatchcore.config_loader import project_parameters
+    from fedpatchcore.pipeline_registry import create_pipelines
 
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true"}
     kedro = shutil.which("kedro", path=str(Path(sys.executable).parent)) or "kedro"
@@ -245,8 +269,8 @@ def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     api = kedro_project.path / "build" / "api"
 
-    monkeypatch.setattr(structure, "_run_parameters", None)  # the project's own conf, as viz read it
-    registered = register_pipelines()
+    parameters = project_parameters(kedro_project.path / "conf")  # the project's own conf, as viz read it
+    registered = create_pipelines(parameters)
     for name, registered_pipeline in registered.items():
         built = json.loads((api / "pipelines" / name).read_text())
         shown = {n.get("full_name") or n["name"] for n in built["nodes"] if n["type"] == "task"}
@@ -256,7 +280,7 @@ def test_kedro_viz_build_shows_every_registered_pipeline_and_previews_the_plots(
     # Every client lane is its own box (modular pipeline) of the federated pipeline.
     federated = json.loads((api / "pipelines" / "federated").read_text())
     lanes = set(federated["modular_pipelines"])
-    for variant in structure.federated_variants():
+    for variant in structure.federated_variants(parameters):
         for cid in variant.client_ids:
             assert f"{variant.name}.client_{cid}" in lanes
 

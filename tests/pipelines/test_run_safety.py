@@ -116,6 +116,15 @@ def _fails_before_any_node(kedro_project, params, **run_args) -> ParameterError:
                 "aggregation.strategy: unknown strategy",
             ],
         ),
+        # Issue 20: a degradation of a client the partition does not have was ignored (rc 0),
+        # in the main run and in every variant.
+        (
+            {"heterogeneity": {"ghost": {"noise_sigma": 0.1}}},
+            [
+                "heterogeneity.ghost: no client 'ghost' in the partition (federation.partition: category)",
+                "variants.federated_iid.heterogeneity.ghost: no client 'ghost' in the partition (federation.partition: iid)",
+            ],
+        ),
     ],
 )
 def test_bad_parameters_stop_the_run_before_any_node(kedro_project, first_run, params, expected):
@@ -168,14 +177,24 @@ def test_unreadable_test_images_are_recorded_in_the_metrics(kedro_project, first
     root = _mvtec_dataset(tmp_path / "dataset")
     broken = root / "metal_plate" / "test" / "good" / "0001.png"
     _truncate(broken)
+    # Issue 20: a file whose header cannot be read was left out at indexing, listed only in the
+    # unversioned skipped_files.json, while the versioned metrics said "skipped_test_images": [].
+    garbage = root / "metal_plate" / "test" / "good" / "0002.png"
+    garbage.write_bytes(b"not an image")
     _, catalog = kedro_project.run({"dataset": {"format": "mvtec", "root": str(root)}}, pipeline_names=["centralized"])
     metrics = catalog.load("metrics_centralized")  # read by report.html, so not a free output
     assert metrics == _latest(kedro_project.path / "data/08_reporting/metrics_centralized.json")
-    [skipped] = metrics["skipped_test_images"]
-    assert skipped["category"] == "metal_plate" and skipped["path"] == str(broken)
-    assert "truncated" in skipped["reason"]
+    truncated, unreadable = metrics["skipped_test_images"]
+    assert truncated["category"] == "metal_plate" and truncated["path"] == str(broken)
+    assert "truncated" in truncated["reason"]  # at scoring: its header reads, its pixels do not
+    assert unreadable == {
+        "category": "metal_plate",
+        "path": str(garbage),
+        "reason": next(e["reason"] for e in catalog.load("skipped_files") if e["path"] == str(garbage)),
+    }
+    assert unreadable["reason"].startswith("unreadable image")  # at indexing
     counts = metrics["categories"]["metal_plate"]
-    assert (counts["n_good"], counts["n_anomalous"]) == (2, 3)  # 3 good images minus the skipped one
+    assert (counts["n_good"], counts["n_anomalous"]) == (1, 3)  # 3 good images minus the two skipped
 
 
 @pytest.mark.slow

@@ -5,10 +5,13 @@ Slices run in memory with the SequentialRunner (tests/pipelines/test_variants.py
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from fedpatchcore import structure
 from fedpatchcore.core.banks import CategoryBanks
@@ -17,7 +20,8 @@ from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import TEST, TRAIN, category_info_to_dict, samples_to_frame
 from fedpatchcore.core.features.setting import Setting
 from fedpatchcore.params_schema import parameter_problems
-from fedpatchcore.pipeline_registry import centralized_evaluation, register_pipelines
+from fedpatchcore.pipeline_registry import create_pipelines
+from fedpatchcore.pipelines.evaluation.pipeline import centralized_evaluation
 from fedpatchcore.pipelines.federated.pipeline import partition_pipeline
 from fedpatchcore.pipelines.ingest import nodes as ingest_nodes
 from fedpatchcore.pipelines.predict import nodes as predict_nodes
@@ -255,6 +259,32 @@ def test_predict_on_a_test_folder_flags_defects_at_the_calibrated_false_alarm_ra
     assert len(masks) == len(overlays) == len(frame)
 
 
+def test_predict_lists_unreadable_images_and_notes_sizes_it_was_not_trained_at(centralized_with_validation, tmp_path):
+    # Unreadable images used to be dropped from predictions.csv (a log line only), and an image of
+    # another size was resized and given a category by best fit without a word.
+    torch.set_num_threads(1)
+    root, data, split, trained, parameters = centralized_with_validation
+    inbox = tmp_path / "inbox"
+    (inbox / "metal_plate").mkdir(parents=True)
+    shutil.copy(root / "metal_plate" / "test" / "good" / "0000.png", inbox / "metal_plate" / "as_trained.png")
+    (inbox / "metal_plate" / "broken.png").write_bytes(b"not an image")
+    with Image.open(root / "parts_tray" / "test" / "good" / "0000.png") as image:
+        image.resize((96, 80)).save(inbox / "bigger.png")  # flat: its category is the best fit
+    frame = _predict(parameters, data, split, trained, tmp_path, input=str(inbox))["predict.predictions"].set_index("image")
+    assert list(frame.index) == ["bigger.png", "metal_plate/as_trained.png", "metal_plate/broken.png"]
+    assert frame.loc["metal_plate/broken.png", ["label", "category", "category_from"]].tolist() == [
+        "UNREADABLE",
+        "metal_plate",
+        "folder",
+    ]
+    assert "broken.png" in frame.loc["metal_plate/broken.png", "note"]
+    same = frame.loc["metal_plate/as_trained.png"]
+    assert (same["width"], same["height"], same["category_from"], same["note"]) == (64, 64, "folder", "")
+    bigger = frame.loc["bigger.png"]
+    assert (bigger["width"], bigger["height"], bigger["category_from"]) == (96, 80, "best fit")
+    assert bigger["note"].startswith(f"image is 96x80 but {bigger['category']}'s training images are 64x64")
+
+
 def test_calibration_never_reads_a_test_image_or_label(centralized_with_validation, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     root, data, split, trained, parameters = centralized_with_validation
@@ -292,9 +322,8 @@ def test_predict_refuses_without_a_held_out_validation_split(centralized_with_va
         _predict(parameters, data, split, leaked, tmp_path, input=str(root))
 
 
-def test_predict_and_tune_are_registered(monkeypatch):
-    monkeypatch.setattr(structure, "_run_parameters", project_parameters())
-    pipelines = register_pipelines()
+def test_predict_and_tune_are_registered():
+    pipelines = create_pipelines(project_parameters())
     assert {"tune", "predict"} <= set(pipelines)
     predict = pipelines["predict"]
     assert "federated.memory_bank" in predict.inputs() and "federated.partition" in predict.inputs()

@@ -12,9 +12,10 @@ import pytest
 
 from fedpatchcore import structure
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.common.fingerprint import value_at
 from fedpatchcore.core.coreset.kcenter import coreset_size
 from fedpatchcore.core.federation import client
-from fedpatchcore.pipeline_registry import register_pipelines
+from fedpatchcore.pipeline_registry import create_pipelines
 from fedpatchcore.pipelines.federated.pipeline import federated_evaluation, federated_training
 from tests.pipelines.conftest import TINY_PARAMS, memory_catalog, merged, project_parameters, run_slice
 
@@ -49,18 +50,7 @@ def _nested(path: tuple[str, ...], value: Any) -> dict[str, Any]:
     return value
 
 
-@pytest.fixture
-def built(monkeypatch):
-    """Build the registered pipelines for given parameters, as a run would."""
-
-    def build(parameters: dict[str, Any]) -> dict:
-        monkeypatch.setattr(structure, "_run_parameters", parameters)
-        return register_pipelines()
-
-    return build
-
-
-def test_every_override_reaches_every_node_of_its_variant(built):
+def test_every_override_reaches_every_node_of_its_variant():
     base = project_parameters()
     overridable = [
         path
@@ -71,13 +61,13 @@ def test_every_override_reaches_every_node_of_its_variant(built):
     for path in overridable:
         probe = f"probe:{'.'.join(path)}"
         # An empty mapping (e.g. aggregation.options) is overridden by one entry.
-        value = {"probe_key": probe} if isinstance(structure._lookup(base, path), dict) else probe
+        value = {"probe_key": probe} if isinstance(value_at(base, path), dict) else probe
         overrides = structure.merge_parameters(overrides, _nested(path, value), replaced_whole=())
     overrides = structure.merge_parameters(overrides, PROBE_STRUCTURE, replaced_whole=())
     parameters = project_parameters({"comparison": {"enabled": True, "variants": {"probe": overrides}}})
     probe_parameters = parameters["variants"]["probe"]
 
-    pipelines = built(parameters)
+    pipelines = create_pipelines(parameters)
     nodes = {n for pipe in pipelines.values() for n in pipe.nodes if n.name.startswith("probe.")}
     read: set[str] = set()
     for node in nodes:
@@ -91,7 +81,7 @@ def test_every_override_reaches_every_node_of_its_variant(built):
     for path in overridable:
         dotted = ".".join(path)
         assert any(dotted == r or dotted.startswith(r + ".") for r in read), f"no probe node reads {dotted}"
-        assert "probe:" in str(structure._lookup(probe_parameters, path)), dotted
+        assert "probe:" in str(value_at(probe_parameters, path)), dotted
     # The structural keys: a variant with its own partition gets its own clients and rounds.
     parameters = project_parameters(
         {
@@ -101,13 +91,13 @@ def test_every_override_reaches_every_node_of_its_variant(built):
             }
         }
     )
-    names = {n.name for n in built(parameters)["federated"].nodes}
+    names = {n.name for n in create_pipelines(parameters)["federated"].nodes}
     assert {"probe.client_1.extract_features", "probe.client_2.extract_features", "probe.aggregate_round_2"} <= names
     assert not any(name.startswith("probe.client_metal") for name in names)
 
 
-def test_client_lanes_read_only_their_own_images(built):
-    pipelines = built(project_parameters())
+def test_client_lanes_read_only_their_own_images():
+    pipelines = create_pipelines(project_parameters())
     extract = [n for n in pipelines["federated"].nodes if n.name.endswith(".extract_features")]
     assert extract
     for node in extract:

@@ -3,7 +3,8 @@
 One sub-package per stage of the flow. A stage may import the stages listed before it and
 never one after it (``tests/test_architecture.py`` checks it on every run)::
 
-    common      seeds, devices and threads, quota arithmetic: what every stage uses
+    common      seeds, devices and threads, quota arithmetic, the error for bad input: what
+                every stage uses
     data        readers (AutoVI, MVTec, folders), the synthetic default, layout checks, download
     features    backbones, patch embedding, image batches, streamed extraction, feature files,
                 the public random projection, a category's setting
@@ -17,8 +18,8 @@ never one after it (``tests/test_architecture.py`` checks it on every run)::
                 thresholds, predicting new images
     evaluation  metrics (AutoVI / MVTec semantics), exported maps, the membership audit
     tuning      validation split, pseudo-anomalies, the per-category tuner, fusion rule choice
-    explain     why an image was flagged: neighbours, gradients, SHAP
-    reporting   curves and experiment tables built from results
+    explain     why an image was flagged: neighbours, gradients, SHAP; only the asker's pixels
+    reporting   curves, experiment tables and figures built from results
 
 Kedro pipelines (``fedpatchcore.pipelines``) and Flower apps (``fedpatchcore.flower``) are thin
 adapters over these.

@@ -2,7 +2,7 @@
 
 It opens the Kedro project at run config ``project-path`` (``env``: its conf environment,
 ``variant``: which federated variant, default ``federated``), runs that variant's rounds with
-:func:`fedpatchcore.flower.server.serve`, and persists every round through the project's catalog
+:func:`fedpatchcore.flower.rounds.serve`, and persists every round through the project's catalog
 (``<variant>.global_bank_round_<r>``, ``<variant>.memory_bank``, ``<variant>.round_<r>_report``),
 so ``kedro run --pipeline evaluate`` scores the global bank; a restarted run resumes after the
 last persisted round. ``<variant>.flower_traffic`` records what crossed the network.
@@ -16,7 +16,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedpatchcore.flower.project import project_from_run_config
-from fedpatchcore.flower.server import CatalogRoundStore, FederationPlan, serve
+from fedpatchcore.flower.rounds import CatalogRoundStore, FederationPlan, serve
 
 logger = logging.getLogger(__name__)
 

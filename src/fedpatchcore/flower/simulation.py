@@ -2,19 +2,20 @@
 
 Each simulated SuperNode ``i`` is the client at position ``i`` of the partition and gets, as
 its node config, only its own training-image table (the node config a real site would get
-from its operator); the ServerApp is :func:`fedpatchcore.flower.server.serve`, as deployed.
+from its operator); the ServerApp is :func:`fedpatchcore.flower.rounds.serve`, as deployed.
 The engine is Flower's Ray backend: ``federation.flower.num_cpus`` CPUs in all,
 ``federation.flower.client_cpus`` per client (how many clients work at once).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from fedpatchcore.flower.server import FederationPlan, FederationResult, serve
+from fedpatchcore.flower.rounds import FederationPlan, FederationResult, serve
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +42,32 @@ def backend_config(flower: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def offline_environment() -> Iterator[None]:
+    """:data:`OFFLINE_ENVIRONMENT` for the duration of a simulation (Ray's workers inherit it).
+
+    Only variables the user has not set are added, and they are removed again afterwards, so
+    the process's environment is as it was once the simulation is over.
+    """
+    added = {key: value for key, value in OFFLINE_ENVIRONMENT.items() if key not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
 def simulate(plan: FederationPlan, node_configs: Sequence[Mapping[str, Any]], mods: Sequence = ()) -> FederationResult:
     """Run ``plan`` with one simulated SuperNode per entry of ``node_configs`` (partition order).
 
     ``mods``: Flower ClientApp mods wrapped around every client (tests inject faults with them).
     """
-    for key, value in OFFLINE_ENVIRONMENT.items():
-        os.environ.setdefault(key, value)
+    with offline_environment():
+        return _simulate(plan, node_configs, mods)
+
+
+def _simulate(plan: FederationPlan, node_configs: Sequence[Mapping[str, Any]], mods: Sequence) -> FederationResult:
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
     from flwr.simulation import run_simulation

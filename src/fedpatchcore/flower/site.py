@@ -15,7 +15,6 @@ their k-means rounds (:mod:`fedpatchcore.core.experts.fitting`). No Flower impor
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -29,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
+from fedpatchcore.core.common.fingerprint import fingerprint
 from fedpatchcore.core.data.index import index_dataset
 from fedpatchcore.core.data.synthetic import MANIFEST_FILE
 from fedpatchcore.core.data.types import (
@@ -39,7 +39,7 @@ from fedpatchcore.core.data.types import (
     frame_to_samples,
 )
 from fedpatchcore.core.experts import fitting
-from fedpatchcore.core.experts.model import ExpertSettings
+from fedpatchcore.core.experts.model import EXPERTS_BLOCK, ExpertSettings
 from fedpatchcore.core.features.backbones import stage_channels
 from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.features.feature_store import PatchFeatureFile
@@ -47,22 +47,11 @@ from fedpatchcore.core.federation import client
 
 logger = logging.getLogger(__name__)
 
-# The parameter blocks the server sends to every site (the run configuration of a round);
-# `heterogeneity` is the simulated degradation of a site's images (experiments; {} otherwise).
-CLIENT_BLOCKS = (
-    "backbone",
-    "extraction",
-    "coreset",
-    "federation",
-    "heterogeneity",
-    "fairness",
-    "privacy",
-    "experts",
-    "seed",
-)
+# The server sends every site the client's parameter blocks (core.federation.client.CLIENT_BLOCKS),
+# the experts' block (core.experts.model.EXPERTS_BLOCK) and, of the dataset block, what a site
+# needs to read its folder the way the server reads its own.
 # Written beside a site's kept feature files: each category's patch grid and shallow-stage channels.
 FEATURES_INFO = "features.json"
-# Of the dataset block, what a site needs to read its folder the way the server reads its own.
 DATASET_KEYS = ("format", "image_sizes")
 
 
@@ -123,33 +112,14 @@ def site_from_table(
     return site_from_frame(client_id, read_training_images(training_images), infos, scratch_dir)
 
 
-def settings(client_id: str, parameters: Mapping[str, Any]) -> client.ClientSettings:
-    return client.ClientSettings.from_parameters(
-        client_id,
-        coreset=parameters["coreset"],
-        federation=parameters["federation"],
-        extraction=parameters["extraction"],
-        seed=parameters["seed"],
-        heterogeneity=parameters.get("heterogeneity"),
-        fairness=parameters.get("fairness"),
-        privacy=parameters.get("privacy"),
-    )
-
-
 def local_coreset_key(site: Site, parameters: Mapping[str, Any]) -> str:
-    """What a cached local coreset depends on: the site's images and the extraction/coreset settings."""
-    relevant = {
-        "client": site.client_id,
-        "images": [s.key for s in site.samples],
-        "settings": repr(settings(site.client_id, parameters)),
-        "backbone": parameters["backbone"],
-        "extraction": parameters["extraction"],
-    }
-    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+    """What a cached local coreset depends on: the site's images and the client's coreset inputs."""
+    images = [s.key for s in site.samples]
+    return fingerprint(site.client_id, images, client.coreset_inputs(parameters, site.client_id))
 
 
 def experts_enabled(parameters: Mapping[str, Any]) -> bool:
-    return bool((parameters.get("experts") or {}).get("enabled", False))
+    return bool((parameters.get(EXPERTS_BLOCK) or {}).get("enabled", False))
 
 
 def features_folder(site: Site, parameters: Mapping[str, Any]) -> Path:
@@ -167,7 +137,7 @@ def build_local_coreset(
     follow (older feature folders of the site are removed); otherwise they are deleted at once.
     Returns the local coreset and the statistics (None without experts).
     """
-    run_settings = settings(site.client_id, parameters)
+    run_settings = client.ClientSettings.from_run(parameters, site.client_id)
     site.scratch_dir.mkdir(parents=True, exist_ok=True)
     experts = experts_enabled(parameters)
     if experts:
@@ -195,7 +165,7 @@ def build_local_coreset(
             for category, feature_file in features.files.items()
         }
         (scratch / FEATURES_INFO).write_text(json.dumps(kept), encoding="utf-8")
-        return local, fitting.site_statistics(kept_features(scratch), ExpertSettings.from_parameters(parameters["experts"], parameters["seed"]))
+        return local, fitting.site_statistics(kept_features(scratch), ExpertSettings.from_parameters(parameters[EXPERTS_BLOCK], parameters["seed"]))
     finally:
         if not experts:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -216,14 +186,14 @@ def expert_round_reply(folder: Path, broadcast: Mapping[str, np.ndarray], parame
     """The site's reply to one k-means round of the experts, from its kept features."""
     if not (folder / FEATURES_INFO).is_file():
         raise FileNotFoundError(f"this site kept no features in {folder} for the experts' rounds (restarted?)")
-    return fitting.site_round(kept_features(folder), broadcast, ExpertSettings.from_parameters(parameters["experts"], parameters["seed"]))
+    return fitting.site_round(kept_features(folder), broadcast, ExpertSettings.from_parameters(parameters[EXPERTS_BLOCK], parameters["seed"]))
 
 
 def round_upload(
     local: client.LocalCoreset, client_id: str, parameters: Mapping[str, Any], broadcast: CategoryBanks | None
 ) -> ClientUpload:
     """What the site sends in a round (round 1: its coreset; later: rows the broadcast bank misses)."""
-    return client.build_upload(local, settings(client_id, parameters), broadcast)
+    return client.build_upload(local, client.ClientSettings.from_run(parameters, client_id), broadcast)
 
 
 def make_site_folder(

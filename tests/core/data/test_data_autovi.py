@@ -119,6 +119,7 @@ def test_corrupt_image_skipped_and_reported(tmp_path, caplog):
         samples, _, skipped = index_autovi(tmp_path)
     assert [s["path"] for s in skipped] == [str(bad)]
     assert "unreadable" in skipped[0]["reason"]
+    assert (skipped[0]["category"], skipped[0]["split"]) == (cat.name, "train")  # where the metrics place it
     assert str(bad) in caplog.text
     assert str(bad) not in [s.image_path for s in samples]
     with pytest.raises(ImageReadError, match="0002.png"):

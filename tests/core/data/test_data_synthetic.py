@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data.index import index_dataset
 from fedpatchcore.core.data.loading import load_defect_channels, load_image
 from fedpatchcore.core.data.synthetic import (
@@ -61,6 +62,14 @@ def test_manifest_skips_rewrite_unless_changed(tmp_path):
     assert json.loads((tmp_path / MANIFEST_FILE).read_text())["complete"]
     with pytest.raises(ValueError, match="metal_plate"):
         generate_synthetic_dataset(tmp_path, categories=["marble"], **TINY)
+
+
+def test_a_root_that_is_a_file_is_an_error_naming_dataset_root(tmp_path):
+    root = tmp_path / "synthetic"
+    root.write_text("not a folder")
+    with pytest.raises(InputError, match=rf"^dataset.root: {root} is a file: the synthetic dataset is written into a folder"):
+        generate_synthetic_dataset(root, **TINY)
+    assert root.read_text() == "not a folder"  # untouched
 
 
 def test_masks_mark_exactly_the_changed_pixels():

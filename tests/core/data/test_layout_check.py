@@ -147,6 +147,18 @@ def test_synthetic_is_not_checked_because_ingest_generates_it(tmp_path):
     assert check_dataset_layout("synthetic", tmp_path / "not_generated_yet") == []
 
 
+def test_a_synthetic_root_that_is_a_file_is_a_problem(tmp_path):
+    # It used to end in a raw FileExistsError from the generator's mkdir.
+    (tmp_path / "a_file").write_text("x")
+    assert check_dataset_layout("synthetic", tmp_path / "a_file") == [
+        f"{tmp_path / 'a_file'} is a file: the synthetic dataset is written into a folder (a new one is created)"
+    ]
+    assert check_dataset_layout("synthetic", tmp_path / "a_file" / "below") == [
+        f"{tmp_path / 'a_file' / 'below'} lies under {tmp_path / 'a_file'}, which is a file: "
+        "the synthetic dataset is written into a folder (a new one is created)"
+    ]
+
+
 def test_an_unreadable_test_image_is_left_to_the_skip_accounting(tmp_path):
     root = make_mvtec(tmp_path)
     (root / "widget" / "test" / "crack" / "000.png").write_bytes(b"not a png")

@@ -315,6 +315,21 @@ def test_evaluate_category_without_pixel_ground_truth():
         evaluate_category(scores, labels, types, anomaly_maps=maps[:3])
 
 
+def test_skipped_test_images_list_both_kinds_of_skip_for_the_scored_categories():
+    index_skipped = [
+        {"path": "b/test/good/1.png", "reason": "unreadable image (header)", "category": "b", "split": "test"},
+        {"path": "b/train/good/0.png", "reason": "unreadable image", "category": "b", "split": "train"},  # not a test image
+        {"path": "c/test/good/0.png", "reason": "unreadable image", "category": "c", "split": "test"},  # c not scored
+        {"path": "old/test/x.png", "reason": "written before category and split were recorded"},
+    ]
+    scoring_skipped = {"a": [{"path": "a/test/crack/2.png", "reason": "truncated"}], "b": []}
+    assert metrics.skipped_test_images(index_skipped, scoring_skipped, ["a", "b"]) == [
+        {"category": "a", "path": "a/test/crack/2.png", "reason": "truncated"},
+        {"category": "b", "path": "b/test/good/1.png", "reason": "unreadable image (header)"},
+    ]
+    assert metrics.skipped_test_images([], {}, ["a"]) == []
+
+
 def test_mean_over_categories():
     a = {
         "image_auroc": 0.8,

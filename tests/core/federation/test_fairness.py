@@ -153,15 +153,15 @@ def test_group_by_client_splits_each_category_among_clients_by_the_mode():
 def test_a_client_with_several_categories_splits_its_budget_by_the_mode():
     n_rows, n_images = {"big": 1000, "small": 100}, {"big": 10, "small": 1}
 
-    def sizes(mode, total_size=None):
-        settings = client.ClientSettings.from_parameters(
-            "qc",
-            coreset={"ratio": 0.1, "max_size": None, "total_size": total_size},
-            federation={},
-            extraction={"batch_size": 1},
-            seed=0,
-            fairness={"mode": mode, "group_by": "category", "min_share": 0.25},
-        )
+    def sizes(mode, total_size=None, min_rows=1):
+        parameters = {
+            "coreset": {"ratio": 0.1, "max_size": None, "projection_dim": None, "total_size": total_size, "min_rows": min_rows},
+            "federation": {},
+            "extraction": {"batch_size": 1, "num_workers": 0},
+            "seed": 0,
+            "fairness": {"mode": mode, "group_by": "category", "min_share": 0.25},
+        }
+        settings = client.ClientSettings.from_run(parameters, "qc")
         return client.local_coreset_sizes(n_rows, n_images, settings)
 
     assert sizes("none") == {"big": 100, "small": 10}  # ratio x patches, as always
@@ -169,6 +169,9 @@ def test_a_client_with_several_categories_splits_its_budget_by_the_mode():
     assert sizes("proportional") == {"big": 82, "small": 28}  # ∝ images, at least a quarter
     assert sizes("none", total_size=55) == {"big": 50, "small": 5}  # one budget, ∝ patches
     assert sizes("equal", total_size=500) == {"big": 400, "small": 100}  # small runs short: rest to big
+    assert sizes("none", total_size=55, min_rows=20) == {"big": 35, "small": 20}  # small's floor, rest to big
+    with pytest.raises(ValueError, match=r"coreset.min_rows=30"):
+        sizes("none", total_size=55, min_rows=30)  # 2 x 30 rows do not fit in 55
 
 
 # --------------------------------------------------------------------------- metrics

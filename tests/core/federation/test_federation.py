@@ -19,8 +19,8 @@ SETTINGS = ServerSettings("federated_coreset", None, min_clients=1, projection_d
 def _client_settings(client_id: str = "a", **overrides) -> client.ClientSettings:
     federation = {"coverage_quantile": 0.5, "client_coreset_ratios": {}, **overrides.pop("federation", {})}
     coreset = {"ratio": 0.25, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu", **overrides}
-    return client.ClientSettings.from_parameters(
-        client_id, coreset=coreset, federation=federation, extraction={"batch_size": 2}, seed=0
+    return client.ClientSettings.from_run(
+        {"coreset": coreset, "federation": federation, "extraction": {"batch_size": 2, "num_workers": 0}, "seed": 0}, client_id
     )
 
 
@@ -197,8 +197,12 @@ def test_strategy_options_reach_the_strategy():
 
 def test_settings_name_the_bad_parameter():
     with pytest.raises(ValueError, match="aggregation.strategy"):
-        ServerSettings.from_parameters({"strategy": "median"}, {"projection_dim": 8}, 0)
-    settings = ServerSettings.from_parameters(
-        {"strategy": "diversity", "global_bank_size": 5, "min_clients": 2, "options": {"x": 1}}, {"projection_dim": 16}, 3
+        ServerSettings.from_run({"aggregation": {"strategy": "median"}, "coreset": {"projection_dim": 8}, "seed": 0})
+    settings = ServerSettings.from_run(
+        {
+            "aggregation": {"strategy": "diversity", "global_bank_size": 5, "min_clients": 2, "options": {"x": 1}},
+            "coreset": {"projection_dim": 16},
+            "seed": 3,
+        }
     )
     assert settings == ServerSettings("diversity", 5, 2, 16, 3, {"x": 1}, trust=TrustSettings(seed=3))

@@ -3,21 +3,22 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from fedpatchcore.core.data.types import Sample, samples_to_frame
+from fedpatchcore.core.data.types import Sample
 from fedpatchcore.core.federation.client import ClientSettings
 from fedpatchcore.core.federation.heterogeneity import (
     ClientHeterogeneity,
     DomainShift,
     ImageDegrader,
+    apply_label_noise,
     degrade_image,
     label_noise_counts,
     parse_heterogeneity,
+    reserve_label_noise,
 )
+from fedpatchcore.core.federation.partition import partition_from_parameters
 from fedpatchcore.core.federation.trust import measure_image_quality
-from fedpatchcore.pipelines.federated.nodes import partition_clients, reserve_label_noise_images
 
 
 def _image(seed: int = 0, size: int = 48) -> np.ndarray:
@@ -75,14 +76,14 @@ def test_degrader_is_seeded_per_image_logs_every_image_and_only_acts_for_its_cli
     assert degrader.manifest[0]["applied"] == {"noise_sigma": 0.05}
 
     settings = {
-        "coreset": {"ratio": 0.1},
+        "coreset": {"ratio": 0.1, "max_size": None, "projection_dim": None},
         "federation": {},
-        "extraction": {"batch_size": 1},
+        "extraction": {"batch_size": 1, "num_workers": 0},
         "seed": 0,
         "heterogeneity": {"1": {"noise_sigma": 0.05}},
     }
-    assert ClientSettings.from_parameters("1", **settings).heterogeneity.degrades_images
-    assert not ClientSettings.from_parameters("2", **settings).heterogeneity.degrades_images
+    assert ClientSettings.from_run(settings, "1").heterogeneity.degrades_images
+    assert not ClientSettings.from_run(settings, "2").heterogeneity.degrades_images
 
 
 @pytest.mark.parametrize(
@@ -118,56 +119,72 @@ def test_label_noise_counts_share_of_all_images_spread_by_category():
     assert label_noise_counts({"a": 4}, 0.0) == {}
 
 
-def _dataset() -> pd.DataFrame:
+def label_noise_dataset() -> list[Sample]:
+    """Two categories of 10 training, 4 good and 6 defective test images (tests of label noise use it)."""
     samples = []
     for category in ("plate", "fabric"):
         samples += [Sample(category, "train", "good", f"{i:03d}", f"/d/{category}/train/{i}.png") for i in range(10)]
         samples += [Sample(category, "test", "good", f"{i:03d}", f"/d/{category}/test/good/{i}.png") for i in range(4)]
         samples += [Sample(category, "test", "scratch", f"{i:03d}", f"/d/{category}/test/scratch/{i}.png") for i in range(6)]
-    return samples_to_frame(samples)
+    return samples
 
 
-def test_label_noise_swaps_defective_images_into_one_client_and_out_of_evaluation():
-    index = _dataset()
+def _partition(samples, pool, federation, heterogeneity):
+    """The partition with label noise applied: (client -> keys, swaps), as the partition node makes it."""
+    assignment = partition_from_parameters(samples, federation, seed=0)
+    return apply_label_noise(assignment, samples, parse_heterogeneity(heterogeneity), pool, seed=0)
+
+
+def test_label_noise_swaps_defective_images_into_one_client_only():
+    samples = label_noise_dataset()
     federation = {"partition": "iid", "num_clients": 2}
     heterogeneity = {"1": {"label_noise": 0.3}}
     variants = {
         "federated": {"seed": 0, "federation": federation, "heterogeneity": {}},
         "noisy": {"seed": 0, "federation": federation, "heterogeneity": heterogeneity},
     }
-    pool, evaluation = reserve_label_noise_images(index, variants, seed=0)
+    pool = reserve_label_noise(samples, variants, {}, seed=0)
     reserved = {key for keys in pool.values() for key in keys}
-    assert reserved and all("/test/scratch/" in key for key in reserved)
-    # Label-noise images never reach evaluation, in any variant.
-    assert reserved.isdisjoint(evaluation["key"]) and len(evaluation) == len(index) - len(reserved)
+    # 30% of client 1's 10 training images, spread over its two categories, all defective test images.
+    assert sum(len(keys) for keys in pool.values()) == 3 and all("/test/scratch/" in key for key in reserved)
 
-    clean = partition_clients(index, pool, federation, {}, 0, client_ids=["1", "2"])
-    noisy = partition_clients(index, pool, federation, heterogeneity, 0, client_ids=["1", "2"])
-    clean_1, noisy_1 = set(clean[2]["key"]), set(noisy[2]["key"])
-    added = noisy_1 - clean_1
-    assert len(added) == round(0.3 * len(clean_1)) and added <= reserved
-    assert len(noisy_1) == len(clean_1)  # swapped, not added: its "good" folder holds defective parts
-    pd.testing.assert_frame_equal(clean[3], noisy[3])  # client 2 is untouched
-    swaps = noisy[1]["label_noise"]["1"]
-    assert {k for s in swaps.values() for k in s["added"]} == added
-    assert {k for s in swaps.values() for k in s["removed"]} == clean_1 - noisy_1
+    clean, _ = _partition(samples, pool, federation, {})
+    noisy, swaps = _partition(samples, pool, federation, heterogeneity)
+    added = set(noisy["1"]) - set(clean["1"])
+    assert len(added) == round(0.3 * len(clean["1"])) and added <= reserved
+    assert len(noisy["1"]) == len(clean["1"])  # swapped, not added: its "good" folder holds defective parts
+    assert noisy["2"] == clean["2"]  # client 2 is untouched
+    assert {k for s in swaps["1"].values() for k in s["added"]} == added
+    assert {k for s in swaps["1"].values() for k in s["removed"]} == set(clean["1"]) - set(noisy["1"])
+
+
+def test_the_pool_serves_the_noisiest_variant_and_skips_held_out_images():
+    samples = label_noise_dataset()
+    federation = {"partition": "iid", "num_clients": 1}
+    variants = {
+        "light": {"seed": 0, "federation": federation, "heterogeneity": {"1": {"label_noise": 0.1}}},
+        "heavy": {"seed": 0, "federation": federation, "heterogeneity": {"1": {"label_noise": 0.2}}},
+    }
+    pool = reserve_label_noise(samples, variants, {}, seed=0)
+    assert {c: len(keys) for c, keys in pool.items()} == {"fabric": 2, "plate": 2}  # 20% of 10 per category
+    # Held-out training images (a validation split) are not partitioned, so they take no label noise.
+    held_out = {s.key for s in samples if s.split == "train" and s.category == "plate" and s.image_id < "005"}
+    pool = reserve_label_noise(samples, variants, {"light": held_out, "heavy": held_out}, seed=0)
+    assert {c: len(keys) for c, keys in pool.items()} == {"fabric": 2, "plate": 1}  # 20% of 5
 
 
 def test_too_much_label_noise_is_a_clear_error():
-    index = _dataset()
     federation = {"partition": "iid", "num_clients": 1}
     variants = {"noisy": {"seed": 0, "federation": federation, "heterogeneity": {"1": {"label_noise": 0.9}}}}
     with pytest.raises(ValueError, match="lower heterogeneity"):
-        reserve_label_noise_images(index, variants, seed=0)
+        reserve_label_noise(label_noise_dataset(), variants, {}, seed=0)
 
 
 def test_label_noise_is_reproducible_from_the_seed():
-    index = _dataset()
+    samples = label_noise_dataset()
     federation = {"partition": "iid", "num_clients": 2}
     heterogeneity = {"1": {"label_noise": 0.2}}
     variants = {"noisy": {"seed": 0, "federation": federation, "heterogeneity": heterogeneity}}
-    pool, _ = reserve_label_noise_images(index, variants, seed=0)
-    first = partition_clients(index, pool, federation, heterogeneity, 0, client_ids=["1", "2"])
-    again = partition_clients(index, pool, federation, heterogeneity, 0, client_ids=["1", "2"])
-    assert first[1]["label_noise"] == again[1]["label_noise"]
-    pd.testing.assert_frame_equal(first[2], again[2])
+    pool = reserve_label_noise(samples, variants, {}, seed=0)
+    assert pool == reserve_label_noise(samples, variants, {}, seed=0)
+    assert _partition(samples, pool, federation, heterogeneity) == _partition(samples, pool, federation, heterogeneity)

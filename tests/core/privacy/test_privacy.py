@@ -148,14 +148,14 @@ def features(tmp_path) -> tuple[ExtractedFeatures, dict[str, np.ndarray]]:
 
 
 def _client_settings(privacy_block: dict | None) -> client.ClientSettings:
-    return client.ClientSettings.from_parameters(
-        "a",
-        coreset={"ratio": 0.5, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu"},
-        federation={},
-        extraction={"batch_size": 2},
-        seed=0,
-        privacy=privacy_block,
-    )
+    parameters = {
+        "coreset": {"ratio": 0.5, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu"},
+        "federation": {},
+        "extraction": {"batch_size": 2, "num_workers": 0},
+        "seed": 0,
+        "privacy": privacy_block,
+    }
+    return client.ClientSettings.from_run(parameters, "a")
 
 
 PRIVATE = {
@@ -239,6 +239,46 @@ def test_disabled_privacy_leaves_the_coreset_exactly_as_before(features):
         np.testing.assert_array_equal(before.patch_source[category], after.patch_source[category])
     assert before.numbers == after.numbers
     assert client.privacy_budget(after, _client_settings(None))["enabled"] is False
+
+
+def _uneven_features(tmp_path) -> ExtractedFeatures:
+    """8 ``plate`` images and 2 ``fabric`` images on a 4x4 grid (32 and 8 released rows at m = 4)."""
+    rng = np.random.default_rng(1)
+    files, keys = {}, {}
+    for category, n_images in (("plate", 8), ("fabric", 2)):
+        writer = PatchFeatureWriter(tmp_path / f"uneven_{category}.npy", dim=12, projection_dim=8, seed=0)
+        writer.append((10.0 * rng.normal(size=(n_images * 16, 12))).astype(np.float32))
+        files[category] = writer.close()
+        keys[category] = [f"{category}/train/good/{i}" for i in range(n_images)]
+    return ExtractedFeatures(files, keys, {c: (4, 4) for c in files})
+
+
+def _private_sizes(tmp_path, coreset: dict, fairness: dict | None = None) -> dict[str, int]:
+    parameters = {
+        "coreset": {"ratio": 0.5, "max_size": None, "projection_dim": 8, "num_starts": 1, "device": "cpu", **coreset},
+        "federation": {},
+        "extraction": {"batch_size": 2, "num_workers": 0},
+        "seed": 0,
+        "privacy": PRIVATE,
+        "fairness": fairness,
+    }
+    local = client.select_local_coreset(_uneven_features(tmp_path), client.ClientSettings.from_run(parameters, "qc"))
+    return {category: len(bank) for category, bank in local.banks.items()}
+
+
+def test_a_private_coreset_keeps_the_ratio_of_the_released_rows(tmp_path):
+    assert _private_sizes(tmp_path, {}) == {"plate": 16, "fabric": 4}  # 0.5 x 32, 0.5 x 8
+
+
+def test_a_private_coreset_keeps_coreset_total_size(tmp_path):
+    # One budget of 10 rows over the client's categories, split ∝ released rows (32 : 8).
+    assert _private_sizes(tmp_path, {"total_size": 10}) == {"plate": 8, "fabric": 2}
+
+
+def test_a_private_coreset_follows_the_fairness_quotas(tmp_path):
+    # The 20 rows the ratio keeps, shared equally: fabric gives all 8 it released, plate the other 12.
+    equal = {"mode": "equal", "group_by": "category", "min_share": 0.1}
+    assert _private_sizes(tmp_path, {}, equal) == {"plate": 12, "fabric": 8}
 
 
 def test_release_parameters_ignore_the_audit_and_a_disabled_release():

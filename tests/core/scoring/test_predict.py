@@ -10,16 +10,18 @@ from PIL import Image
 
 from fedpatchcore.core.data.index import index_dataset
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
-from fedpatchcore.core.data.types import CategoryInfo
+from fedpatchcore.core.data.types import TEST, TRAIN, CategoryInfo, Sample
 from fedpatchcore.core.features.setting import EmbedderCache, Setting
 from fedpatchcore.core.scoring.predict import (
     PREDICTION_COLUMNS,
+    UNREADABLE,
     build_category_models,
     calibrate_from_validation,
     list_images,
     predict_folder,
     save_predictions,
     tile_boxes,
+    training_image_sizes,
 )
 from fedpatchcore.core.scoring.thresholds import calibrate
 from fedpatchcore.core.tuning.split import split_validation
@@ -113,8 +115,10 @@ def test_predict_folder_labels_masks_and_files(models_and_calibrations, tmp_path
 
     out = tmp_path / "out"
     frame = save_predictions(predictions, inbox, out, calibrations)
-    written = pd.read_csv(out / "predictions.csv")
+    written = pd.read_csv(out / "predictions.csv", keep_default_na=False)  # an empty note stays ""
     assert list(written.columns) == PREDICTION_COLUMNS
+    assert set(written["category_from"]) == {"folder"} and (written["note"] == "").all()
+    assert (written[["width", "height"]] == SIZE).all().all()
     assert list(written.columns[:4]) == ["image", "category", "score", "label"]
     assert len(written) == 6 and set(written["label"]) == {"OK", "NOK"}
     pd.testing.assert_frame_equal(written, frame, check_dtype=False)
@@ -133,6 +137,67 @@ def test_category_by_nearest_bank_when_folder_says_nothing(models_and_calibratio
     assert {p.category for p in forced} == {"stripes"}
     with pytest.raises(ValueError, match="predict.category"):
         predict_folder(tmp_path / "flat", models, calibrations, category="nope")
+
+
+def test_an_unreadable_image_is_a_row_labelled_unreadable_not_dropped(models_and_calibrations, tmp_path):
+    models, calibrations = models_and_calibrations
+    inbox = tmp_path / "inbox"
+    _save(_stripes(500), inbox / "stripes" / "good.png")
+    (inbox / "stripes" / "broken.png").write_bytes(b"not a png")  # category from its folder
+    (inbox / "lost.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")  # flat: no category can be told
+    predictions = {p.image: p for p in predict_folder(inbox, models, calibrations)}
+    assert sorted(predictions) == ["lost.png", "stripes/broken.png", "stripes/good.png"]
+    broken, lost = predictions["stripes/broken.png"], predictions["lost.png"]
+    assert (broken.label, broken.category, broken.category_from) == (UNREADABLE, "stripes", "folder")
+    assert (lost.label, lost.category, lost.category_from) == (UNREADABLE, None, "best fit")
+    assert "broken.png" in broken.note and np.isnan(broken.score) and broken.tiles == 0
+    assert predictions["stripes/good.png"].label == "OK"
+
+    out = tmp_path / "out"
+    save_predictions(list(predictions.values()), inbox, out, calibrations)
+    written = pd.read_csv(out / "predictions.csv").set_index("image")
+    assert written.loc["stripes/broken.png", "label"] == UNREADABLE and "broken.png" in written.loc["stripes/broken.png", "note"]
+    assert written.loc["stripes/good.png", "width"] == SIZE
+    assert written.loc[["lost.png", "stripes/broken.png"], "width"].isna().all()
+    assert sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png")) == ["stripes/good.png"]
+
+
+def test_an_image_of_a_size_its_category_was_not_trained_at_is_warned_and_noted(models_and_calibrations, tmp_path, caplog):
+    models, calibrations = models_and_calibrations
+    inbox = tmp_path / "inbox"
+    _save(_checks(600), inbox / "checks" / "same.png")
+    _save(_checks(601, size=96), inbox / "wide.png")  # flat folder: category by best fit, 96x96
+    trained = {"stripes": {(SIZE, SIZE)}, "checks": {(SIZE, SIZE)}}
+    with caplog.at_level("WARNING", logger="fedpatchcore.core.scoring.predict"):
+        predictions = {p.image: p for p in predict_folder(inbox, models, calibrations, training_sizes=trained)}
+    same, wide = predictions["checks/same.png"], predictions["wide.png"]
+    assert (same.width, same.height, same.category_from, same.note) == (SIZE, SIZE, "folder", "")
+    assert (wide.width, wide.height, wide.category, wide.category_from) == (96, 96, "checks", "best fit")
+    assert wide.note == (
+        f"image is 96x96 but checks's training images are {SIZE}x{SIZE}: resized to the model's {SIZE}x{SIZE} "
+        "input, its score may not compare"
+    )
+    [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warning.startswith("wide.png (category checks by best fit): image is 96x96")
+    # Without training sizes nothing is claimed about size.
+    assert all(p.note == "" for p in predict_folder(inbox, models, calibrations))
+
+
+def test_training_image_sizes_come_from_training_images_only(tmp_path):
+    def sample(category, split, name, size):
+        path = tmp_path / f"{name}.png"
+        if size is not None:
+            _save(np.zeros((size[1], size[0], 3), np.uint8), path)
+        return Sample(category, split, "good", name, str(path), ())
+
+    samples = [
+        sample("a", TRAIN, "a1", (30, 20)),
+        sample("a", TRAIN, "a2", (30, 20)),
+        sample("a", TRAIN, "a3", (40, 20)),
+        sample("a", TEST, "a4", None),  # no file: opening it would raise; a test image is never read
+        sample("b", TRAIN, "b1", (8, 9)),
+    ]
+    assert training_image_sizes(samples) == {"a": {(30, 20), (40, 20)}, "b": {(8, 9)}}
 
 
 def test_tile_boxes_cover_the_image():

@@ -525,6 +525,45 @@ def resolve_categories(categories: str | Sequence[str] | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _record_files(
+    api_base: str,
+    record_id: str,
+    retries: int,
+    backoff_s: float,
+    timeout_s: float,
+    session: requests.Session,
+    target: Path,
+    from_dir: str | Path | None,
+) -> dict[str, RemoteFile] | None:
+    """The record's files and md5s. Downloading needs them; zips taken from ``from_dir`` are only
+    checked against them when the API answers one quick attempt (None, with a warning, if not)."""
+    if from_dir is None:
+        return fetch_record_files(api_base, record_id, retries, backoff_s, timeout_s, session, target)
+    try:
+        return fetch_record_files(api_base, record_id, 0, backoff_s, min(timeout_s, 15), session, target)
+    except DownloadError as err:
+        warnings.warn(
+            f"could not verify the zips in {from_dir} against the record API ({err.__class__.__name__}: "
+            f"{api_base} unreachable); using them without checksum verification",
+            stacklevel=3,
+        )
+        return None
+
+
+def _unpack_local_zip(
+    zip_path: Path, cat: str, remote_files: dict[str, RemoteFile] | None, target: Path, chunk_size: int
+) -> None:
+    """Unpack a category zip downloaded elsewhere, after its md5 check when the record's is known."""
+    if not zip_path.is_file():
+        raise DownloadError(f"{zip_path} not found: put the AutoVI zip of {cat} there ({AUTOVI_RECORD_URL})")
+    remote = (remote_files or {}).get(zip_path.name)
+    if remote is not None and remote.md5 is not None:
+        actual = md5_of(zip_path, chunk_size)
+        if actual != remote.md5:
+            raise ChecksumError(str(zip_path), remote.md5, actual)
+    safe_extract_category(zip_path, target, cat)
+
+
 def download_autovi(
     target_dir: str | Path = DEFAULT_TARGET,
     categories: str | Sequence[str] = "all",
@@ -558,45 +597,19 @@ def download_autovi(
         _say(progress, f"{cat}: already present, skipped")
 
     session = requests.Session()
-    remote_files: dict[str, RemoteFile] | None = None
-    if todo and from_dir is None:
-        remote_files = fetch_record_files(api_base, record_id, retries, backoff_s, timeout_s, session, target)
-    elif todo:
-        try:  # verification is a bonus here: one quick attempt
-            remote_files = fetch_record_files(
-                api_base, record_id, 0, backoff_s, min(timeout_s, 15), session, target
-            )
-        except DownloadError as err:
-            warnings.warn(
-                f"could not verify the zips in {from_dir} against the record API ({err.__class__.__name__}: "
-                f"{api_base} unreachable); using them without checksum verification",
-                stacklevel=2,
-            )
-
+    remote_files = None
+    if todo:
+        remote_files = _record_files(api_base, record_id, retries, backoff_s, timeout_s, session, target, from_dir)
     for cat in todo:
-        name = f"{cat}.zip"
         if from_dir is not None:
-            zip_path = Path(from_dir) / name
-            if not zip_path.is_file():
-                raise DownloadError(
-                    f"{zip_path} not found: put the AutoVI zip of {cat} there ({AUTOVI_RECORD_URL})"
-                )
-            remote = (remote_files or {}).get(name)
-            if remote is not None and remote.md5 is not None:
-                actual = md5_of(zip_path, chunk_size)
-                if actual != remote.md5:
-                    raise ChecksumError(str(zip_path), remote.md5, actual)
-            safe_extract_category(zip_path, target, cat)
+            _unpack_local_zip(Path(from_dir) / f"{cat}.zip", cat, remote_files, target, chunk_size)
         else:
-            assert remote_files is not None
-            remote = remote_files.get(name)
+            remote = remote_files.get(f"{cat}.zip")
             if remote is None:
                 raise DownloadError(
-                    f"record {record_id} at {api_base} has no file {name} (it has {sorted(remote_files)})"
+                    f"record {record_id} at {api_base} has no file {cat}.zip (it has {sorted(remote_files)})"
                 )
-            zip_path = download_file(
-                remote, partial, retries, backoff_s, timeout_s, chunk_size, progress, session
-            )
+            zip_path = download_file(remote, partial, retries, backoff_s, timeout_s, chunk_size, progress, session)
             safe_extract_category(zip_path, target, cat)
             if not keep_zips:
                 zip_path.unlink(missing_ok=True)

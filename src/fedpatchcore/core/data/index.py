@@ -1,7 +1,7 @@
 """One entry point that indexes a dataset of any supported format.
 
 Returns ``(samples, {category: CategoryInfo}, skipped)`` where ``skipped`` lists
-``{"path", "reason"}`` for every unreadable file that was left out.
+``{"path", "reason", "category", "split"}`` for every unreadable file that was left out.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from PIL import Image
 
 from fedpatchcore.core.data.loading import ImageReadError, is_image_file, original_size
 from fedpatchcore.core.data.mvtec import ALL, _image_files, _mask_lookup, resolve_categories
+from fedpatchcore.core.data.synthetic import folder_problem
 from fedpatchcore.core.data.types import GOOD, TEST, TRAIN
 
 # The last chunk of every PNG file: length 0, type IEND, its CRC.
@@ -116,10 +117,12 @@ def check_dataset_layout(
 
     Per chosen category: ``train/good`` exists and holds an image, ``test/`` exists and holds
     an image, and every ground-truth mask of a defect image is readable, complete and of its
-    image's size. ``format="synthetic"`` returns no problems: ingest (re)generates that dataset.
+    image's size. ``format="synthetic"``: ingest (re)generates that dataset, so only a ``root``
+    that cannot be a folder (a file) is a problem.
     """
     if str(format).lower() == "synthetic":
-        return []
+        problem = folder_problem(root)
+        return [problem] if problem else []
     root = Path(root)
     if not root.is_dir():
         return [f"{root}: dataset root does not exist or is not a folder"]

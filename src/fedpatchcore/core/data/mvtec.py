@@ -124,9 +124,9 @@ def _mask_lookup(gt_defect_dir: Path) -> Callable[[str], tuple[str, ...]]:
     return lookup
 
 
-def _skip(skipped: list[dict], path: Path | str, reason: str) -> None:
+def _skip(skipped: list[dict], path: Path | str, reason: str, category: str, split: str) -> None:
     logger.warning("Skipping %s: %s", path, reason)
-    skipped.append({"path": str(path), "reason": reason})
+    skipped.append({"path": str(path), "reason": reason, "category": category, "split": split})
 
 
 def _index_split_folder(
@@ -143,12 +143,12 @@ def _index_split_folder(
     for path in _image_files(folder):
         image_id = path.stem
         if image_id in seen:
-            _skip(skipped, path, f"duplicate image id {image_id!r} in {folder}")
+            _skip(skipped, path, f"duplicate image id {image_id!r} in {folder}", category, split)
             continue
         try:
             size = original_size(path)
         except ImageReadError as exc:
-            _skip(skipped, path, f"unreadable image ({exc.__cause__ or exc})")
+            _skip(skipped, path, f"unreadable image ({exc.__cause__ or exc})", category, split)
             continue
         mask_paths: tuple[str, ...] = masks_for(image_id) if masks_for is not None else ()
         if masks_for is not None and not mask_paths:
@@ -166,7 +166,7 @@ def _index_split_folder(
                     f"{size[0]}x{size[1]}; a mask must have its image's size"
                 )
         if unreadable_mask:
-            _skip(skipped, path, unreadable_mask)
+            _skip(skipped, path, unreadable_mask, category, split)
             continue
         seen.add(image_id)
         samples.append(
@@ -264,7 +264,7 @@ def index_mvtec(
     ``categories``: ``"all"`` (every sub-folder with ``train``/``test``) or a list of names.
     ``image_sizes``: optional ``{category | "default": (width, height)}`` overriding
     ``default_size``. Returns ``(samples, {category: CategoryInfo}, skipped)`` where
-    ``skipped`` lists ``{"path", "reason"}`` for every unreadable file left out.
+    ``skipped`` lists ``{"path", "reason", "category", "split"}`` for every unreadable file left out.
     """
     overrides = normalize_image_sizes(image_sizes)
     fallback = (int(default_size[0]), int(default_size[1]))

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.common.seeding import derive_rng
 from fedpatchcore.core.data.types import GOOD, TEST, TRAIN
 
@@ -528,6 +529,99 @@ def _read_manifest(root: Path) -> dict | None:
         return None
 
 
+def folder_problem(root: str | Path) -> str | None:
+    """Why ``root`` cannot be a folder to write the dataset into (it, or a folder above it, is a
+    file), or None. A missing folder is fine: the generator creates it."""
+    root = Path(root)
+    for path in (root, *root.parents):
+        if path.exists():
+            if path.is_dir():
+                return None
+            where = "is a file" if path == root else f"lies under {path}, which is a file"
+            return f"{root} {where}: the synthetic dataset is written into a folder (a new one is created)"
+    return None
+
+
+def _checked_settings(
+    seed: int, image_size: tuple[int, int], counts: dict[str, int], categories: Iterable[str] | None
+) -> dict:
+    """The generator's settings as its manifest records them; ValueError naming a bad one."""
+    chosen = list(SYNTHETIC_CATEGORIES) if categories is None else [str(c) for c in categories]
+    unknown = [c for c in chosen if c not in SYNTHETIC_CATEGORIES]
+    if unknown or not chosen:
+        raise ValueError(
+            f"Unknown synthetic categories {unknown} (or none given); available: {list(SYNTHETIC_CATEGORIES)}"
+        )
+    width, height = int(image_size[0]), int(image_size[1])
+    if width < 8 or height < 8:
+        raise ValueError(f"synthetic image_size must be at least 8x8, got {image_size!r}")
+    counts = {name: int(value) for name, value in counts.items()}
+    if min(counts.values()) < 0 or counts["n_train"] < 1:
+        raise ValueError(f"synthetic image counts must be >= 0 (n_train >= 1), got {counts}")
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "seed": int(seed),
+        "image_size": [width, height],
+        "categories": [c for c in SYNTHETIC_CATEGORIES if c in chosen],
+        **counts,
+    }
+
+
+def _complete_manifest(root: Path, settings: dict) -> dict | None:
+    """The manifest of a complete dataset written with exactly ``settings``, else None."""
+    manifest = _read_manifest(root)
+    if (
+        manifest is not None
+        and manifest.get("complete")
+        and manifest.get("settings") == settings
+        and all((root / f).is_file() for f in manifest.get("files", []))
+    ):
+        return manifest
+    return None
+
+
+def _clear_category_folders(root: Path, chosen: list[str], overwrite: bool) -> None:
+    """Delete the folders about to be written and those of an earlier synthetic run; a category
+    folder this generator did not write is only deleted with ``overwrite``."""
+    manifest = _read_manifest(root)
+    ours = set(manifest.get("settings", {}).get("categories", [])) if manifest else set()
+    for category in sorted(set(chosen) | ours):
+        cat_dir = root / category
+        if cat_dir.exists():
+            if category not in ours and not overwrite:
+                raise FileExistsError(
+                    f"{cat_dir} exists and was not written by the synthetic generator; "
+                    f"pass overwrite=True to replace it"
+                )
+            shutil.rmtree(cat_dir)
+
+
+def _write_category(root: Path, category: str, settings: dict, files: list[str]) -> dict:
+    """Every image and ground-truth channel of one category; its counts for the summary."""
+    seed = settings["seed"]
+    size = tuple(settings["image_size"])
+    cat_dir = root / category
+    cat_dir.mkdir(parents=True)
+    _write_json(cat_dir / "defects_config.json", defects_config(category, size))
+    for i in range(settings["n_train"]):
+        image, _ = render_image(category, None, derive_rng(seed, category, TRAIN, i), size)
+        _save_png(image, cat_dir / TRAIN / GOOD / f"{i:04d}.png", files, root)
+    for i in range(settings["n_test_good"]):
+        image, _ = render_image(category, None, derive_rng(seed, category, f"{TEST}/{GOOD}", i), size)
+        _save_png(image, cat_dir / TEST / GOOD / f"{i:04d}.png", files, root)
+    per_defect = {}
+    for defect in CATEGORY_DEFECTS[category]:
+        for i in range(settings["n_test_per_defect"]):
+            rng = derive_rng(seed, category, f"{TEST}/{defect}", i)
+            image, channels = render_image(category, defect, rng, size)
+            _save_png(image, cat_dir / TEST / defect / f"{i:04d}.png", files, root)
+            for c, channel in enumerate(channels):
+                gt = (channel.astype(np.uint8) * PIXEL_VALUES[defect]).astype(np.uint8)
+                _save_png(gt, cat_dir / "ground_truth" / defect / f"{i:04d}" / f"{c:04d}.png", files, root)
+        per_defect[defect] = settings["n_test_per_defect"]
+    return {"train": settings["n_train"], "test_good": settings["n_test_good"], "test_defects": per_defect}
+
+
 def generate_synthetic_dataset(
     root: str | Path,
     seed: int = 0,
@@ -545,88 +639,24 @@ def generate_synthetic_dataset(
     written with the same settings (``synthetic_manifest.json``), nothing is rewritten
     (``generated`` False) unless ``overwrite``. Folders of an earlier synthetic run are
     replaced; a category folder not written by this generator is only replaced with ``overwrite``.
+    A ``root`` that is a file (:func:`folder_problem`) is an :class:`InputError` naming ``dataset.root``.
     """
     root = Path(root)
-    chosen = list(SYNTHETIC_CATEGORIES) if categories is None else [str(c) for c in categories]
-    unknown = [c for c in chosen if c not in SYNTHETIC_CATEGORIES]
-    if unknown or not chosen:
-        raise ValueError(
-            f"Unknown synthetic categories {unknown} (or none given); available: {list(SYNTHETIC_CATEGORIES)}"
-        )
-    chosen = [c for c in SYNTHETIC_CATEGORIES if c in chosen]
-    width, height = int(image_size[0]), int(image_size[1])
-    if width < 8 or height < 8:
-        raise ValueError(f"synthetic image_size must be at least 8x8, got {image_size!r}")
-    counts = {
-        "n_train": int(n_train),
-        "n_test_good": int(n_test_good),
-        "n_test_per_defect": int(n_test_per_defect),
-    }
-    if min(counts.values()) < 0 or counts["n_train"] < 1:
-        raise ValueError(f"synthetic image counts must be >= 0 (n_train >= 1), got {counts}")
-    settings = {
-        "generator_version": GENERATOR_VERSION,
-        "seed": int(seed),
-        "image_size": [width, height],
-        "categories": chosen,
-        **counts,
-    }
-
-    manifest = _read_manifest(root)
-    if (
-        not overwrite
-        and manifest is not None
-        and manifest.get("complete")
-        and manifest.get("settings") == settings
-        and all((root / f).is_file() for f in manifest.get("files", []))
-    ):
+    problem = folder_problem(root)
+    if problem:
+        raise InputError(f"dataset.root: {problem}")
+    counts = {"n_train": n_train, "n_test_good": n_test_good, "n_test_per_defect": n_test_per_defect}
+    settings = _checked_settings(seed, image_size, counts, categories)
+    manifest = None if overwrite else _complete_manifest(root, settings)
+    if manifest is not None:
         logger.info("Synthetic dataset in %s is complete and up to date; not rewriting it", root)
         return {**manifest["summary"], "generated": False}
 
-    ours = set(manifest.get("settings", {}).get("categories", [])) if manifest else set()
-    for category in sorted(set(chosen) | ours):
-        cat_dir = root / category
-        if cat_dir.exists():
-            if category not in ours and not overwrite:
-                raise FileExistsError(
-                    f"{cat_dir} exists and was not written by the synthetic generator; "
-                    f"pass overwrite=True to replace it"
-                )
-            shutil.rmtree(cat_dir)
+    _clear_category_folders(root, settings["categories"], overwrite)
     root.mkdir(parents=True, exist_ok=True)
     _write_json(root / MANIFEST_FILE, {"settings": settings, "complete": False, "files": []})
-
     files: list[str] = []
-    summary_categories = {}
-    for category in chosen:
-        cat_dir = root / category
-        cat_dir.mkdir(parents=True)
-        _write_json(cat_dir / "defects_config.json", defects_config(category, (width, height)))
-        for i in range(counts["n_train"]):
-            image, _ = render_image(category, None, derive_rng(seed, category, TRAIN, i), (width, height))
-            _save_png(image, cat_dir / TRAIN / GOOD / f"{i:04d}.png", files, root)
-        for i in range(counts["n_test_good"]):
-            image, _ = render_image(
-                category, None, derive_rng(seed, category, f"{TEST}/{GOOD}", i), (width, height)
-            )
-            _save_png(image, cat_dir / TEST / GOOD / f"{i:04d}.png", files, root)
-        per_defect = {}
-        for defect in CATEGORY_DEFECTS[category]:
-            for i in range(counts["n_test_per_defect"]):
-                rng = derive_rng(seed, category, f"{TEST}/{defect}", i)
-                image, channels = render_image(category, defect, rng, (width, height))
-                _save_png(image, cat_dir / TEST / defect / f"{i:04d}.png", files, root)
-                for c, channel in enumerate(channels):
-                    gt = (channel.astype(np.uint8) * PIXEL_VALUES[defect]).astype(np.uint8)
-                    _save_png(
-                        gt, cat_dir / "ground_truth" / defect / f"{i:04d}" / f"{c:04d}.png", files, root
-                    )
-            per_defect[defect] = counts["n_test_per_defect"]
-        summary_categories[category] = {
-            "train": counts["n_train"],
-            "test_good": counts["n_test_good"],
-            "test_defects": per_defect,
-        }
+    summary_categories = {category: _write_category(root, category, settings, files) for category in settings["categories"]}
     summary = {
         "root": str(root),
         "settings": settings,

@@ -128,6 +128,23 @@ def decode_uint16(values: np.ndarray, offset: float, scale: float) -> np.ndarray
     return (np.asarray(values, dtype=np.float64) / PNG_MAX * scale + offset).astype(np.float32)
 
 
+def _start_export(
+    maps: np.ndarray,
+    samples: Sequence[Sample],
+    maps_dir: str | Path,
+    original_sizes: dict[str, tuple[int, int]] | None,
+    overwrite: bool,
+) -> tuple[np.ndarray, Path, list[tuple[int, int]], dict[str, list[int]]]:
+    """Checked maps, the folder (prepared for the categories), each map's original size, the map
+    indices per category: what every exporter starts from."""
+    maps = _check_inputs(maps, samples)
+    maps_dir = Path(maps_dir)
+    sizes = _sizes(samples, original_sizes)
+    groups = group_by_category(range(len(samples)), category=lambda i: samples[i].category)
+    _prepare_dir(maps_dir, list(groups), overwrite)
+    return maps, maps_dir, sizes, groups
+
+
 def export_autovi_maps(
     maps: np.ndarray,
     samples: Sequence[Sample],
@@ -141,11 +158,7 @@ def export_autovi_maps(
     ``sample.image_path``'s header. Returns ``{"maps_dir", "n_maps", "categories": {category:
     {"offset", "scale", "n_maps"}}}``.
     """
-    maps = _check_inputs(maps, samples)
-    maps_dir = Path(maps_dir)
-    sizes = _sizes(samples, original_sizes)
-    groups = group_by_category(range(len(samples)), category=lambda i: samples[i].category)
-    _prepare_dir(maps_dir, list(groups), overwrite)
+    maps, maps_dir, sizes, groups = _start_export(maps, samples, maps_dir, original_sizes, overwrite)
     summary: dict = {"maps_dir": str(maps_dir), "n_maps": len(samples), "categories": {}}
     for cat, idx in groups.items():
         offset, scale = category_scale(maps[idx])
@@ -209,11 +222,7 @@ def export_mvtec_maps(
     overwrite: bool = False,
 ) -> dict:
     """Write raw float32 maps as ``<maps_dir>/<category>/test/<defect>/<image_id>.tiff`` (original size)."""
-    maps = _check_inputs(maps, samples)
-    maps_dir = Path(maps_dir)
-    sizes = _sizes(samples, original_sizes)
-    groups = group_by_category(range(len(samples)), category=lambda i: samples[i].category)
-    _prepare_dir(maps_dir, list(groups), overwrite)
+    maps, maps_dir, sizes, groups = _start_export(maps, samples, maps_dir, original_sizes, overwrite)
     for i, s in enumerate(samples):
         path = _map_path(maps_dir, s, ".tiff")
         path.parent.mkdir(parents=True, exist_ok=True)

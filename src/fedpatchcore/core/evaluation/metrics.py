@@ -287,6 +287,31 @@ def _fpr_levels(limits: Iterable[float], num_thresholds: int) -> np.ndarray:
     return np.unique(np.concatenate(parts))
 
 
+def _scan_regions(
+    anomaly_maps,
+    image_regions: Callable[[int, np.ndarray], tuple[np.ndarray, list[_Region]]],
+    limits: Iterable[float],
+    num_thresholds: int,
+) -> _PixelStats:
+    """:func:`_scan` for overlap curves: ``image_regions(i, amap)`` gives image i's defect mask
+    and regions, computed once per image and pass (only the latest image is kept)."""
+    cache: dict[int, tuple[np.ndarray, list[_Region]]] = {}
+
+    def cached(i: int, amap: np.ndarray) -> tuple[np.ndarray, list[_Region]]:
+        if i not in cache:
+            cache.clear()
+            cache[i] = image_regions(i, amap)
+        return cache[i]
+
+    return _scan(
+        anomaly_maps,
+        positives=lambda i, amap: cached(i, amap)[0],
+        regions=lambda i, amap: cached(i, amap)[1],
+        fpr_levels=_fpr_levels(limits, num_thresholds),
+        num_positive_levels=num_thresholds + 1,
+    )
+
+
 def _area_up_to(x: np.ndarray, y: np.ndarray, limit: float) -> float:
     """Area under y(x) on [0, limit] divided by limit (x ascending from 0 to 1).
 
@@ -328,32 +353,22 @@ def _spro_stats(anomaly_maps, regions_per_image, limits, num_thresholds) -> _Pix
             f"anomaly_maps and regions_per_image differ in length: {n} != {len(regions_per_image)}"
         )
     skipped = 0
-    cache: dict[int, tuple[np.ndarray, list[_Region]]] = {}
 
     def image_regions(i: int, amap: np.ndarray) -> tuple[np.ndarray, list[_Region]]:
         nonlocal skipped
-        if i not in cache:  # only the latest image is kept
-            cache.clear()
-            kept = []
-            for j, region in enumerate(regions_per_image[i] or ()):
-                converted = _region_from_any(region, i, j, amap.shape)
-                if converted is None:
-                    skipped += 1
-                else:
-                    kept.append(converted)
-            union = np.zeros(amap.shape, dtype=bool)
-            for mask, _, _ in kept:
-                union |= mask
-            cache[i] = (union, kept)
-        return cache[i]
+        kept = []
+        for j, region in enumerate(regions_per_image[i] or ()):
+            converted = _region_from_any(region, i, j, amap.shape)
+            if converted is None:
+                skipped += 1
+            else:
+                kept.append(converted)
+        union = np.zeros(amap.shape, dtype=bool)
+        for mask, _, _ in kept:
+            union |= mask
+        return union, kept
 
-    stats = _scan(
-        anomaly_maps,
-        positives=lambda i, amap: image_regions(i, amap)[0],
-        regions=lambda i, amap: image_regions(i, amap)[1],
-        fpr_levels=_fpr_levels(limits, num_thresholds),
-        num_positive_levels=num_thresholds + 1,
-    )
+    stats = _scan_regions(anomaly_maps, image_regions, limits, num_thresholds)
     if skipped:
         # Both passes visit every region, so each empty one was counted twice.
         warnings.warn(f"{skipped // 2} empty ground-truth region(s) ignored in sPRO", stacklevel=3)
@@ -447,27 +462,17 @@ def pro_auc(
     n = _check_masks(anomaly_maps, masks)
     if n == 0:
         return None
-    cache: dict[int, tuple[np.ndarray, list[_Region]]] = {}
 
     def components(i: int, amap: np.ndarray) -> tuple[np.ndarray, list[_Region]]:
-        if i not in cache:
-            cache.clear()
-            mask = _mask(masks, i, amap.shape)
-            labelled, count = ndimage.label(mask, structure=PRO_STRUCTURE)
-            regions = []
-            for k in range(1, count + 1):
-                component = labelled == k
-                regions.append((component, float(component.sum()), ""))
-            cache[i] = (mask, regions)
-        return cache[i]
+        mask = _mask(masks, i, amap.shape)
+        labelled, count = ndimage.label(mask, structure=PRO_STRUCTURE)
+        regions = []
+        for k in range(1, count + 1):
+            component = labelled == k
+            regions.append((component, float(component.sum()), ""))
+        return mask, regions
 
-    stats = _scan(
-        anomaly_maps,
-        positives=lambda i, amap: components(i, amap)[0],
-        regions=lambda i, amap: components(i, amap)[1],
-        fpr_levels=_fpr_levels((fpr_limit,), num_thresholds),
-        num_positive_levels=num_thresholds + 1,
-    )
+    stats = _scan_regions(anomaly_maps, components, (fpr_limit,), num_thresholds)
     pro = stats.mean_overlap()
     fpr = stats.fpr()
     if pro is None or fpr is None:
@@ -600,6 +605,32 @@ def mean_over_categories(per_category: Mapping[str, Mapping]) -> dict:
     out["n_anomalous"] = int(sum(int(r.get("n_anomalous") or 0) for r in results))
     out["n_categories"] = len(results)
     return out
+
+
+def skipped_test_images(
+    index_skipped: Iterable[Mapping], scoring_skipped: Mapping[str, Iterable[Mapping]], categories: Iterable[str]
+) -> list[dict]:
+    """Test images of ``categories`` that no metric counts, ``{"category", "path", "reason"}``.
+
+    Two places leave a test image out: indexing, for a file whose header cannot be read
+    (``index_skipped``: entries with ``category`` and ``split``; an entry without them, from an
+    index written before they were recorded, cannot be placed and is left out), and scoring, for
+    one that fails to decode in full (``scoring_skipped``: per category, ``{"path", "reason"}``).
+    Sorted by category, then path.
+    """
+    chosen = set(categories)
+    found = [
+        {"category": entry["category"], "path": entry["path"], "reason": entry["reason"]}
+        for entry in index_skipped
+        if entry.get("split") == "test" and entry.get("category") in chosen
+    ]
+    found += [
+        {"category": category, **entry}
+        for category, entries in scoring_skipped.items()
+        if category in chosen
+        for entry in entries
+    ]
+    return sorted(found, key=lambda entry: (entry["category"], entry["path"]))
 
 
 def metrics_table(metrics: Mapping, spro_limit: str = "0.05") -> pd.DataFrame:

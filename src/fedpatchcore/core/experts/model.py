@@ -53,6 +53,8 @@ __all__ = [
 
 #: The logical experts, in the order they are reported.
 EXPERTS = ("global", "position", "composition")
+# The run parameter block of the experts (conf/base/parameters_experts.yml).
+EXPERTS_BLOCK = "experts"
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from fedpatchcore.core.common.runtime import resolve_device, set_torch_threads
 from fedpatchcore.core.features.backbones import FeatureBackbone
 
-__all__ = ["PRECISIONS", "PatchEmbedder", "image_hw", "resolve_precision", "seed_everything", "set_threads"]
+__all__ = ["PRECISIONS", "PatchEmbedder", "image_hw", "local_stages", "resolve_precision", "seed_everything", "set_threads"]
 
 
 def set_threads(n: int | None) -> None:
@@ -58,6 +58,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be 'auto' or one of {sorted(PRECISIONS)}, got {precision!r}")
     return precision
+
+
+def local_stages(shallow: torch.Tensor, deep: torch.Tensor, neighbourhood: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PatchCore's locally aware features of both stages: ``neighbourhood`` x ``neighbourhood``
+    averaging (borders average only the pixels inside), the deep stage bilinearly resized to the
+    shallow stage's grid. The one rule of the torch embedder and of its ONNX export."""
+    p = int(neighbourhood)
+    if p > 1:
+        shallow = F.avg_pool2d(shallow, p, stride=1, padding=p // 2, count_include_pad=False)
+        deep = F.avg_pool2d(deep, p, stride=1, padding=p // 2, count_include_pad=False)
+    h, w = shallow.shape[-2:]
+    if deep.shape[-2:] != (h, w):
+        deep = F.interpolate(deep, size=(h, w), mode="bilinear", align_corners=False)
+    return shallow, deep
 
 
 class PatchEmbedder:
@@ -130,15 +144,10 @@ class PatchEmbedder:
 
     def _aggregate(self, shallow: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         """Neighbourhood averaging + upsample + concat -> ``(B, h, w, d)`` tensor (output dtype)."""
-        p = self.neighbourhood
         if self.precision != "float32":
             shallow, deep = shallow.to(self.compute_dtype), deep.to(self.compute_dtype)
-        if p > 1:
-            shallow = F.avg_pool2d(shallow, p, stride=1, padding=p // 2, count_include_pad=False)
-            deep = F.avg_pool2d(deep, p, stride=1, padding=p // 2, count_include_pad=False)
+        shallow, deep = local_stages(shallow, deep, self.neighbourhood)
         h, w = shallow.shape[-2:]
-        if deep.shape[-2:] != (h, w):
-            deep = F.interpolate(deep, size=(h, w), mode="bilinear", align_corners=False)
         c1 = shallow.shape[1]
         out = torch.empty(
             (shallow.shape[0], h, w, c1 + deep.shape[1]), dtype=self.output_dtype, device=shallow.device

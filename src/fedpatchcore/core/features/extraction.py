@@ -105,37 +105,25 @@ def extract_patch_features(
     writer: PatchFeatureWriter | None = None
     try:
         for category, category_samples in group_by_category(samples).items():
-            info = infos[category]
             writer = PatchFeatureWriter(
-                output_dir / f"{category}.npy",
-                dim=embedder.feature_dim,
-                projection_dim=projection_dim,
-                seed=seed,
+                output_dir / f"{category}.npy", dim=embedder.feature_dim, projection_dim=projection_dim, seed=seed
             )
-            keys: list[str] = []
-            progress = tqdm(
-                total=len(category_samples), desc=f"{description} {category}", unit="img", leave=False
+            keys, category_grid = _embed_category(
+                writer,
+                category_samples,
+                infos[category],
+                embedder,
+                batch_size=batch_size,
+                skipped=skipped,
+                num_workers=num_workers,
+                transform=transform,
+                description=f"{description} {category}",
             )
-            # numpy's BLAS (the projection in writer.append) would otherwise start its own threads,
-            # which keep spinning after each call and slow the network's threads on the same cores.
-            with threadpool_limits(limits=1, user_api="blas"):
-                for batch in iter_image_batches(
-                    category_samples, info.image_size, batch_size, skipped, num_workers
-                ):
-                    images = batch.images
-                    if transform is not None:
-                        images = np.stack([transform(s, im) for s, im in zip(batch.samples, images, strict=True)])
-                    patches = embedder.embed(images)
-                    writer.append(patches.reshape(-1, patches.shape[-1]))
-                    keys.extend(sample.key for sample in batch.samples)
-                    grid[category] = (int(patches.shape[1]), int(patches.shape[2]))
-                    progress.update(len(batch.samples))
-            progress.close()
             if not keys:
                 raise ValueError(f"no readable training image for category {category} (all skipped: see log)")
             files[category] = writer.close()
             writer = None
-            image_keys[category] = keys
+            image_keys[category], grid[category] = keys, category_grid
             logger.info(
                 "%s: %s -> %d images, %d patch vectors of dim %d",
                 description,
@@ -145,17 +133,56 @@ def extract_patch_features(
                 files[category].dim,
             )
     except BaseException:
-        if writer is not None:
-            writer.abort()
-        for feature_file in files.values():
-            feature_file.path.unlink(missing_ok=True)
-        marker.unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):  # only if empty: nothing but our own files is deleted
-                output_dir.rmdir()
+        _remove_partial_output(writer, files, marker, output_dir if created else None)
         logger.info("%s: extraction stopped; removed its partial output in %s", description, output_dir)
         raise
     return ExtractedFeatures(files, image_keys, grid, skipped)
+
+
+def _embed_category(
+    writer: PatchFeatureWriter,
+    samples: Sequence[Sample],
+    info: CategoryInfo,
+    embedder: PatchEmbedder,
+    *,
+    batch_size: int,
+    skipped: list[dict[str, str]],
+    num_workers: int,
+    transform: Callable[[Sample, np.ndarray], np.ndarray] | None,
+    description: str,
+) -> tuple[list[str], tuple[int, int] | None]:
+    """Append every readable image's patch vectors to ``writer``: their keys and the patch grid."""
+    keys: list[str] = []
+    grid = None
+    progress = tqdm(total=len(samples), desc=description, unit="img", leave=False)
+    # numpy's BLAS (the projection in writer.append) would otherwise start its own threads,
+    # which keep spinning after each call and slow the network's threads on the same cores.
+    with threadpool_limits(limits=1, user_api="blas"):
+        for batch in iter_image_batches(samples, info.image_size, batch_size, skipped, num_workers):
+            images = batch.images
+            if transform is not None:
+                images = np.stack([transform(s, im) for s, im in zip(batch.samples, images, strict=True)])
+            patches = embedder.embed(images)
+            writer.append(patches.reshape(-1, patches.shape[-1]))
+            keys.extend(sample.key for sample in batch.samples)
+            grid = (int(patches.shape[1]), int(patches.shape[2]))
+            progress.update(len(batch.samples))
+    progress.close()
+    return keys, grid
+
+
+def _remove_partial_output(
+    writer: PatchFeatureWriter | None, files: dict[str, PatchFeatureFile], marker: Path, created_dir: Path | None
+) -> None:
+    """Delete what an interrupted extraction wrote (and ``created_dir``, if it made it and it is empty)."""
+    if writer is not None:
+        writer.abort()
+    for feature_file in files.values():
+        feature_file.path.unlink(missing_ok=True)
+    marker.unlink(missing_ok=True)
+    if created_dir is not None:
+        with contextlib.suppress(OSError):  # only if empty: nothing but our own files is deleted
+            created_dir.rmdir()
 
 
 def is_scratch_folder(folder: Path) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload, pack, unpack
+from fedpatchcore.core.common.fingerprint import values_at
 from fedpatchcore.core.common.runtime import resolve_device
 from fedpatchcore.core.coreset.kcenter import coreset_size, greedy_kcenter
 from fedpatchcore.core.coreset.streaming import select_coreset_streaming
@@ -33,10 +34,15 @@ from fedpatchcore.core.data.types import CategoryInfo, Sample
 from fedpatchcore.core.features.embedding import PatchEmbedder
 from fedpatchcore.core.features.extraction import ExtractedFeatures, extract_patch_features
 from fedpatchcore.core.federation.aggregation import covering_radius_estimate, uncovered_rows
-from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas
+from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas, shapes_client_coreset
 from fedpatchcore.core.federation.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
 from fedpatchcore.core.federation.trust import QualityMeter
-from fedpatchcore.core.privacy.release import PrivacySettings, ReleasedRows, release_category
+from fedpatchcore.core.privacy.release import (
+    PrivacySettings,
+    ReleasedRows,
+    release_category,
+    release_parameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -60,46 +66,105 @@ class ClientSettings:
     # Rows kept over all the client's categories (None: ratio × each category's patches) and how
     # they are split among its categories (fairness.group_by: category).
     coreset_total_size: int | None = None
+    coreset_min_rows: int = 1  # each category's floor when that budget is split
     fairness: FairnessSettings = FairnessSettings()
     # Differentially private release before the local coreset (disabled: raw rows, as always).
     privacy: PrivacySettings = PrivacySettings()
 
     @classmethod
-    def from_parameters(
-        cls,
-        client_id: str,
-        *,
-        coreset: Mapping[str, Any],
-        federation: Mapping[str, Any],
-        extraction: Mapping[str, Any],
-        seed: int,
-        heterogeneity: Mapping[str, Any] | None = None,
-        fairness: Mapping[str, Any] | None = None,
-        privacy: Mapping[str, Any] | None = None,
-    ) -> ClientSettings:
-        """From the parameter blocks of the same names; ``federation.client_coreset_ratios``
+    def from_run(cls, parameters: Mapping[str, Any], client_id: str) -> ClientSettings:
+        """Client ``client_id``'s settings from the run's parameters: the one place that turns
+        parameters into a client's settings.
+
+        ``parameters``: a variant's resolved parameter blocks (more may be there: only
+        :data:`CLIENT_BLOCKS` are read). ``federation.client_coreset_ratios.<client_id>``
         overrides ``coreset.ratio`` for this client, ``heterogeneity.<client_id>`` degrades its
-        images, ``privacy`` (default: disabled) makes its release differentially private."""
+        images, ``privacy`` (absent: disabled) makes its release differentially private.
+        """
+        run = client_blocks(parameters)
+        coreset, extraction = _required(run, "coreset"), _required(run, "extraction")
+        federation = run["federation"] or {}
+        seed = int(_required(run, "seed"))
+        client_id = str(client_id)
         ratios = federation.get("client_coreset_ratios") or {}
         total_size = coreset.get("total_size")
         if total_size is not None and (int(total_size) != total_size or total_size < 1):
             raise ValueError(f"coreset.total_size must be a positive integer or null, got {total_size!r}")
         return cls(
-            client_id=str(client_id),
-            seed=int(seed),
-            coreset_ratio=float(ratios.get(str(client_id), coreset["ratio"])),
-            coreset_max_size=coreset.get("max_size"),
+            client_id=client_id,
+            seed=seed,
+            coreset_ratio=float(ratios.get(client_id, coreset["ratio"])),
+            coreset_max_size=coreset["max_size"],
             coreset_num_starts=int(coreset.get("num_starts", 1)),
-            projection_dim=coreset.get("projection_dim"),
+            projection_dim=coreset["projection_dim"],
             coreset_device=str(coreset.get("device", "auto")),
             coverage_quantile=float(federation.get("coverage_quantile", 0.5)),
             batch_size=int(extraction["batch_size"]),
-            num_workers=int(extraction.get("num_workers", 0)),
-            heterogeneity=parse_client(str(client_id), (heterogeneity or {}).get(str(client_id))),
+            num_workers=int(extraction["num_workers"]),
+            heterogeneity=parse_client(client_id, (run["heterogeneity"] or {}).get(client_id)),
             coreset_total_size=None if total_size is None else int(total_size),
-            fairness=FairnessSettings.from_parameters(fairness),
-            privacy=PrivacySettings.from_parameters(privacy, seed),
+            coreset_min_rows=int(coreset.get("min_rows", 1)),
+            fairness=FairnessSettings.from_parameters(run["fairness"]),
+            privacy=PrivacySettings.from_parameters(run["privacy"], seed),
         )
+
+
+#: The parameter blocks a client reads, and the only ones: :meth:`ClientSettings.from_run` reads
+#: its settings from them, the Kedro client lane's nodes receive exactly these
+#: (``pipelines/training``), the Flower server sends them to every site (``flower/rounds.py``),
+#: and what a client's work depends on (:func:`feature_inputs`, :func:`coreset_inputs`: which
+#: work variants share, when a Flower site rebuilds its coreset) is read from them. ``backbone``
+#: and ``extraction`` also build the site's embedder (``make_embedder``).
+#:
+#: A new client parameter: its line in ``conf/base/parameters*.yml`` and its field in
+#: ``params_schema.py`` (inside one of these blocks), and one line of ``from_run``.
+CLIENT_BLOCKS = ("seed", "backbone", "extraction", "coreset", "federation", "heterogeneity", "fairness", "privacy")
+
+
+def client_blocks(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's :data:`CLIENT_BLOCKS` (``None`` for an absent one): all a client gets to read."""
+    return {name: parameters.get(name) for name in CLIENT_BLOCKS}
+
+
+def _required(blocks: Mapping[str, Any], name: str) -> Any:
+    if blocks.get(name) is None:
+        raise ValueError(f"a client's settings need the '{name}' parameter block")
+    return blocks[name]
+
+
+def feature_inputs(parameters: Mapping[str, Any], client_id: str) -> dict[str, Any]:
+    """What a client's patch features depend on besides which images it holds.
+
+    The seed, the backbone and extraction blocks, the coreset's projection (the projected copy
+    k-center reads is stored with the features) and what ``heterogeneity.<client_id>`` does to
+    its images. Read as written (the client's settings check the values when it runs).
+    """
+    run = client_blocks(parameters)
+    paths = [("seed",), ("backbone",), ("extraction",), ("coreset", "projection_dim"), ("heterogeneity", str(client_id))]
+    return values_at(run, paths)
+
+
+def coreset_inputs(parameters: Mapping[str, Any], client_id: str) -> dict[str, Any]:
+    """What a client's local coreset (and its first upload) depends on besides which images it holds.
+
+    Its features (:func:`feature_inputs`), the coreset block and this client's
+    ``federation.client_coreset_ratios`` entry, the DP release (only what changes the released
+    rows: :func:`~fedpatchcore.core.privacy.release.release_parameters`) and the fairness block
+    when it shapes the client's coreset (:func:`~fedpatchcore.core.federation.fairness.shapes_client_coreset`).
+    """
+    run = client_blocks(parameters)
+    fairness = dict(run["fairness"] or {})
+    shapes = shapes_client_coreset(
+        fairness.get("mode", FairnessSettings.mode),
+        fairness.get("group_by", FairnessSettings.group_by),
+        (run["coreset"] or {}).get("total_size"),
+    )
+    return {
+        **feature_inputs(run, client_id),
+        **values_at(run, [("coreset",), ("federation", "client_coreset_ratios", str(client_id))]),
+        "privacy": release_parameters(run["privacy"]),
+        "fairness": fairness if shapes else None,
+    }
 
 
 @dataclass
@@ -190,7 +255,7 @@ def local_coreset_sizes(
     the client's categories (``total_size``, else the rows the default would keep in all) is
     split among them by :func:`~fedpatchcore.core.federation.fairness.group_quotas` (sizes: the
     client's images per category; candidates: its patch vectors, at most ``max_size``); every
-    category keeps at least one row.
+    category keeps at least ``coreset.min_rows`` rows (all it has, if fewer).
     """
     default = {c: coreset_size(n, settings.coreset_ratio, settings.coreset_max_size) for c, n in n_rows.items()}
     if not settings.fairness.shapes_client_coreset(settings.coreset_total_size):
@@ -198,14 +263,14 @@ def local_coreset_sizes(
     budget = settings.coreset_total_size if settings.coreset_total_size is not None else sum(default.values())
     cap = settings.coreset_max_size
     candidates = {c: int(n if cap is None else min(n, cap)) for c, n in n_rows.items()}
-    fairness = settings.fairness
-    if budget < sum(1 for n in candidates.values() if n > 0):
+    fairness, floor = settings.fairness, settings.coreset_min_rows
+    if budget < sum(min(floor, n) for n in candidates.values()):
         raise ValueError(
-            f"coreset.total_size={budget} cannot give each of client {settings.client_id}'s {len(candidates)} "
-            "categories a row"
+            f"a budget of {budget} rows (coreset.total_size, or ratio over all categories) cannot give each of "
+            f"client {settings.client_id}'s {len(candidates)} categories coreset.min_rows={floor} rows"
         )
     return group_quotas(
-        {c: n_images.get(c, 0) for c in n_rows}, candidates, budget, fairness.mode, fairness.min_share, minimum=1
+        {c: n_images.get(c, 0) for c in n_rows}, candidates, budget, fairness.mode, fairness.min_share, minimum=floor
     )
 
 
@@ -214,8 +279,8 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
     (sizes from :func:`local_coreset_sizes`).
 
     With ``settings.privacy.enabled`` the coreset is chosen among the category's *released*
-    rows (:func:`release_local_rows`): k-center never sees a raw vector, and the coreset ratio
-    applies to the released rows. Self-measured image quality is then not reported either (it
+    rows (:func:`release_local_rows`): k-center never sees a raw vector, and the sizes (ratio,
+    ``coreset.total_size``, fairness quotas) apply to the released rows. Self-measured image quality is then not reported either (it
     is computed from the raw images and not covered by the guarantee).
     """
     if settings.privacy.enabled:
@@ -264,8 +329,15 @@ def release_local_rows(features: ExtractedFeatures, settings: ClientSettings) ->
 def _select_among_released(features: ExtractedFeatures, settings: ClientSettings) -> LocalCoreset:
     device = resolve_device(settings.coreset_device, parameter="coreset.device")
     banks, sources = {}, {}
-    for category, released in release_local_rows(features, settings).items():
-        k = coreset_size(len(released.rows), settings.coreset_ratio, settings.coreset_max_size)
+    release = release_local_rows(features, settings)
+    # The same budget rules as without privacy (ratio, total_size, fairness), on the released rows.
+    sizes = local_coreset_sizes(
+        {c: len(released.rows) for c, released in release.items()},
+        {c: len(keys) for c, keys in features.image_keys.items()},
+        settings,
+    )
+    for category, released in release.items():
+        k = sizes[category]
         chosen = greedy_kcenter(
             released.rows,
             k,

@@ -47,11 +47,11 @@ GROUP_BY = ("category", "client")
 
 @dataclass(frozen=True)
 class FairnessSettings:
-    """The ``fairness`` parameter block."""
+    """The ``fairness`` parameter block (defaults: conf/base/parameters_fairness.yml's)."""
 
     mode: str = "none"
     group_by: str = "category"
-    min_share: float = 0.0
+    min_share: float = 0.1
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -65,9 +65,9 @@ class FairnessSettings:
     def from_parameters(cls, fairness: Mapping[str, Any] | None) -> FairnessSettings:
         fairness = dict(fairness or {})
         return cls(
-            mode=str(fairness.get("mode", "none")),
-            group_by=str(fairness.get("group_by", "category")),
-            min_share=float(fairness.get("min_share", 0.0)),
+            mode=str(fairness.get("mode", cls.mode)),
+            group_by=str(fairness.get("group_by", cls.group_by)),
+            min_share=float(fairness.get("min_share", cls.min_share)),
         )
 
     @property
@@ -80,10 +80,19 @@ class FairnessSettings:
 
     def shapes_client_coreset(self, total_size: int | None) -> bool:
         """Whether a client's per-category coreset sizes differ from ``ratio`` × each category's patches."""
-        return self.group_by == "category" and (self.active or total_size is not None)
+        return shapes_client_coreset(self.mode, self.group_by, total_size)
 
     def describe(self) -> dict[str, Any]:
         return {"mode": self.mode, "group_by": self.group_by, "min_share": float(self.min_share)}
+
+
+def shapes_client_coreset(mode: str, group_by: str, total_size: int | None) -> bool:
+    """Whether ``fairness`` (and ``coreset.total_size``) change a client's per-category coreset sizes.
+
+    They do when budgets are split among categories and there is a budget to split: a fairness
+    mode, or one ``total_size`` over all the client's categories.
+    """
+    return group_by == "category" and (mode != "none" or total_size is not None)
 
 
 def _floored(weights: np.ndarray, floors: np.ndarray, caps: np.ndarray, budget: int) -> np.ndarray:

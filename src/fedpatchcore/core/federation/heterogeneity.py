@@ -20,6 +20,7 @@ evaluation, so no variant is scored on an image some client trained on.
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -31,7 +32,10 @@ from scipy import ndimage
 
 from fedpatchcore.core.common.quotas import largest_remainder
 from fedpatchcore.core.common.seeding import derive_rng
-from fedpatchcore.core.data.types import Sample
+from fedpatchcore.core.data.types import TEST, Sample
+from fedpatchcore.core.federation.partition import partition_from_parameters
+
+logger = logging.getLogger(__name__)
 
 DEGRADATION_KEYS = ("domain_shift", "noise_sigma", "motion_blur", "jpeg_quality", "label_noise")
 DOMAIN_SHIFT_KEYS = ("tint", "brightness", "contrast", "blur_sigma", "barrel_k")
@@ -213,6 +217,43 @@ def label_noise_pool(defective_test: Mapping[str, Sequence[str]], needed: Mappin
         order = derive_rng(seed, "label_noise_pool", category).permutation(len(keys))
         pool[category] = [keys[i] for i in order[:count]]
     return pool
+
+
+def reserve_label_noise(
+    samples: Sequence[Sample],
+    variants: Mapping[str, Mapping[str, Any]],
+    held_out: Mapping[str, set[str]],
+    seed: int,
+) -> dict[str, list[str]]:
+    """The defective test images label noise puts into training sets, in any variant of a run.
+
+    ``variants``: each variant's resolved parameters (``heterogeneity``, ``federation``,
+    ``seed``); ``held_out``: per variant, the training images its validation split keeps out of
+    the partition. A category's pool is as large as the most any variant needs, so every variant
+    draws from one pool and evaluation can leave the same images out of all of them.
+    """
+    category_of = {s.key: s.category for s in samples}
+    needed: dict[str, int] = {}
+    for name, parameters in variants.items():
+        specs = parse_heterogeneity(parameters.get("heterogeneity"))
+        if not any(spec.label_noise for spec in specs.values()):
+            continue
+        partitioned = [s for s in samples if s.key not in held_out.get(name, set())]
+        for client_id, keys in partition_from_parameters(partitioned, parameters["federation"], parameters["seed"]).items():
+            spec = specs.get(str(client_id))
+            if spec is None or not spec.label_noise:
+                continue
+            per_category: dict[str, int] = {}
+            for key in keys:
+                per_category[category_of[key]] = per_category.get(category_of[key], 0) + 1
+            for category, count in label_noise_counts(per_category, spec.label_noise).items():
+                needed[category] = max(needed.get(category, 0), count)
+        logger.info("Variant %s: label noise needs %s defective images per category", name, needed)
+    defective: dict[str, list[str]] = {}
+    for s in samples:
+        if s.split == TEST and s.label == 1:
+            defective.setdefault(s.category, []).append(s.key)
+    return label_noise_pool(defective, needed, seed)
 
 
 def choose_label_noise(

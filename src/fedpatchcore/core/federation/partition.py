@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -303,6 +304,24 @@ def client_ids_for(
     if num_clients is None:
         raise ValueError(f"federation.partition '{scheme}' needs federation.num_clients")
     return _numbered_ids(_check_num_clients(num_clients))
+
+
+def partition_from_parameters(samples: Sequence[Sample], federation: Mapping[str, Any], seed: int) -> Assignment:
+    """:func:`make_partition` with the settings of the ``federation`` parameter block."""
+    return make_partition(
+        samples,
+        federation["partition"],
+        num_clients=federation.get("num_clients"),
+        clients=federation.get("clients"),
+        qc_sample_ratio=federation.get("qc_sample_ratio", 0.1),
+        alpha=federation.get("alpha"),
+        seed=seed,
+    )
+
+
+def client_ids_of(federation: Mapping[str, Any]) -> list[str]:
+    """:func:`client_ids_for` the ``federation`` parameter block (its clients, before any data is read)."""
+    return client_ids_for(federation["partition"], federation.get("num_clients"), federation.get("clients"))
 
 
 def partition_statistics(assignment: Mapping[str, Sequence[str]], samples: Sequence[Sample]) -> dict:

@@ -59,26 +59,31 @@ class ServerSettings:
             raise ValueError(f"aggregation.strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
 
     @classmethod
-    def from_parameters(
-        cls,
-        aggregation: Mapping[str, Any],
-        coreset: Mapping[str, Any],
-        seed: int,
-        trust: Mapping[str, Any] | None = None,
-        fairness: Mapping[str, Any] | None = None,
-    ) -> ServerSettings:
+    def from_run(cls, parameters: Mapping[str, Any]) -> ServerSettings:
+        """The server's settings from the run's parameters: the one place that turns parameters
+        into them (``parameters``: a variant's resolved blocks; only :data:`SERVER_BLOCKS` are read)."""
+        run = {name: parameters.get(name) for name in SERVER_BLOCKS}
+        aggregation, coreset, seed = run["aggregation"], run["coreset"] or {}, int(run["seed"])
         return cls(
             strategy=str(aggregation["strategy"]),
             global_bank_size=aggregation.get("global_bank_size"),
             min_clients=int(aggregation.get("min_clients", 1)),
             projection_dim=int(coreset.get("projection_dim") or 128),
-            seed=int(seed),
+            seed=seed,
             options=dict(aggregation.get("options") or {}),
             client_weights={str(k): float(v) for k, v in (aggregation.get("client_weights") or {}).items()},
-            trust=TrustSettings.from_parameters(trust, seed),
+            trust=TrustSettings.from_parameters(run["trust"], seed),
             total_bank_size=aggregation.get("total_bank_size"),
-            fairness=FairnessSettings.from_parameters(fairness),
+            fairness=FairnessSettings.from_parameters(run["fairness"]),
         )
+
+
+#: The parameter blocks the server reads, and the only ones: :meth:`ServerSettings.from_run`
+#: reads its settings from them and the Kedro server nodes receive exactly these
+#: (``pipelines/federated``); a Flower server's resume check covers them (``flower/rounds.py``).
+#: A new server parameter: its YAML line and schema field in one of these blocks, and one line
+#: of ``from_run``.
+SERVER_BLOCKS = ("seed", "aggregation", "coreset", "trust", "fairness")
 
 
 @dataclass

@@ -3,6 +3,9 @@
 * :func:`build_category_models` turns a bank per category (e.g. the federated global bank,
   :class:`~fedpatchcore.core.banks.CategoryBanks`) and the setting each category was built
   with into ready-to-score :class:`CategoryModel`\\ s (one backbone per distinct setting);
+  ``runtime`` (:data:`RUNTIMES`) says what computes the patch embedding: ``torch`` (the
+  training code) or ``onnx`` (the same network exported at the category's input size and run
+  by ONNX Runtime, as on an inspection station); the rest of scoring is shared;
 * :func:`calibrate_from_validation` scores the GOOD validation images of each category
   (training images held out of the bank, :func:`~fedpatchcore.core.tuning.split.split_validation`)
   and sets its threshold at a target false-alarm rate (:mod:`fedpatchcore.core.scoring.thresholds`).
@@ -12,12 +15,19 @@
   original image size (anomaly map above the category's pixel threshold, for NOK images);
   large images can be cut into overlapping tiles, each scored at the model's input size;
 * :func:`save_predictions` writes ``predictions.csv`` (``image, category, score, label`` +
-  ``normalised_score, threshold``), one mask PNG and one overlay PNG per image.
+  ``normalised_score, threshold, tiles, width, height, category_from, note``), one mask PNG
+  and one overlay PNG per image.
 
-The category of an image is, in this order: the ``category`` argument; the first folder of
-its path below the input folder that is a category name; the only category; else the
-category whose normalised score is lowest (the part it looks most like). This module does
-not import kedro.
+The category of an image is, in this order (``category_from``): the ``category`` argument
+(``predict.category``); the first folder of its path below the input folder that is a
+category name (``folder``); the only category (``only category``); else the category whose
+normalised score is lowest, the part it looks most like (``best fit``).
+
+Nothing is dropped silently: a file that cannot be read is a row with label ``UNREADABLE``
+and the reason in ``note``; an image whose size (``width``, ``height``) is not a size of its
+category's training images is still scored (resized to the model's input, as always) but
+warned about, and ``note`` says so: a part seen at another scale scores differently. This
+module does not import kedro.
 """
 
 from __future__ import annotations
@@ -25,20 +35,25 @@ from __future__ import annotations
 import fnmatch
 import logging
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.banks.knn import build_index
+from fedpatchcore.core.common.errors import InputError
 from fedpatchcore.core.data import loading
-from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample
+from fedpatchcore.core.data.types import TRAIN, CategoryInfo, Sample, category_info_from_dict
+from fedpatchcore.core.features import tuned_settings
 from fedpatchcore.core.features.batches import iter_image_batches
 from fedpatchcore.core.features.embedding import PatchEmbedder
+from fedpatchcore.core.features.onnx_embedder import OnnxEmbedder
 from fedpatchcore.core.features.setting import EmbedderCache, Setting
 from fedpatchcore.core.scoring.patch_scores import score_images
 from fedpatchcore.core.scoring.thresholds import Calibration, calibrate
@@ -47,8 +62,10 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "PREDICTION_COLUMNS",
+    "RUNTIMES",
     "CategoryModel",
     "Prediction",
+    "bank_models",
     "build_category_models",
     "calibrate_from_validation",
     "list_images",
@@ -59,9 +76,26 @@ __all__ = [
     "save_predictions",
     "score_samples",
     "tile_boxes",
+    "training_image_sizes",
+    "UNREADABLE",
 ]
 
-PREDICTION_COLUMNS = ["image", "category", "score", "label", "normalised_score", "threshold", "tiles"]
+PREDICTION_COLUMNS = [
+    "image",
+    "category",
+    "score",
+    "label",
+    "normalised_score",
+    "threshold",
+    "tiles",
+    "width",
+    "height",
+    "category_from",
+    "note",
+]
+UNREADABLE = "UNREADABLE"  # label of a file that could not be read (the reason is in `note`)
+#: What computes the patch embedding (parameter ``predict.runtime``).
+RUNTIMES = ("torch", "onnx")
 
 
 @dataclass
@@ -71,7 +105,7 @@ class CategoryModel:
     category: str
     setting: Setting
     image_size: tuple[int, int]  # (width, height) images are resized to for the network
-    embedder: PatchEmbedder
+    embedder: PatchEmbedder | OnnxEmbedder  # anything with embed(uint8 images) -> (B, h, w, d) features
     bank: np.ndarray
     index: faiss.Index
     sigma: float = 4.0
@@ -102,20 +136,31 @@ def build_category_models(
     approximate_index_above: int | None = None,
     seed: int = 0,
     embedders: EmbedderCache | None = None,
+    runtime: str = "torch",
 ) -> dict[str, CategoryModel]:
     """One :class:`CategoryModel` per category of ``banks``.
 
     ``settings``: one :class:`Setting` for all categories, or one per category (the tuned
     choice); a bank must have been built with its category's setting (same backbone, layers,
-    resolution and neighbourhood), otherwise its dimension will not match.
+    resolution and neighbourhood), otherwise its dimension will not match. ``runtime``: one of
+    :data:`RUNTIMES` (``onnx``: one ONNX Runtime session per network and input size).
     """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"Unknown predict.runtime {runtime!r}; choose one of {list(RUNTIMES)}")
     embedders = embedders or EmbedderCache(device)
+    exported: dict[tuple, OnnxEmbedder] = {}
     models = {}
     for category, bank in sorted(banks.items()):
         if category not in infos:
             raise ValueError(f"bank category {category!r} has no CategoryInfo")
         setting = settings if isinstance(settings, Setting) else settings[category]
         embedder = embedders.get(setting)
+        size = tuple(setting.resolved_size(infos[category]))
+        if runtime == "onnx":
+            key = (setting.embedding_key, size)
+            if key not in exported:
+                exported[key] = OnnxEmbedder.from_embedder(embedder, size)
+            embedder = exported[key]
         bank = np.ascontiguousarray(bank, dtype=np.float32)
         if bank.ndim != 2 or bank.shape[1] != embedder.feature_dim:
             raise ValueError(
@@ -126,13 +171,53 @@ def build_category_models(
         models[category] = CategoryModel(
             category,
             setting,
-            tuple(setting.resolved_size(infos[category])),
+            size,
             embedder,
             bank,
             build_index(bank, approximate=approximate, seed=seed),
             float(sigma),
         )
     return models
+
+
+def bank_models(
+    memory_bank: Mapping[str, np.ndarray],
+    category_info: Mapping[str, Any],
+    backbone: Mapping[str, Any],
+    extraction: Mapping[str, Any],
+    scoring: Mapping[str, Any],
+    privacy: Mapping[str, Any],
+    seed: int,
+    tuned: Mapping[str, Any] | None = None,
+    *,
+    runtime: str = "torch",
+    what: str = "predict",
+) -> dict[str, CategoryModel]:
+    """One ready-to-score model per category of a persisted bank, with the setting it was built
+    with (its ``tuned`` entry, else the run's blocks at ``category_info``'s size): what ``predict``
+    scores with and what ``export.inspector`` ships. ``what`` names the caller in errors."""
+    if (privacy or {}).get("enabled", False):
+        raise InputError(
+            f"{what} does not score against a differentially private bank yet (privacy.enabled): the public "
+            "projection/clipping of test patches is applied by the evaluate pipeline only"
+        )
+    banks = CategoryBanks.from_arrays(memory_bank).banks
+    infos = {name: category_info_from_dict(category_info[name]) for name in banks}
+    default = Setting.from_params(backbone, extraction, scoring)
+    chosen = tuned_settings.category_settings(banks, backbone, extraction, scoring, tuned)
+    # A category without a tuned entry was trained at category_info's size: say so exactly.
+    settings = {c: s if s is not None else replace(default, image_size=infos[c].image_size) for c, s in chosen.items()}
+    return build_category_models(
+        banks,
+        infos,
+        settings,
+        sigma=float(scoring["sigma"]),
+        device=backbone.get("device", "cpu"),
+        approximate_index_above=scoring.get("approximate_index_above"),
+        seed=int(seed),
+        embedders=EmbedderCache(backbone.get("device", "cpu")),
+        runtime=runtime,
+    )
 
 
 def score_samples(
@@ -228,14 +313,18 @@ def tile_boxes(
 @dataclass
 class Prediction:
     image: str  # path relative to the input folder (posix)
-    category: str
-    score: float  # raw image score
+    category: str | None  # None: unreadable, and nothing else named its category
+    score: float  # raw image score (NaN when unreadable)
     normalised_score: float  # 0 = typical good image of the category, 1 = its threshold
-    label: str  # "OK" | "NOK"
+    label: str  # "OK" | "NOK" | UNREADABLE
     threshold: float
-    anomaly_map: np.ndarray  # float32 (H, W) raw distances at the original image size
-    mask: np.ndarray  # bool (H, W) at the original image size: the defect (empty when OK)
+    anomaly_map: np.ndarray | None  # float32 (H, W) raw distances at the original image size
+    mask: np.ndarray | None  # bool (H, W) at the original image size: the defect (empty when OK)
     tiles: int = 1
+    width: int | None = None  # original size of the image file
+    height: int | None = None
+    category_from: str = ""  # how the category was chosen: predict.category | folder | only category | best fit
+    note: str = ""  # why a row needs a look: unreadable (the reason), a size its category was not trained at
 
 
 def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -310,12 +399,84 @@ def predict_image(
     )
 
 
+def training_image_sizes(samples: Iterable[Sample]) -> dict[str, set[tuple[int, int]]]:
+    """Per category, the original sizes ``(width, height)`` of its training images (headers only)."""
+    sizes: dict[str, set[tuple[int, int]]] = {}
+    for sample in samples:
+        if sample.split == TRAIN:
+            sizes.setdefault(sample.category, set()).add(loading.original_size(sample.image_path))
+    return sizes
+
+
 def _category_from_path(relative: Path, categories: Iterable[str]) -> str | None:
     names = set(categories)
     for part in relative.parts[:-1]:
         if part in names:
             return part
     return None
+
+
+def _choose_category(relative: Path, models: Mapping[str, CategoryModel], category: str | None) -> tuple[str | None, str]:
+    """The category an image is scored as, and how it was chosen (None, "best fit": try them all)."""
+    if category is not None:
+        return category, "predict.category"
+    from_folder = _category_from_path(relative, models)
+    if from_folder is not None:
+        return from_folder, "folder"
+    if len(models) == 1:
+        return next(iter(models)), "only category"
+    return None, "best fit"
+
+
+def _sizes_text(sizes: Iterable[tuple[int, int]]) -> str:
+    return ", ".join(f"{w}x{h}" for w, h in sorted(sizes))
+
+
+def _size_note(prediction: Prediction, model: CategoryModel, trained: Collection[tuple[int, int]] | None) -> str:
+    """Why the image's size needs a look ("" when it is a size its category was trained at)."""
+    size = (prediction.width, prediction.height)
+    if not trained or size in trained:
+        return ""
+    return (
+        f"image is {size[0]}x{size[1]} but {prediction.category}'s training images are {_sizes_text(trained)}: "
+        f"resized to the model's {_sizes_text([model.image_size])} input, its score may not compare"
+    )
+
+
+def _unreadable(name: str, category: str | None, category_from: str, error: Exception) -> Prediction:
+    nan = float("nan")
+    return Prediction(
+        image=name,
+        category=category,
+        score=nan,
+        normalised_score=nan,
+        label=UNREADABLE,
+        threshold=nan,
+        anomaly_map=None,
+        mask=None,
+        tiles=0,
+        category_from=category_from,
+        note=str(error),
+    )
+
+
+def _predict_path(
+    path: Path,
+    name: str,
+    models: Mapping[str, CategoryModel],
+    calibrations: Mapping[str, Calibration],
+    chosen: str | None,
+    **kwargs,
+) -> Prediction:
+    """One readable image scored as ``chosen``, or as every category keeping the best fit."""
+    width, height = loading.original_size(path)
+    if chosen is not None:
+        prediction = predict_image(path, models[chosen], calibrations[chosen], name=name, **kwargs)
+    else:
+        candidates = [predict_image(path, models[c], calibrations[c], name=name, **kwargs) for c in sorted(models)]
+        prediction = min(candidates, key=lambda p: p.normalised_score)
+    prediction.width, prediction.height = width, height
+    return prediction
 
 
 def predict_folder(
@@ -328,11 +489,15 @@ def predict_folder(
     tile_overlap: float = 0.25,
     batch_size: int = 8,
     pattern: str | None = None,
+    training_sizes: Mapping[str, Collection[tuple[int, int]]] | None = None,
 ) -> list[Prediction]:
     """:func:`predict_image` for every image under ``input_dir`` (see the module doc for categories).
 
     ``pattern``: only images whose path below ``input_dir`` (posix) matches this
     :func:`fnmatch.fnmatch` glob, e.g. ``"*/test/*/*"`` (``*`` also matches ``/``).
+    ``training_sizes``: per category the sizes of its training images
+    (:func:`training_image_sizes`); an image of another size is warned about and noted.
+    An unreadable file is a row labelled :data:`UNREADABLE`, with the reason in ``note``.
     """
     input_dir = Path(input_dir)
     missing = sorted(set(models) - set(calibrations))
@@ -341,37 +506,34 @@ def predict_folder(
     if category is not None and category not in models:
         raise ValueError(f"predict.category {category!r} has no bank; known: {sorted(models)}")
     tile = None if tile is None else (int(tile[0]), int(tile[1]))
+    kwargs = {"tile": tile, "tile_overlap": tile_overlap, "batch_size": batch_size}
     predictions = []
     for path in list_images(input_dir):
-        relative = path.relative_to(input_dir)
-        if pattern is not None and not fnmatch.fnmatch(relative.as_posix(), pattern):
+        name = path.relative_to(input_dir).as_posix()
+        if pattern is not None and not fnmatch.fnmatch(name, pattern):
             continue
-        chosen = category or _category_from_path(relative, models)
-        if chosen is None and len(models) == 1:
-            chosen = next(iter(models))
-        kwargs = {
-            "tile": tile,
-            "tile_overlap": tile_overlap,
-            "batch_size": batch_size,
-            "name": relative.as_posix(),
-        }
+        chosen, category_from = _choose_category(Path(name), models, category)
         try:
-            if chosen is not None:
-                predictions.append(predict_image(path, models[chosen], calibrations[chosen], **kwargs))
-                continue
-            candidates = [predict_image(path, models[c], calibrations[c], **kwargs) for c in sorted(models)]
-            predictions.append(min(candidates, key=lambda p: p.normalised_score))
+            prediction = _predict_path(path, name, models, calibrations, chosen, **kwargs)
         except loading.ImageReadError as error:
-            logger.warning("Skipping unreadable image %s: %s", path, error)
+            logger.warning("Unreadable image %s (a row labelled %s in the predictions): %s", path, UNREADABLE, error)
+            predictions.append(_unreadable(name, chosen, category_from, error))
+            continue
+        prediction.category_from = category_from
+        prediction.note = _size_note(prediction, models[prediction.category], (training_sizes or {}).get(prediction.category))
+        if prediction.note:
+            logger.warning("%s (category %s by %s): %s", name, prediction.category, category_from, prediction.note)
+        predictions.append(prediction)
     return predictions
 
 
 def predictions_frame(predictions: Sequence[Prediction]) -> pd.DataFrame:
-    """``image, category, score, label, normalised_score, threshold, tiles``: ``predictions.csv``."""
-    return pd.DataFrame(
+    """One row per image (:data:`PREDICTION_COLUMNS`): ``predictions.csv``."""
+    frame = pd.DataFrame(
         [{column: getattr(p, column) for column in PREDICTION_COLUMNS} for p in predictions],
         columns=PREDICTION_COLUMNS,
     )
+    return frame.astype({"width": "Int64", "height": "Int64"})  # integers, empty when unreadable
 
 
 def overlay(
@@ -398,12 +560,15 @@ def save_predictions(
     calibrations: Mapping[str, Calibration],
     overlays: bool = True,
 ) -> pd.DataFrame:
-    """Write ``predictions.csv``, ``masks/<image>.png`` and (optionally) ``overlays/<image>.png``."""
+    """Write ``predictions.csv``, ``masks/<image>.png`` and (optionally) ``overlays/<image>.png``
+    (no mask or overlay for an unreadable image)."""
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     frame = predictions_frame(predictions)
     frame.to_csv(output_dir / "predictions.csv", index=False)
     for p in predictions:
+        if p.mask is None:
+            continue
         stem = Path(p.image).with_suffix(".png")
         mask_path = output_dir / "masks" / stem
         mask_path.parent.mkdir(parents=True, exist_ok=True)

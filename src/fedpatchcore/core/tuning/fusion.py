@@ -27,18 +27,23 @@ from typing import Any
 
 import faiss
 import numpy as np
+import pandas as pd
 
 from fedpatchcore.core.data.types import CategoryInfo, Sample
 from fedpatchcore.core.evaluation.metrics import image_auroc
 from fedpatchcore.core.experts.fusion import ALL_EXPERTS, RULES, FusionRule, Normaliser
 from fedpatchcore.core.experts.model import CategoryExperts
 from fedpatchcore.core.features.embedding import PatchEmbedder
+from fedpatchcore.core.scoring.experts import CategoryExpertScores, fuse_category
 from fedpatchcore.core.scoring.patch_scores import score_images
 from fedpatchcore.core.tuning.pseudo_anomalies import PART_PSEUDO_ANOMALY_KINDS
 from fedpatchcore.core.tuning.split import build_validation_images
 from fedpatchcore.core.tuning.tuner import embed_images
 
-__all__ = ["FusionChoice", "choose_category_fusion", "choose_fusion"]
+__all__ = ["REPORTED", "FusionChoice", "choose_category_fusion", "choose_fusion", "expert_maps_and_scores"]
+
+#: Rows of the published per-expert metrics: every expert alone, the best combination, the choice.
+REPORTED = (*ALL_EXPERTS, "fused", "selected")
 
 
 @dataclass
@@ -199,3 +204,43 @@ def choose_category_fusion(
         candidates,
         min_gain,
     )
+
+
+def _category_scores(expert_scores: dict[str, np.ndarray], category: str, keys: list[str]) -> CategoryExpertScores:
+    scores = CategoryExpertScores.from_arrays(expert_scores, category)
+    if scores.keys != list(keys):
+        order = {key: i for i, key in enumerate(scores.keys)}
+        missing = [key for key in keys if key not in order]
+        if missing:
+            raise ValueError(f"{category}: the experts scored no {len(missing)} image(s) PatchCore scored, e.g. {missing[:3]}")
+        rows = np.asarray([order[key] for key in keys])
+        scores = CategoryExpertScores(
+            list(keys),
+            {n: v[rows] for n, v in scores.scores.items()},
+            {k: v[rows] for k, v in scores.composition.items()},
+            {n: v[rows] for n, v in scores.cells.items()},
+        )
+    return scores
+
+
+def expert_maps_and_scores(
+    name: str,
+    texture_anomaly_maps: dict[str, dict[str, Any]],
+    texture_image_scores: pd.DataFrame,
+    expert_scores: dict[str, np.ndarray],
+    fusion_rules: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
+    """Maps and image scores of one rule (an expert alone, ``fused`` or ``selected``) for every
+    category, in the form :func:`score_test_images` returns them."""
+    by_key = texture_image_scores.set_index("key")
+    maps, frames = {}, []
+    for category, entry in texture_anomaly_maps.items():
+        keys = list(entry["keys"])
+        rule = FusionChoice.from_dict(fusion_rules[category]).rule_for(name)
+        rows = by_key.loc[keys]
+        fused_maps, fused_scores = fuse_category(
+            rule, np.asarray(entry["maps"]), rows["image_score"].to_numpy(), _category_scores(expert_scores, category, keys)
+        )
+        maps[category] = {**entry, "maps": fused_maps}
+        frames.append(rows.reset_index().assign(image_score=fused_scores.astype(float)))
+    return maps, pd.concat(frames, ignore_index=True)[list(texture_image_scores.columns)]

@@ -24,18 +24,15 @@ from fedpatchcore.core.data.types import (
     group_by_category,
 )
 from fedpatchcore.core.experts.fitting import experts_from_arrays
-from fedpatchcore.core.experts.fusion import ALL_EXPERTS
 from fedpatchcore.core.experts.model import ExpertSettings
+from fedpatchcore.core.features import tuned_settings as run_settings
 from fedpatchcore.core.features.extraction import make_embedder
-from fedpatchcore.core.scoring.experts import CategoryExpertScores, fuse_category, score_category_experts
-from fedpatchcore.core.tuning.fusion import FusionChoice, choose_category_fusion
-from fedpatchcore.pipelines import settings as run_settings
+from fedpatchcore.core.scoring.experts import score_category_experts
+from fedpatchcore.core.tuning.fusion import REPORTED, choose_category_fusion, expert_maps_and_scores
 from fedpatchcore.pipelines.evaluation.nodes import compute_metrics, index_for_bank
 
 logger = logging.getLogger(__name__)
 
-#: Rows of the published per-expert metrics: every expert alone, the best combination, the choice.
-REPORTED = (*ALL_EXPERTS, "fused", "selected")
 
 
 class _Embedders:
@@ -156,46 +153,6 @@ def score_test_images_with_experts(
     return out
 
 
-def _category_scores(expert_scores: dict[str, np.ndarray], category: str, keys: list[str]) -> CategoryExpertScores:
-    scores = CategoryExpertScores.from_arrays(expert_scores, category)
-    if scores.keys != list(keys):
-        order = {key: i for i, key in enumerate(scores.keys)}
-        missing = [key for key in keys if key not in order]
-        if missing:
-            raise ValueError(f"{category}: the experts scored no {len(missing)} image(s) PatchCore scored, e.g. {missing[:3]}")
-        rows = np.asarray([order[key] for key in keys])
-        scores = CategoryExpertScores(
-            list(keys),
-            {n: v[rows] for n, v in scores.scores.items()},
-            {k: v[rows] for k, v in scores.composition.items()},
-            {n: v[rows] for n, v in scores.cells.items()},
-        )
-    return scores
-
-
-def expert_maps_and_scores(
-    name: str,
-    texture_anomaly_maps: dict[str, dict[str, Any]],
-    texture_image_scores: pd.DataFrame,
-    expert_scores: dict[str, np.ndarray],
-    fusion_rules: dict[str, Any],
-) -> tuple[dict[str, dict[str, Any]], pd.DataFrame]:
-    """Maps and image scores of one rule (an expert alone, ``fused`` or ``selected``) for every
-    category, in the form :func:`score_test_images` returns them."""
-    by_key = texture_image_scores.set_index("key")
-    maps, frames = {}, []
-    for category, entry in texture_anomaly_maps.items():
-        keys = list(entry["keys"])
-        rule = FusionChoice.from_dict(fusion_rules[category]).rule_for(name)
-        rows = by_key.loc[keys]
-        fused_maps, fused_scores = fuse_category(
-            rule, np.asarray(entry["maps"]), rows["image_score"].to_numpy(), _category_scores(expert_scores, category, keys)
-        )
-        maps[category] = {**entry, "maps": fused_maps}
-        frames.append(rows.reset_index().assign(image_score=fused_scores.astype(float)))
-    return maps, pd.concat(frames, ignore_index=True)[list(texture_image_scores.columns)]
-
-
 def fuse_with_experts(
     texture_anomaly_maps: dict[str, dict[str, Any]],
     texture_image_scores: pd.DataFrame,
@@ -241,10 +198,8 @@ def publish_expert_metrics(
 
 
 __all__ = [
-    "REPORTED",
     "choose_fusion_rules",
     "compute_expert_metrics",
-    "expert_maps_and_scores",
     "fuse_with_experts",
     "publish_expert_metrics",
     "score_test_images_with_experts",

@@ -10,28 +10,25 @@ import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, bank_fingerprint
 from fedpatchcore.core.banks.knn import build_index
-from fedpatchcore.core.data.loading import load_defect_channels, original_size
 from fedpatchcore.core.data.types import (
     TEST,
-    CategoryInfo,
-    Sample,
     category_info_from_dict,
     frame_to_samples,
     group_by_category,
 )
+from fedpatchcore.core.evaluation.ground_truth import ground_truth
 from fedpatchcore.core.evaluation.metrics import (
-    DefectRegion,
     evaluate_category,
     fairness_metrics,
     mean_over_categories,
     metrics_table,
-    saturation_area,
+    skipped_test_images,
 )
+from fedpatchcore.core.features import tuned_settings as run_settings
 from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
 from fedpatchcore.core.scoring.category import score_category
 from fedpatchcore.datasets.arrays import FaissIndexes
-from fedpatchcore.pipelines import settings as run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -189,42 +186,16 @@ def resize_maps(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return resized[:, 0].numpy().astype(np.float32)
 
 
-def _ground_truth(sample: Sample, info: CategoryInfo) -> tuple[np.ndarray, list[DefectRegion]]:
-    """One image's OR-merged mask and its channels as sPRO regions, from one read of its masks."""
-    width, height = info.image_size
-    mask = np.zeros((height, width), dtype=bool)
-    channels = load_defect_channels(sample, info)  # empty for a good image
-    if not channels:
-        return mask, []
-    original_width, original_height = original_size(sample.image_path)
-    # Absolute saturation thresholds are pixel counts at the original resolution.
-    area_scale = (width * height) / (original_width * original_height)
-    regions = []
-    for channel, config in channels:
-        mask |= channel
-        if config is None:
-            # LOCO semantics for a channel without a config entry: saturate at its full area.
-            regions.append(DefectRegion(channel, float(channel.sum()), "unknown"))
-            continue
-        threshold = config.saturation_threshold
-        if not config.relative_saturation:
-            threshold *= area_scale
-        regions.append(
-            DefectRegion(
-                channel, saturation_area(channel, threshold, config.relative_saturation), config.defect_name
-            )
-        )
-    return mask, regions
-
-
 def compute_metrics(
     anomaly_maps: dict[str, dict[str, Any]],
     image_scores: pd.DataFrame,
     evaluation_index: pd.DataFrame,
     category_info: dict[str, Any],
+    skipped_files: list[dict[str, str]],
 ) -> dict[str, Any]:
-    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, their mean, the skips, and
-    how evenly the categories are served (``fairness.category``)."""
+    """Image AUC-ROC, AUC-sPRO, pixel AUROC, PRO and F1 per category, their mean, the test images
+    left out (unreadable at indexing, ``skipped_files``, or at scoring), and how evenly the
+    categories are served (``fairness.category``)."""
     samples = {s.key: s for s in frame_to_samples(evaluation_index)}
     scores_by_key = image_scores.set_index("key")
     per_category = {}
@@ -232,28 +203,21 @@ def compute_metrics(
         info = category_info_from_dict(category_info[category])
         scored = scores_by_key.loc[entry["keys"]]
         category_samples = [samples[key] for key in entry["keys"]]
-        masks = regions = None
-        if info.has_pixel_ground_truth:
-            truths = [_ground_truth(s, info) for s in category_samples]
-            masks = [mask for mask, _ in truths]
-            regions = [image_regions for _, image_regions in truths]
+        truths = [ground_truth(s, info) for s in category_samples] if info.has_pixel_ground_truth else None
         per_category[category] = evaluate_category(
             scored["image_score"].to_numpy(),
             scored["label"].to_numpy(),
             [s.defect_type for s in category_samples],
             anomaly_maps=entry["maps"],
-            masks=masks,
-            regions_per_image=regions,
+            masks=None if truths is None else [mask for mask, _ in truths],
+            regions_per_image=None if truths is None else [regions for _, regions in truths],
         )
+    scoring_skipped = {category: entry.get("skipped", []) for category, entry in anomaly_maps.items()}
     metrics = {
         "categories": per_category,
         "mean": mean_over_categories(per_category),
-        # Test images that could not be read: not scored, not counted in n_good / n_anomalous.
-        "skipped_test_images": [
-            {"category": category, **entry}
-            for category, maps_entry in sorted(anomaly_maps.items())
-            for entry in maps_entry.get("skipped", [])
-        ],
+        # Not scored, not counted in n_good / n_anomalous.
+        "skipped_test_images": skipped_test_images(skipped_files or [], scoring_skipped, anomaly_maps),
         "fairness": fairness_metrics(per_category),
     }
     logger.info("Metrics:\n%s", metrics_table(metrics).to_string(float_format=lambda x: f"{x:.3f}"))

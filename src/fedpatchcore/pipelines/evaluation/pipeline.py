@@ -2,9 +2,11 @@
 
 from kedro.pipeline import Pipeline, node
 
-from fedpatchcore.pipelines import in_variant
+from fedpatchcore.core.evaluation.run_summary import add_privacy_budgets
+from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.evaluation import experts as expert_nodes
 from fedpatchcore.pipelines.evaluation import nodes
+from fedpatchcore.structure import CENTRALIZED, CENTRALIZED_CLIENT
 
 
 def expert_evaluation_template(per_category: bool = False) -> Pipeline:
@@ -109,7 +111,7 @@ def evaluation_template(per_category: bool = False, experts: bool = False) -> Pi
             ),
             node(
                 nodes.compute_metrics,
-                ["anomaly_maps", "image_scores", "evaluation_index", "category_info"],
+                ["anomaly_maps", "image_scores", "evaluation_index", "category_info", "skipped_files"],
                 "selected_metrics" if experts else "metrics",
                 name="compute_metrics",
             ),
@@ -122,8 +124,32 @@ def evaluation(variant: str, experts: bool = False) -> Pipeline:
     """``<variant>.memory_bank`` -> ``<variant>.anomaly_maps``, ``.image_scores``, ``.metrics``.
 
     Every variant is scored on ``evaluation_index``: the test images minus any that label
-    noise put into a training set.
+    noise put into a training set; its metrics list the test images ``skipped_files`` left out.
     """
     template = evaluation_template(per_category=True, experts=experts)
-    shared = {"evaluation_index", "category_info"} | ({"dataset_index", "validation_split"} if experts else set())
+    shared = {"evaluation_index", "category_info", "skipped_files"}
+    shared |= {"dataset_index", "validation_split"} if experts else set()
     return in_variant(template, variant, inputs=shared)
+
+
+def centralized_evaluation(experts: bool = False) -> Pipeline:
+    """The centralized baseline's scoring and its published metrics (``metrics_centralized``)."""
+    summary = Pipeline(
+        [
+            node(
+                nodes.summarise_centralized_run,
+                ["metrics", "memory_bank", "params:tuned"],
+                "run_summary",
+                name="summarise_run",
+            ),
+            node(
+                bind(add_privacy_budgets, client_ids=[CENTRALIZED_CLIENT]),
+                ["run_summary", "params:privacy", "params:seed", "privacy_budget"],
+                "published_metrics",
+                name="publish_privacy",
+            ),
+        ]
+    )
+    return evaluation(CENTRALIZED, experts) + in_variant(
+        summary, CENTRALIZED, outputs={"published_metrics": "metrics_centralized"}
+    )

@@ -18,6 +18,7 @@ from kedro.pipeline import Pipeline, node
 
 from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.experts import nodes
+from fedpatchcore.structure import CENTRALIZED, CENTRALIZED_CLIENT
 
 SETTINGS = ["params:experts", "params:seed"]
 
@@ -111,3 +112,12 @@ def expert_fitting(
         )
     pipes += in_variant(Pipeline(steps), variant, inputs={**statistics, **features})
     return pipes
+
+
+def centralized_experts(parameters: Mapping[str, Any]) -> Pipeline:
+    """The centralized baseline's experts: the fitting chain with its single client (experts.enabled)."""
+    if not experts_enabled(parameters):
+        return Pipeline([])
+    site = {CENTRALIZED_CLIENT: (CENTRALIZED, f"{CENTRALIZED}.patch_features")}
+    rounds = int(parameters["experts"]["composition"]["lloyd_rounds"])
+    return expert_fitting(CENTRALIZED, site, rounds, per_category=True, count_traffic=False)

@@ -13,9 +13,10 @@ from typing import Any
 from kedro.pipeline import Pipeline, node, pipeline
 
 from fedpatchcore import structure
+from fedpatchcore.core.reporting.figures import draw_explanation
 from fedpatchcore.pipelines import bind
-from fedpatchcore.pipelines.explain import figures, nodes
-from fedpatchcore.pipelines.training.nodes import CENTRALIZED_CLIENT
+from fedpatchcore.pipelines.explain import nodes
+from fedpatchcore.structure import CENTRALIZED_CLIENT
 
 NAMESPACE = "explain"
 OUTPUTS = ("explanation", "arrays", "crops")
@@ -36,8 +37,7 @@ def _client_datasets(variant_name: str, variants: list[structure.Variant]) -> tu
     return coresets, tables
 
 
-def create_pipeline(parameters: Mapping[str, Any] | None = None) -> Pipeline:
-    parameters = structure.current_parameters() if parameters is None else parameters
+def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     explain = parameters.get("explain") or {}
     variant_name = str(explain.get("variant") or structure.MAIN_VARIANT)
     variants = structure.federated_variants(parameters)
@@ -76,7 +76,7 @@ def create_pipeline(parameters: Mapping[str, Any] | None = None) -> Pipeline:
                 list(OUTPUTS),
                 name="explain_image",
             ),
-            node(figures.draw_explanation, list(OUTPUTS), "figure", name="draw_explanation"),
+            node(draw_explanation, list(OUTPUTS), "figure", name="draw_explanation"),
         ]
     )
     free = {name for name in inputs if not name.startswith("params:")}

@@ -1,14 +1,19 @@
-"""Export node: pair every persisted anomaly map with its sample; the catalog dataset writes files."""
+"""Export nodes: official-layout anomaly maps, and the inspector a station runs; the catalog datasets write files."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+import fedpatchcore
 from fedpatchcore.core.data.types import frame_to_samples
+from fedpatchcore.core.scoring.predict import bank_models
+from fedpatchcore.core.scoring.thresholds import calibrations_from_dict
 from fedpatchcore.datasets.exported_maps import MapsExport, check_format
+from fedpatchcore.datasets.inspector import InspectorExport
 
 logger = logging.getLogger(__name__)
 
@@ -42,3 +47,35 @@ def export_anomaly_maps(
         export_format,
     )
     return MapsExport(format=export_format, categories=categories)
+
+
+def export_inspector(
+    memory_bank: dict[str, np.ndarray],
+    category_info: dict[str, Any],
+    backbone: dict[str, Any],
+    extraction: dict[str, Any],
+    scoring: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+    export: dict[str, Any],
+    thresholds: dict[str, dict] | None = None,
+    tuned: dict[str, Any] | None = None,
+) -> InspectorExport:
+    """Per category of the variant's bank: the torch model to export, with predict's calibration if any.
+
+    Each category is exported with the setting its bank was built with (as ``predict`` scores
+    it: the centralized baseline's ``tuned`` entry, else the variant's blocks at
+    ``category_info``'s size); ``thresholds`` is ``predict.thresholds`` when the
+    run holds a validation split out (``validation.enabled``), else the inspector ships none.
+    """
+    models = bank_models(
+        memory_bank, category_info, backbone, extraction, scoring, privacy, seed, tuned, what="export.inspector"
+    )
+    calibrations = calibrations_from_dict(thresholds) if thresholds else {}
+    logger.info(
+        "Exporting the inspector of %d categories (ONNX opset %d; thresholds: %s)",
+        len(models),
+        int(export["onnx_opset"]),
+        ", ".join(sorted(calibrations)) or "none, no validation split",
+    )
+    return InspectorExport(models, calibrations, int(export["onnx_opset"]), fedpatchcore.__version__)

@@ -3,7 +3,7 @@
 The client lanes and the server-round nodes of the in-process engine are replaced by one node,
 ``<variant>.run_flower_federation``: it gives every simulated SuperNode only its own
 training-image table (written for it from ``<partition owner>.client_<id>.training_images``),
-runs the ServerApp's rounds (:func:`fedpatchcore.flower.server.serve`) and outputs the datasets
+runs the ServerApp's rounds (:func:`fedpatchcore.flower.rounds.serve`) and outputs the datasets
 the in-process engine outputs -- ``<variant>.memory_bank``, ``global_bank_round_<r>``,
 ``round_<r>_report``, ``client_<id>.upload_round_<r>`` (what the server received), and with
 ``experts.enabled`` ``<variant>.expert_model`` and ``.expert_traffic`` -- plus
@@ -19,29 +19,22 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from kedro.pipeline import Pipeline, node
+from kedro.pipeline import Pipeline
 
 from fedpatchcore.core.banks import ClientUpload
-from fedpatchcore.pipelines import bind, in_variant
-from fedpatchcore.structure import Variant
+from fedpatchcore.core.experts.model import EXPERTS_BLOCK
+from fedpatchcore.core.federation.client import CLIENT_BLOCKS, ClientSettings
+from fedpatchcore.core.federation.server import SERVER_BLOCKS
+from fedpatchcore.pipelines import in_variant, node_with_parameters
+from fedpatchcore.structure import Variant, round_bank
 
 logger = logging.getLogger(__name__)
 
 ENGINES = ("inprocess", "flower")
-FLOWER_SETTINGS = [
-    "params:federation",
-    "params:aggregation",
-    "params:coreset",
-    "params:extraction",
-    "params:backbone",
-    "params:dataset",
-    "params:trust",
-    "params:heterogeneity",
-    "params:fairness",
-    "params:privacy",
-    "params:experts",
-    "params:seed",
-]
+# The federation runs both sides: the clients' blocks, the server's, the experts' (fitted by
+# the same sites and server) and the dataset's (a site reads its folder the way the server
+# reads its own).
+FLOWER_BLOCKS = tuple(dict.fromkeys((*CLIENT_BLOCKS, *SERVER_BLOCKS, EXPERTS_BLOCK, "dataset")))
 
 
 def engine(variant: Variant) -> str:
@@ -54,10 +47,6 @@ def engine(variant: Variant) -> str:
 
 def uses_flower(variant: Variant) -> bool:
     return engine(variant) == "flower"
-
-
-def _bank_output(round_number: int, rounds: int) -> str:
-    return "memory_bank" if round_number == rounds else f"global_bank_round_{round_number}"
 
 
 def _write_sites(
@@ -84,42 +73,17 @@ def _write_sites(
 
 def run_flower_federation(
     category_info: dict[str, Any],
-    federation: dict[str, Any],
-    aggregation: dict[str, Any],
-    coreset: dict[str, Any],
-    extraction: dict[str, Any],
-    backbone: dict[str, Any],
-    dataset: dict[str, Any],
-    trust: dict[str, Any],
-    heterogeneity: dict[str, Any],
-    fairness: dict[str, Any],
-    privacy: dict[str, Any],
-    experts: dict[str, Any],
-    seed: int,
     *training_images: pd.DataFrame,
+    parameters: dict[str, Any],
     variant: str,
     client_ids: list[str],
     rounds: int,
 ) -> dict[str, Any]:
     """Every round of the variant through Flower's simulation engine; the in-process outputs."""
-    from fedpatchcore.flower.server import FederationPlan
+    from fedpatchcore.flower.rounds import FederationPlan
     from fedpatchcore.flower.simulation import simulate
-    from fedpatchcore.flower.site import settings as site_settings
 
-    parameters = {
-        "federation": federation,
-        "aggregation": aggregation,
-        "coreset": coreset,
-        "extraction": extraction,
-        "backbone": backbone,
-        "dataset": dataset,
-        "trust": trust,
-        "heterogeneity": heterogeneity,
-        "fairness": fairness,
-        "privacy": privacy,
-        "experts": experts,
-        "seed": seed,
-    }
+    extraction = parameters["extraction"]
     plan = FederationPlan(variant, tuple(client_ids), rounds, parameters)
     folder = Path(extraction["scratch_dir"]) / "flower_sites" / variant
     try:
@@ -131,7 +95,7 @@ def run_flower_federation(
         outputs["expert_model"] = result.expert_model
         outputs["expert_traffic"] = result.expert_traffic
     for round_number, (bank, report, uploads) in enumerate(zip(result.banks, result.reports, result.uploads, strict=True), 1):
-        outputs[_bank_output(round_number, rounds)] = bank.to_arrays()
+        outputs[round_bank(round_number, rounds)] = bank.to_arrays()
         outputs[f"round_{round_number}_report"] = report
         for client_id in client_ids:
             upload = uploads.get(client_id) or ClientUpload(client_id, {}, {})
@@ -140,7 +104,7 @@ def run_flower_federation(
     # run's privacy settings and the images behind its first upload).
     for client_id in client_ids:
         first = result.uploads[0].get(client_id) or ClientUpload(client_id, {}, {})
-        privacy_settings = site_settings(client_id, parameters).privacy
+        privacy_settings = ClientSettings.from_run(parameters, client_id).privacy
         outputs[f"client_{client_id}_privacy_budget"] = privacy_settings.budget(
             first.n_images if privacy_settings.enabled else None
         )
@@ -162,7 +126,7 @@ def flower_federation(variant: Variant) -> Pipeline:
     # Template names without dots, mapped onto the clients' namespaced uploads.
     uploads = {}
     for round_number in range(1, variant.rounds + 1):
-        outputs += [_bank_output(round_number, variant.rounds), f"round_{round_number}_report"]
+        outputs += [round_bank(round_number, variant.rounds), f"round_{round_number}_report"]
         for cid in client_ids:
             uploads[f"client_{cid}_upload_round_{round_number}"] = f"{variant.name}.client_{cid}.upload_round_{round_number}"
     for cid in client_ids:
@@ -170,11 +134,15 @@ def flower_federation(variant: Variant) -> Pipeline:
     outputs += list(uploads)
     template = Pipeline(
         [
-            node(
-                bind(run_flower_federation, variant=variant.name, client_ids=client_ids, rounds=variant.rounds),
-                ["category_info", *FLOWER_SETTINGS, *tables],
+            node_with_parameters(
+                run_flower_federation,
+                ["category_info", *tables],
+                FLOWER_BLOCKS,
                 {name: name for name in outputs},
                 name="run_flower_federation",
+                variant=variant.name,
+                client_ids=client_ids,
+                rounds=variant.rounds,
             )
         ]
     )

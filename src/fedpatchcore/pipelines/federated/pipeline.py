@@ -5,21 +5,23 @@ Everything of variant ``v`` lives in namespace ``v`` (datasets ``v.partition``,
 ``variants.v.*``, so ``kedro run --namespaces v`` re-runs just that variant and
 ``kedro viz`` folds it into one box with one lane per client. A variant that shares its
 partition or a client's features with an earlier variant reads that variant's datasets.
+
+Builders of two other pipelines are used here, as parts of a variant: its client lanes
+(``training/pipeline.py``) and its scoring (``evaluation/pipeline.py``). Server nodes read the
+run's :data:`~fedpatchcore.core.federation.server.SERVER_BLOCKS`.
 """
 
 from kedro.pipeline import Pipeline, node
 
-from fedpatchcore.pipelines import bind, in_variant
+from fedpatchcore.core.evaluation import run_summary
+from fedpatchcore.core.federation.server import SERVER_BLOCKS
+from fedpatchcore.pipelines import bind, in_variant, node_with_parameters
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
-from fedpatchcore.pipelines.experts import nodes as expert_nodes
 from fedpatchcore.pipelines.experts.pipeline import expert_fitting, experts_enabled
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.federated.flower_pipeline import flower_federation, uses_flower
-from fedpatchcore.pipelines.training import nodes as client_nodes
-from fedpatchcore.pipelines.training.pipeline import CLIENT_SETTINGS, client_lanes
-from fedpatchcore.structure import Variant
-
-SERVER_SETTINGS = ["params:aggregation", "params:coreset", "params:trust", "params:seed", "params:fairness"]
+from fedpatchcore.pipelines.training.pipeline import client_lanes, later_round_uploads
+from fedpatchcore.structure import Variant, round_bank
 
 
 def partition_pipeline(variant: Variant) -> Pipeline:
@@ -46,59 +48,36 @@ def partition_pipeline(variant: Variant) -> Pipeline:
     return in_variant(template, variant.name, inputs={"dataset_index", "label_noise_pool"}, outputs=tables)
 
 
-def _global_bank(variant: Variant, round_number: int) -> str:
-    """The bank a round produces: the last round's is the variant's memory bank."""
-    return "memory_bank" if round_number == variant.rounds else f"global_bank_round_{round_number}"
-
-
 def server_rounds(variant: Variant) -> Pipeline:
-    """Round 1 merges the clients' uploads; each later round merges what clients found uncovered.
-
-    A later round's client step sits in the variant's namespace, not the client's: a client
-    namespace spanning rounds would be cut in two by the server node between them.
-    """
+    """Round 1 merges the clients' uploads; each later round merges what clients found uncovered."""
     client_ids = variant.client_ids
-
-    def per_client(dataset: str, lane: bool = False) -> dict[str, str]:
-        # Template names without dots, mapped onto the clients' namespaced datasets (a lane's
-        # datasets may belong to the variant that runs the shared lane).
-        owner = variant.lane_owner if lane else dict.fromkeys(client_ids, variant.name)
-        return {f"client_{cid}_{dataset}": f"{owner[cid]}.client_{cid}.{dataset}" for cid in client_ids}
-
-    uploads = per_client("upload_round_1", lane=True)
-    rounds = in_variant(
-        Pipeline(
-            [
-                node(
-                    bind(nodes.aggregate_first_round, client_ids=client_ids),
-                    [*SERVER_SETTINGS, *uploads],
-                    [_global_bank(variant, 1), "round_1_report"],
-                    name="aggregate_round_1",
-                )
-            ]
-        ),
-        variant.name,
-        inputs=uploads,
+    # Template names without dots, mapped onto the clients' namespaced uploads (round 1's may
+    # belong to the variant that runs the shared lane).
+    uploads = {f"client_{cid}_upload_round_1": f"{variant.lane_owner[cid]}.client_{cid}.upload_round_1" for cid in client_ids}
+    first = node_with_parameters(
+        nodes.aggregate_first_round,
+        list(uploads),
+        SERVER_BLOCKS,
+        [round_bank(1, variant.rounds), "round_1_report"],
+        name="aggregate_round_1",
+        client_ids=client_ids,
     )
+    rounds = in_variant(Pipeline([first]), variant.name, inputs=uploads)
     for round_number in range(2, variant.rounds + 1):
-        previous = _global_bank(variant, round_number - 1)
-        uploads = per_client(f"upload_round_{round_number}")
-        local_coresets = per_client("local_coreset", lane=True)
-        client_steps = [
-            node(
-                bind(client_nodes.prepare_later_upload, client_id=cid),
-                [f"client_{cid}_local_coreset", previous, *CLIENT_SETTINGS],
-                f"client_{cid}_upload_round_{round_number}",
-                name=f"client_{cid}_prepare_upload_round_{round_number}",
-            )
+        previous = round_bank(round_number - 1, variant.rounds)
+        rounds += later_round_uploads(variant, round_number, previous)
+        uploads = {
+            f"client_{cid}_upload_round_{round_number}": f"{variant.name}.client_{cid}.upload_round_{round_number}"
             for cid in client_ids
-        ]
-        rounds += in_variant(Pipeline(client_steps), variant.name, inputs=local_coresets, outputs=uploads)
-        server_step = node(
-            bind(nodes.aggregate_later_round, client_ids=client_ids, round_number=round_number),
-            [previous, f"round_{round_number - 1}_report", *SERVER_SETTINGS, *uploads],
-            [_global_bank(variant, round_number), f"round_{round_number}_report"],
+        }
+        server_step = node_with_parameters(
+            nodes.aggregate_later_round,
+            [previous, f"round_{round_number - 1}_report", *uploads],
+            SERVER_BLOCKS,
+            [round_bank(round_number, variant.rounds), f"round_{round_number}_report"],
             name=f"aggregate_round_{round_number}",
+            client_ids=client_ids,
+            round_number=round_number,
         )
         rounds += in_variant(Pipeline([server_step]), variant.name, inputs=uploads)
     return rounds
@@ -137,7 +116,7 @@ def summary_pipeline(variant: Variant) -> Pipeline:
             *(
                 [
                     node(
-                        expert_nodes.add_expert_communication,
+                        run_summary.add_expert_communication,
                         ["patchcore_run_summary", "expert_traffic"],
                         "run_summary",
                         name="add_expert_communication",
@@ -163,7 +142,7 @@ def summary_pipeline(variant: Variant) -> Pipeline:
                 name="audit_membership",
             ),
             node(
-                bind(nodes.publish_privacy, client_ids=variant.client_ids),
+                bind(run_summary.publish_privacy, client_ids=variant.client_ids),
                 ["run_summary", "privacy_audit", "params:privacy", "params:seed", *budgets],
                 "published_metrics",
                 name="publish_privacy",

@@ -1,4 +1,5 @@
-"""Ingest: make sure the raw images are there and index them into one table."""
+"""Ingest: make sure the raw images are there, index them into one table, split off validation
+images and set aside the test images label noise will train on (so no variant is scored on them)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Any
 
 import pandas as pd
 
-from fedpatchcore.core.data.index import few_shot_training, index_dataset, subsample_training
+from fedpatchcore.core.data.index import index_dataset, subsample_training
 from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import category_info_to_dict, frame_to_samples, samples_to_frame
 from fedpatchcore.core.features.backbones import default_image_size
-from fedpatchcore.core.tuning.split import split_validation
+from fedpatchcore.core.federation.heterogeneity import reserve_label_noise
+from fedpatchcore.core.tuning.split import split_validation, unused_training_keys
 
 VALIDATION_SPLIT_COLUMNS = ["key", "category", "role"]
 
@@ -70,28 +72,6 @@ def index_raw_dataset(
     return frame, {name: category_info_to_dict(info) for name, info in infos.items()}, skipped
 
 
-def validation_keys(dataset_index: pd.DataFrame, validation: dict[str, Any] | None, seed: int) -> set[str]:
-    """Keys of the training images held out as the validation split (none unless ``validation.enabled``)."""
-    if not validation or not validation.get("enabled", False):
-        return set()
-    split = split_validation(frame_to_samples(dataset_index), float(validation["fraction"]), int(seed))
-    return {s.key for s in split.validation}
-
-
-def unused_training_keys(
-    dataset_index: pd.DataFrame, validation: dict[str, Any] | None, dataset: dict[str, Any] | None, seed: int
-) -> set[str]:
-    """Training images no bank is built from: the validation split's, and with
-    ``dataset.train_shots`` every image beyond the seeded few-shot subset of the rest."""
-    held_out = validation_keys(dataset_index, validation, seed)
-    shots = (dataset or {}).get("train_shots", "all")
-    if shots in (None, "all"):
-        return held_out
-    rest = [s for s in frame_to_samples(dataset_index) if s.key not in held_out]
-    kept = {s.key for s in few_shot_training(rest, shots, int(seed))}
-    return held_out | {s.key for s in rest if s.key not in kept}
-
-
 def make_validation_split(
     dataset_index: pd.DataFrame, validation: dict[str, Any], seed: int, *, always: bool = False
 ) -> pd.DataFrame:
@@ -110,3 +90,26 @@ def make_validation_split(
         validation["fraction"],
     )
     return split.to_frame()
+
+
+def reserve_label_noise_images(
+    dataset_index: pd.DataFrame, variants: dict[str, dict[str, Any]], seed: int
+) -> tuple[dict[str, list[str]], pd.DataFrame]:
+    """Set aside the defective test images label noise will put into training sets, in any variant.
+
+    Returns the pool (category -> keys) and the evaluation index: the dataset without them, so
+    no variant is ever scored on an image some client trained on, and all variants of a run
+    are scored on the same images.
+    """
+    samples = frame_to_samples(dataset_index)
+    held_out = {
+        name: unused_training_keys(
+            samples, values.get("validation"), (values.get("dataset") or {}).get("train_shots", "all"), values["seed"]
+        )
+        for name, values in variants.items()
+    }
+    pool = reserve_label_noise(samples, variants, held_out, seed)
+    reserved = {key for keys in pool.values() for key in keys}
+    if reserved:
+        logger.info("Left out of evaluation (used as label noise): %d test images", len(reserved))
+    return pool, dataset_index[~dataset_index["key"].isin(reserved)].reset_index(drop=True)

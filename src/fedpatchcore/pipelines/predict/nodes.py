@@ -17,23 +17,22 @@ No test label is read: only ``split == "train"`` rows of ``dataset_index`` becom
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from fedpatchcore.core.banks import CategoryBanks
-from fedpatchcore.core.data.types import TRAIN, category_info_from_dict, frame_to_samples
-from fedpatchcore.core.features.setting import EmbedderCache, Setting
+from fedpatchcore.core.common.errors import InputError
+from fedpatchcore.core.data.types import TRAIN, frame_to_samples
 from fedpatchcore.core.scoring.predict import (
-    build_category_models,
+    UNREADABLE,
+    bank_models,
     calibrate_from_validation,
     predict_folder,
     save_predictions,
+    training_image_sizes,
 )
 from fedpatchcore.core.scoring.thresholds import calibrations_from_dict, calibrations_to_dict
-from fedpatchcore.pipelines import settings as run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ RETRAIN = (
 
 
 def unknown_variant(predict: dict[str, Any], *, known: list[str]) -> None:
-    raise ValueError(f"predict.variant {predict.get('variant')!r} is not a run of this experiment; choose one of {known}")
+    raise InputError(f"predict.variant {predict.get('variant')!r} is not a run of this experiment; choose one of {known}")
 
 
 def _training_keys(training_source: Any) -> set[str]:
@@ -60,11 +59,11 @@ def validation_samples(
 ) -> list:
     """The good validation images of the split, checked to be outside the variant's training images."""
     if validation_split is None or len(validation_split) == 0 or not (validation_split["role"] == "validation").any():
-        raise ValueError(f"predict needs a validation split to calibrate its thresholds, and there is none: {RETRAIN}")
+        raise InputError(f"predict needs a validation split to calibrate its thresholds, and there is none: {RETRAIN}")
     keys = set(validation_split.loc[validation_split["role"] == "validation", "key"].astype(str))
     leaked = keys & _training_keys(training_source)
     if leaked:
-        raise ValueError(
+        raise InputError(
             f"{len(leaked)} of the {len(keys)} validation images are among the training images of variant "
             f"{variant!r} (e.g. {sorted(leaked)[:3]}): its bank was trained without this validation split, "
             f"so thresholds calibrated on them would flag too many good parts; {RETRAIN}"
@@ -82,28 +81,13 @@ def build_models(
     privacy: dict[str, Any],
     seed: int,
     tuned: dict[str, Any] | None = None,
+    *,
+    runtime: str = "torch",
 ) -> dict[str, Any]:
-    """One scoring model per category of the bank, with the setting the bank was built with."""
-    if (privacy or {}).get("enabled", False):
-        raise ValueError(
-            "predict does not score against a differentially private bank yet (privacy.enabled): the public "
-            "projection/clipping of test patches is applied by the evaluate pipeline only"
-        )
-    banks = CategoryBanks.from_arrays(memory_bank).banks
-    infos = {name: category_info_from_dict(category_info[name]) for name in banks}
-    default = Setting.from_params(backbone, extraction, scoring)
-    chosen = run_settings.category_settings(banks, backbone, extraction, scoring, tuned)
-    # A category without a tuned entry was trained at category_info's size: say so exactly.
-    settings = {c: s if s is not None else replace(default, image_size=infos[c].image_size) for c, s in chosen.items()}
-    return build_category_models(
-        banks,
-        infos,
-        settings,
-        sigma=float(scoring["sigma"]),
-        device=backbone.get("device", "cpu"),
-        approximate_index_above=scoring.get("approximate_index_above"),
-        seed=int(seed),
-        embedders=EmbedderCache(backbone.get("device", "cpu")),
+    """One scoring model per category of the bank, with the setting the bank was built with;
+    its patch embedding computed by ``predict.runtime`` (torch, or the network in ONNX Runtime)."""
+    return bank_models(
+        memory_bank, category_info, backbone, extraction, scoring, privacy, seed, tuned, runtime=runtime, what="predict"
     )
 
 
@@ -140,11 +124,18 @@ def calibrate_thresholds(
     return calibrations_to_dict(calibrations)
 
 
-def predict_images(models: dict[str, Any], thresholds: dict[str, dict], predict: dict[str, Any]) -> pd.DataFrame:
-    """``predictions.csv`` (image, category, score, label, ...); masks/ and overlays/ in ``predict.output_dir``."""
+def predict_images(
+    models: dict[str, Any], thresholds: dict[str, dict], predict: dict[str, Any], dataset_index: pd.DataFrame
+) -> pd.DataFrame:
+    """``predictions.csv`` (image, category, score, label, ...); masks/ and overlays/ in ``predict.output_dir``.
+
+    Unreadable images are rows labelled UNREADABLE; an image of a size its category's training
+    images (``dataset_index``) do not have is warned about in its row's ``note``.
+    """
     if not predict.get("input"):
-        raise ValueError('predict.input is not set: kedro run --pipeline predict --params "predict.input=<folder>"')
+        raise InputError('predict.input is not set: kedro run --pipeline predict --params "predict.input=<folder>"')
     calibrations = calibrations_from_dict(thresholds)
+    training = dataset_index.loc[dataset_index["split"] == TRAIN]  # test rows are never read
     predictions = predict_folder(
         predict["input"],
         models,
@@ -153,18 +144,21 @@ def predict_images(models: dict[str, Any], thresholds: dict[str, dict], predict:
         tile=predict.get("tile"),
         tile_overlap=float(predict.get("tile_overlap", 0.25)),
         pattern=predict.get("pattern"),
+        training_sizes=training_image_sizes(s for s in frame_to_samples(training) if s.category in models),
     )
     if not predictions:
-        raise ValueError(f"predict.input {predict['input']!r} holds no readable image (pattern {predict.get('pattern')!r})")
+        raise InputError(f"predict.input {predict['input']!r} holds no image file (predict.pattern {predict.get('pattern')!r})")
     frame = save_predictions(
         predictions, predict["input"], predict["output_dir"], calibrations, overlays=bool(predict.get("overlays", True))
     )
     counts = frame["label"].value_counts().to_dict()
     logger.info(
-        "predict: %d images, %d NOK, %d OK; masks and overlays in %s",
+        "predict: %d images, %d NOK, %d OK, %d unreadable, %d of an untrained size; masks and overlays in %s",
         len(frame),
         counts.get("NOK", 0),
         counts.get("OK", 0),
+        counts.get(UNREADABLE, 0),
+        int((frame["note"].astype(bool) & (frame["label"] != UNREADABLE)).sum()),
         predict["output_dir"],
     )
     return frame

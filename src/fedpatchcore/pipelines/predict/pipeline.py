@@ -19,8 +19,7 @@ from fedpatchcore.pipelines.predict import nodes
 NAMESPACE = "predict"
 
 
-def create_pipeline(parameters: Mapping[str, Any] | None = None) -> Pipeline:
-    parameters = structure.current_parameters() if parameters is None else parameters
+def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
     predict = parameters.get("predict") or {}
     variant_name = str(predict.get("variant") or structure.MAIN_VARIANT)
     variants = structure.federated_variants(parameters)
@@ -42,7 +41,7 @@ def create_pipeline(parameters: Mapping[str, Any] | None = None) -> Pipeline:
     template = Pipeline(
         [
             node(
-                nodes.build_models,
+                bind(nodes.build_models, runtime=str(predict.get("runtime") or "torch")),
                 [f"{variant_name}.memory_bank", "category_info", *blocks, *tuned],
                 "models",
                 name="build_models",
@@ -53,7 +52,12 @@ def create_pipeline(parameters: Mapping[str, Any] | None = None) -> Pipeline:
                 "thresholds",
                 name="calibrate_thresholds",
             ),
-            node(nodes.predict_images, ["models", "thresholds", "params:predict"], "predictions", name="predict_images"),
+            node(
+                nodes.predict_images,
+                ["models", "thresholds", "params:predict", "dataset_index"],
+                "predictions",
+                name="predict_images",
+            ),
         ]
     )
     free = {f"{variant_name}.memory_bank", "category_info", "dataset_index", "validation_split", training_source}

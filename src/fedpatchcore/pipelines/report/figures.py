@@ -1,7 +1,8 @@
 """Report nodes that compute curve points and draw figures (matplotlib, saved by the catalog).
 
-The numbers come from :mod:`fedpatchcore.core.reporting.curves`; these nodes only unpack
-parameters, call it and draw.
+The numbers come from :mod:`fedpatchcore.core.reporting.curves`, the overlay sheets from
+:mod:`fedpatchcore.core.reporting.figures`; these nodes only unpack parameters, read the
+images and call them.
 """
 
 from __future__ import annotations
@@ -9,32 +10,49 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # reports are files; never open a window
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.data.loading import load_image, load_mask
 from fedpatchcore.core.data.types import category_info_from_dict, frame_to_samples
+
+# Ground truth is read exactly as the metrics read it (same masks, same sPRO regions).
+from fedpatchcore.core.evaluation.ground_truth import ground_truth
 from fedpatchcore.core.reporting.curves import bank_contributions as count_bank_contributions
 from fedpatchcore.core.reporting.curves import pick_overlays, roc_curve, spro_curve
+from fedpatchcore.core.reporting.figures import (
+    ExpertView,
+    OverlayRow,
+    expert_views_sheet,
+    message_sheet,
+    overlay_sheet,
+)
 
-# Ground truth is read exactly as the metrics node reads it (same masks, same sPRO regions), and
-# an expert's maps exactly as the metrics of the experts see them.
-from fedpatchcore.pipelines.evaluation.experts import REPORTED, expert_maps_and_scores
-from fedpatchcore.pipelines.evaluation.nodes import _ground_truth
+# An expert's maps exactly as the metrics of the experts see them.
+from fedpatchcore.core.tuning.fusion import REPORTED, expert_maps_and_scores
 
 logger = logging.getLogger(__name__)
-
-CONTOUR_COLOUR = "#00ff66"  # ground-truth outline, visible on images and on the jet colour map
-
 
 # --------------------------------------------------------------------------------------------
 # curves
 # --------------------------------------------------------------------------------------------
+
+
+def _scored_categories(
+    anomaly_maps: dict[str, dict[str, Any]],
+    image_scores: pd.DataFrame,
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+):
+    """Per category with maps: its name, info, maps entry, keys (maps order), their score rows and
+    every sample by key."""
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    scores = image_scores.set_index("key")
+    for category, entry in anomaly_maps.items():
+        keys = list(entry["keys"])
+        yield category, category_info_from_dict(category_info[category]), entry, keys, scores.loc[keys], samples
 
 
 def compute_curves(
@@ -45,20 +63,17 @@ def compute_curves(
     report: dict[str, Any],
 ) -> dict[str, Any]:
     """Per category: image ROC points and sPRO-vs-FPR points up to ``report.spro_max_fpr``."""
-    samples = {s.key: s for s in frame_to_samples(dataset_index)}
-    scores = image_scores.set_index("key")
     max_fpr = float(report["spro_max_fpr"])
     categories = {}
-    for category, entry in anomaly_maps.items():
-        info = category_info_from_dict(category_info[category])
-        keys = list(entry["keys"])
-        scored = scores.loc[keys]
+    for category, info, entry, keys, scored, samples in _scored_categories(
+        anomaly_maps, image_scores, dataset_index, category_info
+    ):
         roc = roc_curve(scored["image_score"].to_numpy(), scored["label"].to_numpy())
         if roc is not None:
             roc["threshold"][0] = None  # +inf is not JSON
         spro = None
         if info.has_pixel_ground_truth:
-            regions = [_ground_truth(samples[key], info)[1] for key in keys]
+            regions = [ground_truth(samples[key], info)[1] for key in keys]
             spro = spro_curve(entry["maps"], regions, max_fpr=max_fpr)
         categories[category] = {"roc": roc, "spro": spro}
     return {"spro_max_fpr": max_fpr, "categories": categories}
@@ -68,9 +83,10 @@ def _auc(fpr: list[float], values: list[float]) -> float:
     return float(np.trapezoid(values, fpr))
 
 
-def plot_roc_curves(report_curves: dict[str, Any]) -> plt.Figure:
+def plot_roc_curves(report_curves: dict[str, Any]) -> Figure:
     """Image-level ROC curve of every category on one chart."""
-    figure, axis = plt.subplots(figsize=(5, 4.2))
+    figure = Figure(figsize=(5, 4.2))
+    axis = figure.subplots()
     for category, curves in report_curves["categories"].items():
         roc = curves["roc"]
         if roc is None:
@@ -87,10 +103,11 @@ def plot_roc_curves(report_curves: dict[str, Any]) -> plt.Figure:
     return figure
 
 
-def plot_spro_curves(report_curves: dict[str, Any]) -> plt.Figure:
+def plot_spro_curves(report_curves: dict[str, Any]) -> Figure:
     """sPRO against the pooled pixel FPR, up to the configured FPR, every category on one chart."""
     max_fpr = report_curves["spro_max_fpr"]
-    figure, axis = plt.subplots(figsize=(5, 4.2))
+    figure = Figure(figsize=(5, 4.2))
+    axis = figure.subplots()
     drawn = False
     for category, curves in report_curves["categories"].items():
         spro = curves["spro"]
@@ -121,10 +138,11 @@ def bank_contributions(memory_bank: dict[str, np.ndarray]) -> pd.DataFrame:
     return count_bank_contributions(CategoryBanks.from_arrays(memory_bank))
 
 
-def plot_bank_contributions(bank_contributions: pd.DataFrame) -> plt.Figure:
+def plot_bank_contributions(bank_contributions: pd.DataFrame) -> Figure:
     """Stacked bars: per category, how many bank rows each client contributed."""
     wide = bank_contributions.pivot_table(index="category", columns="client", values="rows", aggfunc="sum", fill_value=0)
-    figure, axis = plt.subplots(figsize=(6, 0.6 * max(len(wide), 2) + 1.4))
+    figure = Figure(figsize=(6, 0.6 * max(len(wide), 2) + 1.4))
+    axis = figure.subplots()
     if len(wide):
         wide.plot.barh(stacked=True, ax=axis, width=0.7, colormap="tab10")
         axis.legend(title="client", fontsize=7, title_fontsize=8, loc="lower right")
@@ -141,61 +159,32 @@ def plot_bank_contributions(bank_contributions: pd.DataFrame) -> plt.Figure:
 # --------------------------------------------------------------------------------------------
 
 
-def _caption(axis, text: str) -> None:
-    """A small title above an image axis. ``set_title`` would do the same, but matplotlib then
-    re-positions every title at each draw (a third of an overlay sheet's save time)."""
-    axis.text(0.5, 1.02, text, fontsize=8, ha="center", va="bottom", transform=axis.transAxes)
-
-
-def _contour(axis, mask: np.ndarray) -> None:
-    if mask.any():
-        axis.contour(mask.astype(float), levels=[0.5], colors=CONTOUR_COLOUR, linewidths=1.2)
-
-
 def draw_overlays(
     anomaly_maps: dict[str, dict[str, Any]],
     image_scores: pd.DataFrame,
     dataset_index: pd.DataFrame,
     category_info: dict[str, Any],
     report: dict[str, Any],
-) -> dict[str, plt.Figure]:
-    """Per category: the top defects, the worst misses and the worst false alarms.
-
-    One row per image: the image, the image with its ground-truth contour, and the anomaly map
-    over the image (contour on top); every map of a category on ONE colour scale (its max).
-    """
-    samples = {s.key: s for s in frame_to_samples(dataset_index)}
-    scores = image_scores.set_index("key")
+) -> dict[str, Figure]:
+    """Per category: the top defects, the worst misses and the worst false alarms, each as image /
+    ground-truth contour / anomaly map, every map of a category on ONE colour scale (its max)."""
     figures = {}
-    for category, entry in anomaly_maps.items():
-        info = category_info_from_dict(category_info[category])
-        keys = list(entry["keys"])
-        scored = scores.loc[keys]
+    for category, info, entry, keys, scored, samples in _scored_categories(
+        anomaly_maps, image_scores, dataset_index, category_info
+    ):
         picks = pick_overlays(keys, scored["image_score"].to_numpy(), scored["label"].to_numpy(), report["overlays_per_group"])
         if not picks:
             continue
         row_of = {key: row for row, key in enumerate(keys)}
         maps = entry["maps"]
-        vmax = float(np.max(maps)) if len(maps) else 1.0
-        figure, axes = plt.subplots(len(picks), 3, figsize=(7.5, 2.5 * len(picks)), squeeze=False)
-        for axis_row, pick in zip(axes, picks, strict=True):
+        rows = []
+        for pick in picks:
             sample = samples[pick.key]
             image = load_image(sample.image_path, info.image_size)
             mask = load_mask(sample, info) if info.has_pixel_ground_truth else np.zeros(image.shape[:2], bool)
-            axis_row[0].imshow(image)
-            _caption(axis_row[0], f"{pick.group}: {sample.defect_type}/{sample.image_id}")
-            axis_row[1].imshow(image)
-            _contour(axis_row[1], mask)
-            _caption(axis_row[1], "ground truth" if mask.any() else "ground truth: none")
-            axis_row[2].imshow(image)
-            axis_row[2].imshow(maps[row_of[pick.key]], cmap="jet", alpha=0.5, vmin=0.0, vmax=vmax)
-            _contour(axis_row[2], mask)
-            _caption(axis_row[2], f"score {pick.score:.3f}")
-            for axis in axis_row:
-                axis.axis("off")
-        figure.suptitle(f"{category}: anomaly maps (shared scale 0..{vmax:.2f})", fontsize=10)
-        figure.tight_layout()
-        figures[f"{category}.png"] = figure
+            title = f"{pick.group}: {sample.defect_type}/{sample.image_id}"
+            rows.append(OverlayRow(title, image, mask, maps[row_of[pick.key]], pick.score))
+        figures[f"{category}.png"] = overlay_sheet(category, rows, float(np.max(maps)) if len(maps) else 1.0)
     return figures
 
 
@@ -212,7 +201,7 @@ def draw_expert_overlays(
     dataset_index: pd.DataFrame,
     category_info: dict[str, Any],
     experts: dict[str, Any],
-) -> dict[str, plt.Figure]:
+) -> dict[str, Figure]:
     """Per category with logical defects (``experts.logical_defects``): its worst logical miss (the
     logical defect the chosen rule scores lowest) as every expert sees it, one map per expert.
 
@@ -228,41 +217,33 @@ def draw_expert_overlays(
         rows = [i for i, defect in enumerate(defects) if defect in logical]
         if not rows:
             continue
-        views = {
+        per_rule = {
             name: expert_maps_and_scores(
                 name, {category: entry}, texture_image_scores, expert_scores, {category: fusion_rules[category]}
             )
             for name in REPORTED
         }
-        selected = views["selected"][1].set_index("key").loc[keys, "image_score"].to_numpy()
+        selected = per_rule["selected"][1].set_index("key").loc[keys, "image_score"].to_numpy()
         worst = min(rows, key=lambda i: selected[i])
         sample = samples[keys[worst]]
         info = category_info_from_dict(category_info[category])
         image = load_image(sample.image_path, info.image_size)
         mask = load_mask(sample, info) if info.has_pixel_ground_truth else np.zeros(image.shape[:2], bool)
         rule = fusion_rules[category]["selected"]["rule"]
-        figure, axes = plt.subplots(1, len(REPORTED) + 1, figsize=(2.1 * (len(REPORTED) + 1), 2.6), squeeze=False)
-        axes = axes[0]
-        axes[0].imshow(image)
-        _contour(axes[0], mask)
-        _caption(axes[0], f"{sample.defect_type}/{sample.image_id}")
-        for axis, name in zip(axes[1:], REPORTED, strict=True):
-            maps, scores = views[name]
+        views = []
+        for name in REPORTED:
+            maps, scores = per_rule[name]
             values = np.asarray(maps[category]["maps"])
-            score = scores.set_index("key").loc[keys[worst], "image_score"]
-            axis.imshow(image)
-            axis.imshow(values[worst], cmap="jet", alpha=0.5, vmin=float(values.min()), vmax=float(values.max()))
-            _contour(axis, mask)
+            score = float(scores.set_index("key").loc[keys[worst], "image_score"])
             label = f"selected ({rule})" if name == "selected" else name
-            _caption(axis, f"{label}: z {score:.1f}")
-        for axis in axes:
-            axis.axis("off")
-        figure.suptitle(f"{category}: worst logical miss as each expert sees it", fontsize=9)
-        figure.tight_layout()
-        figures[f"{category}.png"] = figure
+            views.append(ExpertView(label, values[worst], score, float(values.min()), float(values.max())))
+        figures[f"{category}.png"] = expert_views_sheet(
+            f"{category}: worst logical miss as each expert sees it",
+            image,
+            mask,
+            f"{sample.defect_type}/{sample.image_id}",
+            views,
+        )
     if not figures:  # a folder with nothing in it could not be read back
-        figure, axis = plt.subplots(figsize=(4, 1))
-        axis.text(0.5, 0.5, "no test image of a logical defect type (experts.logical_defects)", ha="center", va="center")
-        axis.axis("off")
-        figures["none.png"] = figure
+        figures["none.png"] = message_sheet("no test image of a logical defect type (experts.logical_defects)")
     return figures

@@ -1,48 +1,36 @@
-"""The client lane, instantiated once per client of a variant with its own namespace."""
+"""The client lane, instantiated once per client of a variant with its own namespace.
+
+Every client node reads the run's :data:`~fedpatchcore.core.federation.client.CLIENT_BLOCKS`
+(``params:<block>``, mapped onto the variant's resolved parameters), and nothing else.
+"""
 
 from kedro.pipeline import Pipeline, node
 
-from fedpatchcore.pipelines import bind, in_variant
+from fedpatchcore.core.federation.client import CLIENT_BLOCKS
+from fedpatchcore.pipelines import in_variant, node_with_parameters
 from fedpatchcore.pipelines.training import nodes
-from fedpatchcore.structure import CENTRALIZED, Variant
+from fedpatchcore.structure import CENTRALIZED, CENTRALIZED_CLIENT, Variant
 
-# What a client needs to know besides its images (ClientSettings.from_parameters).
-CLIENT_SETTINGS = ["params:coreset", "params:federation", "params:extraction", "params:seed"]
+
+def client_node(function, datasets: list[str], outputs, name: str, client_id: str):
+    """A node of client ``client_id``: ``function(*datasets, parameters=<CLIENT_BLOCKS>, client_id=...)``."""
+    return node_with_parameters(function, datasets, CLIENT_BLOCKS, outputs, name=name, client_id=client_id)
 
 
 def extraction_node(client_id: str):
     """Each category extracted with its ``params:tuned`` setting (else the run's blocks)."""
-    return node(
-        bind(nodes.extract_centralized_features, client_id=client_id),
-        [
-            "training_images",
-            "category_info",
-            "params:backbone",
-            *CLIENT_SETTINGS,
-            "params:heterogeneity",
-            "params:tuned",
-        ],
-        ["patch_features", "heterogeneity_manifest"],
-        name="extract_features",
-    )
+    outputs = ["patch_features", "heterogeneity_manifest"]
+    inputs = ["training_images", "category_info", "params:tuned"]
+    return client_node(nodes.extract_centralized_features, inputs, outputs, "extract_features", client_id)
 
 
 def coreset_node(client_id: str):
-    return node(
-        bind(nodes.select_local_coreset, client_id=client_id),
-        ["patch_features", *CLIENT_SETTINGS, "params:fairness", "params:privacy"],
-        ["local_coreset", "privacy_budget"],
-        name="select_coreset",
-    )
+    outputs = ["local_coreset", "privacy_budget"]
+    return client_node(nodes.select_local_coreset, ["patch_features"], outputs, "select_coreset", client_id)
 
 
 def upload_node(client_id: str):
-    return node(
-        bind(nodes.prepare_upload, client_id=client_id),
-        ["local_coreset", *CLIENT_SETTINGS],
-        "upload_round_1",
-        name="prepare_upload_round_1",
-    )
+    return client_node(nodes.prepare_upload, ["local_coreset"], "upload_round_1", "prepare_upload_round_1", client_id)
 
 
 def client_lane(variant: Variant, client_id: str) -> Pipeline:
@@ -74,13 +62,40 @@ def client_lanes(variant: Variant) -> Pipeline:
     return sum((client_lane(variant, cid) for cid in variant.client_ids), Pipeline([]))
 
 
+def later_round_uploads(variant: Variant, round_number: int, previous_bank: str) -> Pipeline:
+    """Round r > 1, every client of ``variant``: its local coreset's rows ``previous_bank`` misses.
+
+    In the variant's namespace, not the client's: a client namespace spanning rounds would be
+    cut in two by the server node between them. Outputs ``client_<id>_upload_round_<r>``.
+    """
+    steps = [
+        client_node(
+            nodes.prepare_later_upload,
+            [f"client_{cid}_local_coreset", previous_bank],
+            f"client_{cid}_upload_round_{round_number}",
+            f"client_{cid}_prepare_upload_round_{round_number}",
+            cid,
+        )
+        for cid in variant.client_ids
+    ]
+    # Template names without dots, mapped onto the clients' namespaced datasets (a lane's
+    # datasets may belong to the variant that runs the shared lane).
+    local_coresets = {
+        f"client_{cid}_local_coreset": f"{variant.lane_owner[cid]}.client_{cid}.local_coreset" for cid in variant.client_ids
+    }
+    uploads = {
+        f"client_{cid}_upload_round_{round_number}": f"{variant.name}.client_{cid}.upload_round_{round_number}"
+        for cid in variant.client_ids
+    }
+    return in_variant(Pipeline(steps), variant.name, inputs=local_coresets, outputs=uploads)
+
+
 def centralized_training() -> Pipeline:
     """The baseline: one client holding every training image; its coreset is the memory bank.
 
     Like every client it reads ``params:tuned``: each category with a tuned entry is extracted
     with its own setting.
     """
-    client_id = nodes.CENTRALIZED_CLIENT
     template = Pipeline(
         [
             node(
@@ -89,8 +104,8 @@ def centralized_training() -> Pipeline:
                 "training_images",
                 name="hold_all_training_images",
             ),
-            extraction_node(client_id),
-            coreset_node(client_id),
+            extraction_node(CENTRALIZED_CLIENT),
+            coreset_node(CENTRALIZED_CLIENT),
             node(nodes.coreset_as_memory_bank, "local_coreset", "memory_bank", name="publish_memory_bank"),
         ]
     )

@@ -6,20 +6,14 @@ Outputs ``tune_table`` (data/08_reporting/tune.csv), ``tune_report`` (tune_repor
 
 from kedro.pipeline import Pipeline, node
 
-from fedpatchcore.pipelines import bind
-from fedpatchcore.pipelines.ingest import nodes as ingest_nodes
+from fedpatchcore.pipelines.ingest.pipeline import validation_split
 from fedpatchcore.pipelines.tune import nodes
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline(
+    """Ingest's validation split, forced on (tuning needs one), then the tuner on it alone."""
+    return validation_split(always=True) + Pipeline(
         [
-            node(
-                bind(ingest_nodes.make_validation_split, always=True),
-                ["dataset_index", "params:validation", "params:seed"],
-                "validation_split",
-                name="split_validation",
-            ),
             node(
                 nodes.tune_settings,
                 [

@@ -20,11 +20,12 @@ from flwr.app import Message, RecordDict
 
 from fedpatchcore import structure
 from fedpatchcore.core.banks import CategoryBanks
+from fedpatchcore.core.data.types import Sample
 from fedpatchcore.core.federation.aggregation import AggregationError
 from fedpatchcore.core.federation.client import LocalCoreset
 from fedpatchcore.flower import records, site
 from fedpatchcore.flower.client_app import make_client_app
-from fedpatchcore.flower.server import CatalogRoundStore, FederationPlan, serve
+from fedpatchcore.flower.rounds import CatalogRoundStore, FederationPlan, serve
 from fedpatchcore.pipelines.federated.pipeline import federated_training
 from tests.flower.fakes import FakeGrid, app_node
 from tests.pipelines.conftest import (
@@ -252,3 +253,35 @@ def test_too_few_usable_replies_fail_the_round_and_leave_the_persisted_bank(tmp_
         serve(grid, plan, CatalogRoundStore(catalog))
     assert catalog.load("federated.flower_checkpoint")["round"] == 1
     assert not catalog.exists("federated.memory_bank")
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def test_a_persisted_round_is_resumed_only_for_the_same_run_whatever_the_transport():
+    plan = _plan()
+    same_run = _plan(federation={"round_timeout_s": 99, "engine": "flower", "flower": {"connect_timeout_s": 5}})
+    assert same_run.fingerprint() == plan.fingerprint()  # how rounds travel changes no result
+    for other in (
+        _plan(aggregation={"strategy": "concatenate"}),  # the server's blocks
+        _plan(coreset={"ratio": 0.5}),  # a client's
+        _plan(federation={"coverage_quantile": 0.9}),
+        _plan(rounds=2),
+        _plan(clients=("a", "b")),
+    ):
+        assert other.fingerprint() != plan.fingerprint()
+
+
+def test_a_site_keeps_its_local_coreset_while_what_it_depends_on_is_unchanged():
+    samples = [Sample("plate", "train", "good", f"{i:03d}", f"/d/{i}.png") for i in range(3)]
+    own = site.Site("a", samples, {"plate": None}, Path("/tmp"))
+    parameters = _parameters()
+    key = site.local_coreset_key(own, parameters)
+    # Later rounds' coverage and the server's settings do not change the local coreset ...
+    for unchanged in ({"federation": {"coverage_quantile": 0.9}}, {"aggregation": {"strategy": "concatenate"}}):
+        assert site.local_coreset_key(own, structure.merge_parameters(parameters, unchanged)) == key
+    # ... its coreset settings, its features' settings and its images do.
+    for changed in ({"coreset": {"ratio": 0.5}}, {"backbone": {"name": "efficientnet_lite1"}}, {"heterogeneity": {"a": {"noise_sigma": 0.1}}}):
+        assert site.local_coreset_key(own, structure.merge_parameters(parameters, changed)) != key
+    fewer = site.Site("a", samples[:2], {"plate": None}, Path("/tmp"))
+    assert site.local_coreset_key(fewer, parameters) != key

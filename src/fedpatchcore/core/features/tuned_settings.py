@@ -1,4 +1,4 @@
-"""Per-category PatchCore settings of a run: a category's ``tuned`` entry, else the run's blocks.
+"""Tuned per-category settings: a category's ``tuned`` entry, else the run's own blocks.
 
 ``params:tuned`` (written by the tune pipeline into ``conf/tuned/parameters.yml``) maps a
 category to its own backbone, layers, input size, neighbourhood and image score. The

@@ -26,8 +26,6 @@ Lloyd and histogram sums back, :mod:`fedpatchcore.core.experts.fitting` on both 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -38,11 +36,14 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
+from fedpatchcore.core.common.fingerprint import fingerprint
 from fedpatchcore.core.experts import fitting
-from fedpatchcore.core.experts.model import ExpertSettings
-from fedpatchcore.core.federation.server import ServerSettings, run_round
+from fedpatchcore.core.experts.model import EXPERTS_BLOCK, ExpertSettings
+from fedpatchcore.core.federation.client import CLIENT_BLOCKS
+from fedpatchcore.core.federation.server import SERVER_BLOCKS, ServerSettings, run_round
 from fedpatchcore.flower import records
-from fedpatchcore.flower.site import CLIENT_BLOCKS, DATASET_KEYS
+from fedpatchcore.flower.site import DATASET_KEYS
+from fedpatchcore.structure import round_bank
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_ROUND_TIMEOUT_S = 600.0
 DEFAULT_CONNECT_TIMEOUT_S = 120.0
 POLL_S = 0.2
+# Keys of the federation block that say how rounds travel, not what they compute: a restarted
+# server resumes a run whose only change is one of these.
+TRANSPORT_KEYS = ("engine", "round_timeout_s", "flower")
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,7 @@ class FederationPlan:
 
     @property
     def experts(self) -> ExpertSettings:
-        return ExpertSettings.from_parameters(self.parameters.get("experts"), self.parameters["seed"])
+        return ExpertSettings.from_parameters(self.parameters.get(EXPERTS_BLOCK), self.parameters["seed"])
 
     @property
     def max_upload_bytes(self) -> int | None:
@@ -87,36 +91,25 @@ class FederationPlan:
         return None if value is None else int(value)
 
     def server_settings(self) -> ServerSettings:
-        return ServerSettings.from_parameters(
-            self.parameters["aggregation"],
-            self.parameters["coreset"],
-            self.parameters["seed"],
-            self.parameters.get("trust"),
-            self.parameters.get("fairness"),
-        )
+        return ServerSettings.from_run(self.parameters)
 
     def client_parameters(self) -> dict[str, Any]:
-        """The run configuration every site receives (never the dataset's location)."""
-        blocks = {name: self.parameters[name] for name in CLIENT_BLOCKS}
+        """The run configuration every site receives: the client's blocks, and of the dataset
+        only how to read a folder (never the dataset's location)."""
+        blocks = {name: self.parameters.get(name) for name in (*CLIENT_BLOCKS, EXPERTS_BLOCK)}
         dataset = self.parameters.get("dataset") or {}
         blocks["dataset"] = {key: dataset.get(key) for key in DATASET_KEYS}
         return blocks
 
     def fingerprint(self) -> str:
-        """What a persisted round depends on: a restarted server resumes only the same run."""
-        federation = {
-            k: v for k, v in self.parameters["federation"].items() if k not in ("flower", "round_timeout_s", "engine")
-        }
-        relevant = {
-            "clients": list(self.client_ids),
-            "rounds": self.rounds,
-            "aggregation": self.parameters["aggregation"],
-            "trust": self.parameters.get("trust"),
-            "fairness": self.parameters.get("fairness"),
-            **self.client_parameters(),
-            "federation": federation,
-        }
-        return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+        """What a persisted round depends on: a restarted server resumes only the same run.
+
+        The clients, the rounds, every block the server and the sites read, less how the
+        rounds travel (:data:`TRANSPORT_KEYS`).
+        """
+        run = {**self.client_parameters(), **{name: self.parameters.get(name) for name in SERVER_BLOCKS}}
+        run["federation"] = {k: v for k, v in (run["federation"] or {}).items() if k not in TRANSPORT_KEYS}
+        return fingerprint(list(self.client_ids), self.rounds, run)
 
 
 @dataclass
@@ -386,11 +379,6 @@ def fit_experts(
 # --------------------------------------------------------------------------- persistence
 
 
-def bank_dataset(variant: str, round_number: int, rounds: int) -> str:
-    """The catalog dataset of a round's global bank (the last round's is the variant's memory bank)."""
-    return f"{variant}.memory_bank" if round_number == rounds else f"{variant}.global_bank_round_{round_number}"
-
-
 class CatalogRoundStore:
     """Rounds persisted through the Kedro catalog, where the in-process pipeline puts them.
 
@@ -414,13 +402,13 @@ class CatalogRoundStore:
         if checkpoint.get("fingerprint") != plan.fingerprint() or not 0 < done < plan.rounds:
             return [], []
         banks = [
-            CategoryBanks.from_arrays(self.catalog.load(bank_dataset(plan.variant, r, plan.rounds)))
+            CategoryBanks.from_arrays(self.catalog.load(f"{plan.variant}.{round_bank(r, plan.rounds)}"))
             for r in range(1, done + 1)
         ]
         reports = [self.catalog.load(f"{plan.variant}.round_{r}_report") for r in range(1, done + 1)]
         return banks, reports
 
     def save(self, plan: FederationPlan, round_number: int, bank: CategoryBanks, report: dict) -> None:
-        self.catalog.save(bank_dataset(plan.variant, round_number, plan.rounds), bank.to_arrays())
+        self.catalog.save(f"{plan.variant}.{round_bank(round_number, plan.rounds)}", bank.to_arrays())
         self.catalog.save(f"{plan.variant}.round_{round_number}_report", report)
         self.catalog.save(self._checkpoint(plan), {"fingerprint": plan.fingerprint(), "round": round_number})

@@ -1,13 +1,17 @@
 """The deployment on one machine: a SuperLink and N SuperNodes as separate processes on loopback.
 
+Checkout tooling (it runs ``scripts/make_certificates.sh`` and bundles ``flower_app/`` of this
+checkout), hence here and not in the package; the apps it starts are the installed
+``fedpatchcore``.
+
 TLS on (certificates from ``scripts/make_certificates.sh``), SuperNode authentication on (each
 SuperNode's public key registered with ``flwr supernode register``), nothing installed at run
 time, telemetry and update checks off. Each SuperNode is a site that reads only its own data
 folder (``--node-config "data-root=... client-id=..."``). The tests, the benchmark and anyone
 trying the deployment before going to real sites use it::
 
-    python -m fedpatchcore.flower.loopback --project .        # one site per client of the partition
-    python -m fedpatchcore.flower.loopback --project . --site metal=/data/metal --site qc=/data/qc
+    python scripts/flower_loopback.py --project .        # one site per client of the partition
+    python scripts/flower_loopback.py --project . --site metal=/data/metal --site qc=/data/qc
 
 It runs exactly the commands of docs/deployment.md; with ``count_bytes`` the SuperNodes reach
 the SuperLink through a byte-counting TCP relay, which measures what crossed the "network".
@@ -29,7 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+import fedpatchcore
+
+REPO = Path(__file__).resolve().parents[1]  # the checkout this script belongs to
 CERTIFICATE_SCRIPT = REPO / "scripts" / "make_certificates.sh"
 FLOWER_APP = REPO / "flower_app"
 CONNECTION = "fedpatchcore-loopback"
@@ -129,7 +135,7 @@ class LoopbackFederation:
         self.port = free_port()
         self.env = {**os.environ, **ENVIRONMENT, "FLWR_HOME": str(self.flwr_home)}
         # The SuperLink and SuperNodes start the apps in subprocesses: they import this fedpatchcore.
-        source = str(Path(__file__).resolve().parents[2])
+        source = str(Path(fedpatchcore.__file__).resolve().parents[1])
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH", "")) if p)
 
     # ------------------------------------------------------------------ processes
