@@ -12,9 +12,10 @@ import pytest
 from fedpatchcore import structure
 from fedpatchcore.core.experts.fitting import merge_statistics
 from fedpatchcore.core.experts.fusion import RULES
-from fedpatchcore.pipeline_registry import centralized_evaluation, centralized_experts
+from fedpatchcore.core.tuning.fusion import REPORTED
 from fedpatchcore.pipelines.evaluation import experts as expert_nodes
-from fedpatchcore.pipelines.evaluation.experts import REPORTED
+from fedpatchcore.pipelines.evaluation.pipeline import centralized_evaluation
+from fedpatchcore.pipelines.experts.pipeline import centralized_experts
 from fedpatchcore.pipelines.federated.pipeline import federated_evaluation, federated_training
 from fedpatchcore.pipelines.ingest import nodes as ingest_nodes
 from fedpatchcore.pipelines.training.pipeline import centralized_training

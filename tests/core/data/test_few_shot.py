@@ -7,7 +7,7 @@ import pytest
 
 from fedpatchcore.core.data.index import few_shot_training
 from fedpatchcore.core.data.types import Sample, samples_to_frame
-from fedpatchcore.pipelines.ingest.nodes import unused_training_keys
+from fedpatchcore.core.tuning.split import unused_training_keys
 
 
 def _samples() -> list[Sample]:
@@ -39,10 +39,11 @@ def test_shots_per_category_nested_and_seeded():
 
 
 def test_validation_images_are_held_out_before_the_shots_are_drawn():
-    index: pd.DataFrame = samples_to_frame(_samples())
+    samples = _samples()
+    index: pd.DataFrame = samples_to_frame(samples)
     validation = {"enabled": True, "fraction": 0.2}
-    unused = unused_training_keys(index, validation, {"train_shots": 1}, seed=0)
-    held_out = unused_training_keys(index, validation, {"train_shots": "all"}, seed=0)
+    unused = unused_training_keys(samples, validation, 1, seed=0)
+    held_out = unused_training_keys(samples, validation, "all", seed=0)
     train = set(index.loc[index["split"] == "train", "key"])
     assert len(held_out) == 4  # 2 validation images per category
     assert held_out <= unused and len(train - unused) == 2  # one bank image per category
