@@ -144,3 +144,24 @@ def test_the_offline_environment_lasts_as_long_as_the_simulation(monkeypatch):
     with offline_environment():
         assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" and os.environ["FLWR_TELEMETRY_ENABLED"] == "1"
     assert "RAY_USAGE_STATS_ENABLED" not in os.environ and os.environ["FLWR_TELEMETRY_ENABLED"] == "1"
+
+
+def test_flower_sites_extract_each_category_with_its_tuned_network(tiny_dataset, tmp_path):
+    """The tuned settings travel to the sites: one category on EfficientNet-Lite2 at 48 px, the
+    others on the run's Lite0; the server merges each category at its own dimension, as in-process."""
+    from fedpatchcore.core.features.setting import Setting
+
+    tuned = {"parts_tray": Setting("efficientnet_lite2", image_size=(48, 48)).to_params()}
+    banks = {}
+    for engine in ("inprocess", "flower"):
+        parameters = _parameters(tmp_path / engine, {"tuned": tuned}, engine=engine, num_clients=2)
+        (variant,) = structure.federated_variants(parameters)
+        keep = ("federated.memory_bank", "federated.round_1_report")
+        out = run_slice(federated_training(variant), memory_catalog(parameters, keep=keep, **tiny_dataset), keep=keep)
+        assert out["federated.round_1_report"]["dim"]["parts_tray"] == 168
+        banks[engine] = CategoryBanks.from_arrays(out["federated.memory_bank"]).banks
+    flower, inprocess = banks["flower"], banks["inprocess"]
+    assert flower["parts_tray"].shape[1] == 168  # lite2: 48 + 120 channels
+    assert {b.shape[1] for c, b in flower.items() if c != "parts_tray"} == {152}  # lite0: 40 + 112
+    for category, bank in inprocess.items():
+        np.testing.assert_array_equal(flower[category], bank, err_msg=category)

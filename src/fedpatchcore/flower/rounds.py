@@ -42,7 +42,7 @@ from fedpatchcore.core.experts.model import EXPERTS_BLOCK, ExpertSettings
 from fedpatchcore.core.federation.client import CLIENT_BLOCKS
 from fedpatchcore.core.federation.server import SERVER_BLOCKS, ServerSettings, run_round
 from fedpatchcore.flower import records
-from fedpatchcore.flower.site import DATASET_KEYS
+from fedpatchcore.flower.site import DATASET_KEYS, TUNED_BLOCK
 from fedpatchcore.structure import round_bank
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ class FederationPlan:
     def client_parameters(self) -> dict[str, Any]:
         """The run configuration every site receives: the client's blocks, and of the dataset
         only how to read a folder (never the dataset's location)."""
-        blocks = {name: self.parameters.get(name) for name in (*CLIENT_BLOCKS, EXPERTS_BLOCK)}
+        blocks = {name: self.parameters.get(name) for name in (*CLIENT_BLOCKS, EXPERTS_BLOCK, TUNED_BLOCK)}
         dataset = self.parameters.get("dataset") or {}
         blocks["dataset"] = {key: dataset.get(key) for key in DATASET_KEYS}
         return blocks

@@ -40,16 +40,16 @@ from fedpatchcore.core.data.types import (
 )
 from fedpatchcore.core.experts import fitting
 from fedpatchcore.core.experts.model import EXPERTS_BLOCK, ExpertSettings
-from fedpatchcore.core.features.backbones import stage_channels
-from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.features.feature_store import PatchFeatureFile
 from fedpatchcore.core.federation import client
 
 logger = logging.getLogger(__name__)
 
 # The server sends every site the client's parameter blocks (core.federation.client.CLIENT_BLOCKS),
-# the experts' block (core.experts.model.EXPERTS_BLOCK) and, of the dataset block, what a site
-# needs to read its folder the way the server reads its own.
+# the experts' block (core.experts.model.EXPERTS_BLOCK), the tuned per-category settings (each
+# category extracted with its own network, as in-process lanes do) and, of the dataset block,
+# what a site needs to read its folder the way the server reads its own.
+TUNED_BLOCK = "tuned"
 # Written beside a site's kept feature files: each category's patch grid and shallow-stage channels.
 FEATURES_INFO = "features.json"
 DATASET_KEYS = ("format", "image_sizes")
@@ -115,7 +115,8 @@ def site_from_table(
 def local_coreset_key(site: Site, parameters: Mapping[str, Any]) -> str:
     """What a cached local coreset depends on: the site's images and the client's coreset inputs."""
     images = [s.key for s in site.samples]
-    return fingerprint(site.client_id, images, client.coreset_inputs(parameters, site.client_id))
+    inputs = client.coreset_inputs(parameters, site.client_id)
+    return fingerprint(site.client_id, images, inputs, parameters.get(TUNED_BLOCK) or {})
 
 
 def experts_enabled(parameters: Mapping[str, Any]) -> bool:
@@ -148,19 +149,26 @@ def build_local_coreset(
     else:
         scratch = Path(tempfile.mkdtemp(prefix=f"flower_{site.client_id}_", dir=site.scratch_dir))
     try:
-        embedder = make_embedder(parameters["backbone"], parameters["extraction"])
-        features, degraded = client.extract_features(site.samples, site.infos, embedder, scratch, run_settings)
+        features, degraded = client.extract_tuned_features(
+            site.samples,
+            site.infos,
+            parameters["backbone"],
+            parameters["extraction"],
+            parameters.get(TUNED_BLOCK),
+            scratch,
+            run_settings,
+        )
         if any(entry for entry in degraded):
             logger.info("client %s: simulated heterogeneity %s", site.client_id, run_settings.heterogeneity.describe())
         local = client.select_local_coreset(features, run_settings)
         if not experts:
             return local, None
-        shallow = stage_channels(parameters["backbone"]["name"], parameters["backbone"].get("layers"))[0]
+        shallow = fitting.shallow_channels(features.files, parameters["backbone"], parameters.get(TUNED_BLOCK))
         kept = {  # the files stay where extraction streamed them, inside the kept folder
             category: {
                 "file": str(Path(feature_file.path).resolve().relative_to(scratch.resolve())),
                 "grid": list(features.grid[category]),
-                "shallow_dim": shallow,
+                "shallow_dim": shallow[category],
             }
             for category, feature_file in features.files.items()
         }

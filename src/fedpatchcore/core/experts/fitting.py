@@ -17,8 +17,9 @@ patch, image or per-image number leaves a site. Every message has a flat
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,6 +38,8 @@ from fedpatchcore.core.experts.model import (
     Projections,
     category_statistics,
 )
+from fedpatchcore.core.features import tuned_settings
+from fedpatchcore.core.features.backbones import stage_channels
 from fedpatchcore.core.features.extraction import ExtractedFeatures
 from fedpatchcore.core.features.feature_store import PatchFeatureFile
 
@@ -75,6 +78,18 @@ def site_features(features: ExtractedFeatures, shallow_dims: Mapping[str, int] |
         category: SiteFeatures(file, features.grid[category], int(shallow_dims.get(category, 0)))
         for category, file in features.files.items()
     }
+
+
+def shallow_channels(
+    categories: Iterable[str], backbone: Mapping[str, Any], tuned: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """How many channels each category's shallow stage gives: its ``tuned`` network's, else the
+    run's ``backbone`` (known without weights: :func:`~fedpatchcore.core.features.backbones.stage_channels`)."""
+    shallow = {}
+    for category, setting in tuned_settings.category_settings(categories, backbone, {}, {}, tuned).items():
+        name, layers = (backbone["name"], backbone.get("layers")) if setting is None else (setting.backbone, setting.layers)
+        shallow[category] = stage_channels(name, layers)[0]
+    return shallow
 
 
 def image_batches(features: SiteFeatures, images_per_batch: int = IMAGES_PER_BATCH) -> Iterator[np.ndarray]:

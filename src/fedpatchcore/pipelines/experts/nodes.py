@@ -14,8 +14,6 @@ import numpy as np
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.experts import fitting
 from fedpatchcore.core.experts.model import ExpertSettings
-from fedpatchcore.core.features import tuned_settings as run_settings
-from fedpatchcore.core.features.backbones import stage_channels
 from fedpatchcore.core.features.extraction import ExtractedFeatures
 
 
@@ -24,12 +22,7 @@ def _site(
 ) -> dict[str, fitting.SiteFeatures]:
     """The site's feature file of each category, with how many channels its shallow stage gave
     (each category extracted with its own setting when ``tuned`` has one)."""
-    settings = run_settings.category_settings(patch_features.files, backbone, {}, {}, tuned)
-    shallow = {}
-    for category, setting in settings.items():
-        name, layers = (backbone["name"], backbone.get("layers")) if setting is None else (setting.backbone, setting.layers)
-        shallow[category] = stage_channels(name, layers)[0]
-    return fitting.site_features(patch_features, shallow)
+    return fitting.site_features(patch_features, fitting.shallow_channels(patch_features.files, backbone, tuned))
 
 
 def measure_expert_statistics(

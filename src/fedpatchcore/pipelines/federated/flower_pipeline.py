@@ -32,9 +32,9 @@ logger = logging.getLogger(__name__)
 
 ENGINES = ("inprocess", "flower")
 # The federation runs both sides: the clients' blocks, the server's, the experts' (fitted by
-# the same sites and server) and the dataset's (a site reads its folder the way the server
-# reads its own).
-FLOWER_BLOCKS = tuple(dict.fromkeys((*CLIENT_BLOCKS, *SERVER_BLOCKS, EXPERTS_BLOCK, "dataset")))
+# the same sites and server), the tuned per-category settings (each category extracted with
+# its own network) and the dataset's (a site reads its folder the way the server reads its own).
+FLOWER_BLOCKS = tuple(dict.fromkeys((*CLIENT_BLOCKS, *SERVER_BLOCKS, EXPERTS_BLOCK, "tuned", "dataset")))
 
 
 def engine(variant: Variant) -> str:
@@ -113,11 +113,6 @@ def run_flower_federation(
 
 def flower_federation(variant: Variant) -> Pipeline:
     """``<variant>.run_flower_federation``: the client lanes and server rounds in one Flower node."""
-    if variant.parameters.get("tuned"):
-        raise ValueError(
-            f"variant {variant.name}: federation.engine 'flower' does not extract with the tuned per-category "
-            "settings yet (the in-process engine does); run it with federation.engine: inprocess or without tuned"
-        )
     client_ids = variant.client_ids
     tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
     outputs = ["flower_traffic"]

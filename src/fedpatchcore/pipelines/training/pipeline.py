@@ -21,7 +21,7 @@ def extraction_node(client_id: str):
     """Each category extracted with its ``params:tuned`` setting (else the run's blocks)."""
     outputs = ["patch_features", "heterogeneity_manifest"]
     inputs = ["training_images", "category_info", "params:tuned"]
-    return client_node(nodes.extract_centralized_features, inputs, outputs, "extract_features", client_id)
+    return client_node(nodes.extract_client_features, inputs, outputs, "extract_features", client_id)
 
 
 def coreset_node(client_id: str):
