@@ -47,7 +47,7 @@ def _problems(**changes) -> list[str]:
     return parameter_problems(_with(**changes))
 
 
-@pytest.mark.parametrize("env", [None, "autovi", "mvtec", "robustness", "imbalance", "privacy_sweep", "tune", "tuned"])
+@pytest.mark.parametrize("env", [None, "autovi", "mvtec", "robustness", "imbalance", "privacy_sweep", "privacy_volume", "tune", "tuned"])
 def test_the_project_conf_is_valid(env):
     from fedpatchcore.config_loader import ProjectConfigLoader
 

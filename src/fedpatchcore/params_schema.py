@@ -473,6 +473,7 @@ class FederationParams(Block):
     rounds: PositiveInt = 1
     coverage_quantile: UnitFloat
     client_coreset_ratios: dict[str, Ratio] | None = {}
+    train_per_category: PositiveInt | None = None
     engine: str = "inprocess"
     round_timeout_s: Annotated[float, Field(gt=0)] = 600
     flower: FlowerParams = FlowerParams()
@@ -545,6 +546,7 @@ class ComparisonParams(Block):
     centralized: bool = True
     groups: str = "categories"
     labels: dict[str, dict[str, Any]] = {}
+    plot_x: str | None = None
     leave_one_out: LeaveOneOutParams | None = None
     # variant name -> overrides: {block: {key: value}}, plus optional `labels` for the table
     # (the experiment's own: conf/base or the experiment's environment names them, no default here)
@@ -642,12 +644,48 @@ class AuditParams(Block):
         return _one_of("audit statistic", value, ("min", "mean", "max"))
 
 
+class SummaryParams(Block):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    centres: PositiveInt = 64
+    rounds: NonNegativeInt = 2
+    residual_clip: Annotated[float, Field(gt=0)] = 20.0
+    contribution_clip: Annotated[float, Field(gt=0)] = 0.25
+    min_count: Annotated[float, Field(ge=0)] = 2.0
+    radius_floor: Annotated[float, Field(gt=0, le=1)] = 0.05
+    public_images: PositiveInt = 2
+    public_root: str | None = None
+
+
+class SecureAggregationParams(Block):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
+
+    max_dropouts: NonNegativeInt = 0
+    num_shares: Annotated[float, Field(gt=0)] = 1.0
+    reconstruction_threshold: Annotated[float, Field(gt=0)] = 0.5
+    quantization_bits: Annotated[int, Field(ge=8, le=30)] = 22
+
+
+class CanaryAuditParams(Block):
+    enabled: bool = False
+    trials: Annotated[int, Field(ge=20)] = 400
+    images: Annotated[int, Field(ge=2)] = 8
+    dim: PositiveInt = 16
+
+
 @block("privacy")
 class PrivacyParams(Block):
     # Numbers may be written as integers in YAML (epsilon: 1): not strict for these.
     model_config = ConfigDict(extra="forbid", strict=False, frozen=True)
 
     enabled: bool = False
+    mechanism: str = "rows"
+    reproducible_not_private: bool = False
+    max_epsilon: Annotated[float, Field(gt=0)] | None = None
+    ledger_dir: str | None  # where the sites' ledgers persist: conf/base names it (no default here)
+    summary: SummaryParams = SummaryParams()
+    secure_aggregation: SecureAggregationParams = SecureAggregationParams()
+    canary_audit: CanaryAuditParams = CanaryAuditParams()
     epsilon: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
     delta: Annotated[float, Field(gt=0, lt=1)] = 1e-5
     clip_norm: Annotated[float, Field(gt=0)] = 64.0
@@ -658,12 +696,30 @@ class PrivacyParams(Block):
     noise_seed: NonNegativeInt | None = None
     audit: AuditParams = AuditParams()
 
-    @field_validator("enabled", mode="before")
+    @field_validator("enabled", "reproducible_not_private", mode="before")
     @classmethod
     def _a_boolean(cls, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"must be true or false, got {value!r}")
         return value
+
+    @field_validator("mechanism")
+    @classmethod
+    def _known_mechanism(cls, value: str) -> str:
+        from fedpatchcore.core.privacy.release import MECHANISMS
+
+        return _one_of("privacy mechanism", value, MECHANISMS)
+
+    @model_validator(mode="after")
+    def _seed_only_when_not_private(self) -> PrivacyParams:
+        if self.noise_seed is not None and not self.reproducible_not_private:
+            raise ValueError(
+                "noise_seed makes the noise reproducible by whoever knows it: leave it null, or set "
+                "reproducible_not_private: true (every published budget then says private: false)"
+            )
+        if self.mechanism == "summary" and self.unit != "image":
+            raise ValueError("mechanism summary protects whole images: unit must be image")
+        return self
 
     @field_validator("unit")
     @classmethod

@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Pipeline, node
 
 from fedpatchcore import structure
 from fedpatchcore.config_loader import run_parameters
@@ -39,9 +39,11 @@ from fedpatchcore.pipelines.export.pipeline import (
     inspector_export,
     inspector_variant,
 )
+from fedpatchcore.pipelines.federated import nodes as federated_nodes
 from fedpatchcore.pipelines.federated.pipeline import (
     federated_evaluation,
     federated_training,
+    privacy_budget_datasets,
     published_metrics_name,
 )
 from fedpatchcore.pipelines.ingest.pipeline import create_pipeline as ingest
@@ -49,6 +51,16 @@ from fedpatchcore.pipelines.predict.pipeline import create_pipeline as predict
 from fedpatchcore.pipelines.report.pipeline import experiment_summary, html_report, report
 from fedpatchcore.pipelines.training.pipeline import centralized_training
 from fedpatchcore.pipelines.tune.pipeline import create_pipeline as tune
+
+
+def privacy_ledger_state(variants, with_centralized: bool) -> Pipeline:
+    """One node after every release of the run: each published budget then reads the composed ε."""
+    budgets = sorted({name for v in variants for name in privacy_budget_datasets(v)})
+    if with_centralized:
+        budgets.append(f"{structure.CENTRALIZED}.privacy_budget")
+    return Pipeline(
+        [node(federated_nodes.close_privacy_ledger, budgets, "privacy_ledger_state", name="close_privacy_ledger")]
+    )
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -69,6 +81,7 @@ def create_pipelines(parameters: Mapping[str, Any]) -> dict[str, Pipeline]:
     with_centralized = compare and comparison.get("centralized", True)
 
     centralized_eval = centralized_evaluation(experts_enabled(parameters))
+    ledger = privacy_ledger_state(variants, with_centralized)
     centralized_report = report(structure.CENTRALIZED, experts_enabled(parameters))
     centralized_all = centralized_training() + centralized_experts(parameters) + centralized_eval + centralized_report
 
@@ -83,8 +96,8 @@ def create_pipelines(parameters: Mapping[str, Any]) -> dict[str, Pipeline]:
         published["metrics_centralized"] = "metrics_centralized"
     comparison_report = experiment_summary(comparison.get("name", "comparison"), published)
 
-    federated = ingest() + federated_train + federated_eval + federated_report
-    evaluate = federated_eval
+    federated = ingest() + federated_train + ledger + federated_eval + federated_report
+    evaluate = federated_eval + ledger
     reporting = federated_report
     exporting = export_maps(v.name for v in variants)
     if with_centralized:
@@ -95,7 +108,12 @@ def create_pipelines(parameters: Mapping[str, Any]) -> dict[str, Pipeline]:
     if compare:
         federated += comparison_report
         reporting += comparison_report
-    centralized = ingest() + centralized_all + html_report([structure.CENTRALIZED], None, with_experts)
+    centralized = (
+        ingest()
+        + centralized_all
+        + privacy_ledger_state([], with_centralized=True)
+        + html_report([structure.CENTRALIZED], None, with_experts)
+    )
     # One HTML page over every run of the experiment (and its table and plot).
     runs = ([structure.CENTRALIZED] if with_centralized else []) + [v.name for v in variants]
     page = html_report(runs, comparison.get("name", "comparison") if compare else None, with_experts)

@@ -80,6 +80,7 @@ SPLIT_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("federation", "clients"),
     ("federation", "qc_sample_ratio"),
     ("federation", "alpha"),
+    ("federation", "train_per_category"),
 )
 PARTITION_PARAMETERS = (*SPLIT_PARAMETERS, ("heterogeneity",))
 # Only in-process lanes write features another variant could read (a Flower variant's sites
@@ -187,7 +188,15 @@ class Variant:
         return client_ids_of(self.federation)
 
     @property
+    def summary(self) -> bool:
+        """Whether the variant's bank is a private summary (``privacy.mechanism: summary``)."""
+        return (self.parameters.get("privacy") or {}).get("mechanism", "rows") == "summary"
+
+    @property
     def rounds(self) -> int:
+        """Server rounds: ``federation.rounds``, or a summary's DP-Lloyd rounds (at least one report)."""
+        if self.summary:
+            return max(1, int(((self.parameters.get("privacy") or {}).get("summary") or {}).get("rounds", 2)))
         rounds = int(self.federation.get("rounds", 1))
         if rounds < 1:
             raise ValueError(f"federation.rounds must be at least 1 (variant {self.name}), got {rounds}")
@@ -226,6 +235,8 @@ def federated_variants(parameters: Mapping[str, Any]) -> list[Variant]:
         clients = client_ids_of(values["federation"])
         features = {c: feature_owners.setdefault(fingerprint(c, images, feature_inputs(values, c)), name) for c in clients}
         lanes = {c: lane_owners.setdefault(fingerprint(c, images, coreset_inputs(values, c)), name) for c in clients}
+        if (values.get("privacy") or {}).get("mechanism", "rows") == "summary":
+            lanes = dict.fromkeys(clients, name)  # a summary variant runs (and charges) its own rounds
         variants.append(Variant(name, values, partition_owner, features, lanes))
     return variants
 

@@ -126,6 +126,9 @@ def memory_catalog(parameters: dict[str, Any], keep: tuple[str, ...] = (), **dat
                 add(f"{prefix}{key}.", value)
 
     add("params:", parameters)
+    # A slice without the run-level close_privacy_ledger node: its publish nodes read the
+    # sites' ledgers as they are (a slice that has the node overwrites this).
+    catalog["privacy_ledger_state"] = {}
     for name, value in datasets.items():
         catalog[name] = value
     return catalog

@@ -22,7 +22,11 @@ def sweep(tiny_dataset, tmp_path_factory):
         {
             "extraction": {"scratch_dir": str(tmp_path_factory.mktemp("scratch"))},
             "federation": {"partition": "iid", "num_clients": 2, "rounds": 2, "coverage_quantile": 1.0},
-            "privacy": {"noise_seed": 0, "audit": {"enabled": True}},
+            "privacy": {
+                "ledger_dir": str(tmp_path_factory.mktemp("ledger")),
+                "audit": {"enabled": True},
+                "canary_audit": {"enabled": True, "trials": 100},
+            },
             "comparison": {
                 "enabled": True,
                 "variants": {
@@ -65,13 +69,24 @@ def test_every_client_publishes_its_budget_and_the_audit_tells_dp_apart(sweep):
         assert budget["enabled"] is True and budget["unit"] == "image" and budget["rounds"] == 1
         assert 0.98 <= budget["epsilon"] <= 1.0 and budget["sigma"] > 0
         assert plain["clients"][cid]["privacy"]["enabled"] is False
-    assert outputs["private.client_1.privacy_budget"] == private["clients"]["1"]["privacy"]
+    published = dict(private["clients"]["1"]["privacy"])
+    assert published.pop("ledger").endswith("1.jsonl")  # where the composed ε was read
+    assert outputs["private.client_1.privacy_budget"] == published
     # The attacker holding the raw bank finds the training images; against the DP bank it guesses.
     attack_plain = plain["privacy"]["audit"]
     attack_private = private["privacy"]["audit"]
     assert attack_plain["attack_auc"] > 0.9
     assert attack_private["attack_auc"] < attack_private["dp_auc_bound"] + 2 * attack_private["attack_auc_std_error"]
     assert abs(attack_private["attack_auc"] - 0.5) < 0.3
-    assert plain["experiment"] == {"sigma": 0.0, "attack_auc": attack_plain["attack_auc"]}
+    assert plain["experiment"]["sigma"] == 0.0 and plain["experiment"]["attack_auc"] == attack_plain["attack_auc"]
     assert private["experiment"]["sigma"] == pytest.approx(private["clients"]["1"]["privacy"]["sigma"])
     assert np.isfinite(private["mean"]["image_auroc"])
+    # The canary audit: the unprotected release shows all the audit can show; the DP one stays under its claim.
+    canary_plain, canary_private = plain["privacy"]["canary_audit"], private["privacy"]["canary_audit"]
+    assert canary_plain["claimed_epsilon"] is None
+    assert canary_plain["empirical_epsilon_lb"] == pytest.approx(canary_plain["epsilon_ceiling"])
+    assert canary_private["consistent"] and canary_private["empirical_epsilon_lb"] <= canary_private["claimed_epsilon"]
+    assert private["experiment"]["empirical_epsilon_lb"] == canary_private["empirical_epsilon_lb"]
+    # One private release of these images in this ledger: the composed ε is that release's.
+    assert private["experiment"]["composed_epsilon"] == pytest.approx(private["clients"]["1"]["privacy"]["release_epsilon"])
+    assert private["experiment"]["private"] is True

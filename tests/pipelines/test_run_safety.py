@@ -54,6 +54,9 @@ def test_rescoring_after_a_new_coreset_uses_the_new_bank(kedro_project, first_ru
     # Case 2: a new bank without a new index (--to-nodes select_coreset, or a failure between
     # the two) used to be scored against the old index, silently.
     project = kedro_project.path
+    # Other tests of this module run on other datasets (an MVTec-format folder): start from a
+    # complete default run, so the cached features, index and bank below are all this dataset's.
+    kedro_project.run(pipeline_names=["centralized"])
     # Only the coreset, from the cached features (the issue ran --to-nodes, which also re-extracts).
     kedro_project.run(
         {"coreset": {"ratio": 0.01}},

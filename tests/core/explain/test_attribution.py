@@ -101,3 +101,22 @@ def test_shap_values_sum_to_the_distance_and_find_the_shifted_dimension():
     attribution = shap_dimensions(feature, bank, background, max_evals=None, seed=0)
     assert int(np.argmax(attribution.values)) == 5
     assert attribution.base_value + attribution.values.sum() == pytest.approx(attribution.patch_distance, rel=1e-5)
+
+
+def test_against_a_private_bank_the_score_goes_through_the_public_projection_and_clipping(embedder):
+    from fedpatchcore.core.privacy.release import PrivacySettings, public_transform, with_public_transform
+
+    settings = PrivacySettings.from_parameters({"enabled": True, "projection_dim": 24, "clip_norm": 20.0}, seed=0)
+    public_map = public_transform(settings, embedder.feature_dim)
+    rng = np.random.default_rng(1)
+    normal = rng.integers(90, 110, size=(2, 64, 64, 3), dtype=np.uint8)
+    private = with_public_transform(embedder, settings)
+    bank = private.embed(normal).reshape(-1, 24)  # released rows live in the projected, clipped space
+    image = normal[0].copy()
+    image[20:32, 36:48] = 250
+    gradients = score_gradients(embedder, image, bank, sigma=4.0, public_map=public_map)
+    _, scores = score_images(build_index(bank), private.embed(image[None]), (64, 64), sigma=4.0)
+    assert gradients.image_score == pytest.approx(float(scores[0]), rel=1e-4)
+    # Without the map the raw 152-d patches cannot even be compared with the 24-d rows.
+    with pytest.raises(Exception):  # noqa: B017 - faiss raises a plain AssertionError/RuntimeError
+        score_gradients(embedder, image, bank, sigma=4.0)

@@ -1,4 +1,4 @@
-"""The DP release (core/privacy.py) and the membership-inference audit (core/privacy_audit.py)."""
+"""The DP release (core/privacy/release.py), the accountants, and the membership-inference audit's metrics."""
 
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ def _settings(**overrides) -> privacy.PrivacySettings:
         "unit": "image",
         "accountant": "rdp",
         "noise_seed": 7,
+        "reproducible_not_private": True,
         **overrides,
     }
     return privacy.PrivacySettings.from_parameters(block, seed=0)
@@ -165,6 +166,7 @@ PRIVATE = {
     "patches_per_image": 4,
     "accountant": "rdp",
     "noise_seed": 3,
+    "reproducible_not_private": True,
 }
 
 
@@ -333,3 +335,25 @@ def test_ledger_reads_what_an_opacus_privacy_engine_spent():
     # The patch release and the model of the same client compose to more than either alone.
     both = _settings(accountant="rdp", epsilon=1.0).ledger().record_opacus("model", engine)
     assert both.epsilon() > max(1.0 - 0.02, ledger.epsilon())
+
+
+def test_a_client_charges_its_ledger_before_releasing_and_a_second_release_past_the_cap_is_refused(features, tmp_path):
+    from fedpatchcore.core.privacy.ledger import BudgetExceeded
+
+    extracted, _ = features
+    block = {**PRIVATE, "noise_seed": None, "reproducible_not_private": False, "epsilon": 2.0,
+             "ledger_dir": str(tmp_path), "max_epsilon": 2.5}
+    settings = _client_settings(block)
+    local = client.select_local_coreset(extracted, settings)
+    budget = client.privacy_budget(local, settings)
+    assert 1.98 <= budget["epsilon"] <= 2.0 and budget["releases_composed"] == 1 and budget["private"] is True
+    lines = (tmp_path / "a.jsonl").read_text().splitlines()
+    assert sum('"kind": "release"' in line for line in lines) == 2  # one per category
+    # The same images again (another variant, a re-run): 2 ⊕ 2 ≈ 2.9 > 2.5, refused before anything is released.
+    calls = []
+    original = client.release_category
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(client, "release_category", lambda *a, **k: calls.append(a) or original(*a, **k))
+        with pytest.raises(BudgetExceeded, match="site 'a'"):
+            client.select_local_coreset(extracted, settings)
+    assert calls == [] and (tmp_path / "a.jsonl").read_text().splitlines() == lines

@@ -9,7 +9,9 @@ dicts of arrays keyed ``<kind>/<category>``, readable by plain ``np.load``:
 
 * :class:`CategoryBanks` (a global or centralized bank): ``bank/``, ``n_images/`` and, for
   aggregated banks, ``origin/`` (the client each row came from) and ``origin_row/`` (the row
-  of that client's local coreset it is), so every row can be traced back to a client.
+  of that client's local coreset it is), so every row can be traced back to a client. A
+  private summary bank (``privacy.mechanism: summary``) has centres as rows and ``radius/``:
+  each centre's released spread, which scoring divides distances by.
 * :class:`ClientUpload` (what one client sends for one round): ``bank/``, ``n_images/``,
   ``row_id/`` (the row of the client's local coreset each uploaded row is) and
   ``number/<name>`` scalars the client reports about itself (image quality, privacy
@@ -49,6 +51,7 @@ class CategoryBanks:
     n_images: dict[str, int]  # category -> training images the rows were chosen from
     origin: dict[str, np.ndarray] = field(default_factory=dict)  # category -> client id per row
     origin_row: dict[str, np.ndarray] = field(default_factory=dict)  # category -> row in that client's coreset
+    radius: dict[str, np.ndarray] = field(default_factory=dict)  # category -> spread per row (summary banks only)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return pack(
@@ -56,16 +59,18 @@ class CategoryBanks:
             n_images={c: int(self.n_images.get(c, 0)) for c in self.banks},
             origin={c: np.asarray(o, dtype=str) for c, o in self.origin.items()},
             origin_row={c: np.asarray(r, dtype=np.int64) for c, r in self.origin_row.items()},
+            radius={c: np.asarray(r, dtype=np.float32) for c, r in self.radius.items()},
         )
 
     @classmethod
     def from_arrays(cls, arrays: Mapping[str, np.ndarray]) -> CategoryBanks:
-        parts = unpack(arrays, ("bank", "n_images", "origin", "origin_row"), "a memory-bank file")
+        parts = unpack(arrays, ("bank", "n_images", "origin", "origin_row", "radius"), "a memory-bank file")
         return cls(
             {c: np.asarray(b, dtype=np.float32) for c, b in parts["bank"].items()},
             {c: int(n) for c, n in parts["n_images"].items()},
             parts["origin"],
             {c: np.asarray(r, dtype=np.int64) for c, r in parts["origin_row"].items()},
+            {c: np.asarray(r, dtype=np.float32) for c, r in parts["radius"].items()},
         )
 
     @property

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -90,8 +90,13 @@ def image_statistics(
     *,
     batch_size: int,
     num_workers: int,
+    positions: Callable[[Sample, tuple[int, int]], np.ndarray] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Per readable image: min, mean and max over its patches of the distance to the nearest bank row."""
+    """Per readable image: min, mean and max over its patches of the distance to the nearest bank row.
+
+    ``positions(sample, grid)``: the flat patch positions the release would take from that image
+    (public: the attacker knows them); None: every patch.
+    """
     out: dict[str, dict[str, float]] = {}
     skipped: list[dict[str, str]] = []
     for batch in iter_image_batches(samples, info.image_size, batch_size, skipped, num_workers):
@@ -99,6 +104,8 @@ def image_statistics(
         n, h, w, d = features.shape
         distances = nearest_distances(index, features.reshape(-1, d)).reshape(n, h * w)
         for sample, row in zip(batch.samples, distances, strict=True):
+            if positions is not None:
+                row = row[positions(sample, (h, w))]
             out[sample.key] = {"min": float(row.min()), "mean": float(row.mean()), "max": float(row.max())}
     return out
 
@@ -125,12 +132,15 @@ def membership_audit(
     seed: int = 0,
     epsilon: float | None = None,
     delta: float | None = None,
+    positions: Callable[[Sample, tuple[int, int]], np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Attack the bank of every category that has members and non-members; JSON-ready report.
 
     ``members`` / ``non_members``: category -> images. ``embedder`` must already apply the
     public map of the release (:func:`~fedpatchcore.core.privacy.release.with_public_transform`).
-    ``epsilon``/``delta``: the release's budget, for the bound (None: no DP).
+    ``epsilon``/``delta``: the release's budget, for the bound (None: no DP). ``positions``:
+    the public patch positions of each image's release (rows mechanism): only those patches
+    count, as only they could have reached the bank.
     """
     if statistic not in STATISTICS:
         raise ValueError(f"privacy.audit.statistic must be one of {list(STATISTICS)}, got {statistic!r}")
@@ -145,7 +155,13 @@ def membership_audit(
         index, spacing = build_index(bank), bank_spacing(bank)
         measured = {
             group: image_statistics(
-                chosen, infos[category], embedder, index, batch_size=batch_size, num_workers=num_workers
+                chosen,
+                infos[category],
+                embedder,
+                index,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                positions=positions,
             )
             for group, chosen in (("members", inside), ("non_members", outside))
         }

@@ -20,7 +20,7 @@ from typing import Any
 
 from fedpatchcore.core.banks import CategoryBanks
 from fedpatchcore.core.evaluation.metrics import fairness_metrics
-from fedpatchcore.core.privacy.release import PrivacySettings
+from fedpatchcore.core.privacy.release import PrivacySettings, publish_budgets
 
 logger = logging.getLogger(__name__)
 
@@ -110,35 +110,40 @@ def add_privacy_budgets(
     ``budgets``: each client's spent budget, in ``client_ids`` order; ``privacy``, ``seed``: the
     run's privacy block and seed.
     """
-    summary = {**run_summary, "clients": {cid: dict(values) for cid, values in run_summary["clients"].items()}}
-    for client_id, budget in zip(client_ids, budgets, strict=True):
-        summary["clients"].setdefault(client_id, {})["privacy"] = dict(budget)
-    if PrivacySettings.from_parameters(privacy, seed).enabled:
-        summary["experiment"] = {**summary.get("experiment", {}), "sigma": max(float(b["sigma"]) for b in budgets)}
-    return summary
+    return publish_budgets(run_summary, PrivacySettings.from_parameters(privacy, seed), budgets, client_ids)
 
 
 def publish_privacy(
     run_summary: Mapping[str, Any],
     privacy_audit: Mapping[str, Any],
+    canary_audit: Mapping[str, Any],
+    privacy_ledger_state: Mapping[str, Any],
+    partition: Mapping[str, Sequence[str]],
     privacy: Mapping[str, Any],
     seed: int,
     *budgets: Mapping[str, Any],
     client_ids: Sequence[str],
 ) -> dict[str, Any]:
-    """The run's metrics with each client's privacy budget and, when audited, the attack's results.
+    """The run's metrics with each client's privacy budget and, when audited, the attacks' results.
 
-    An audited run also publishes ``experiment.sigma`` and ``experiment.attack_auc`` (columns of
-    the experiment's table).
+    Budgets carry the composed ε of the sites' ledgers (read after every release of the run:
+    ``privacy_ledger_state`` only orders this node after them). An audited run also publishes
+    ``experiment.sigma``, ``experiment.attack_auc`` and, with the canary audit,
+    ``experiment.empirical_epsilon_lb`` (columns of the experiment's table).
     """
-    summary = add_privacy_budgets(run_summary, privacy, seed, *budgets, client_ids=client_ids)
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    summary = publish_budgets(run_summary, settings, budgets, client_ids, holdings=partition)
+    experiment = dict(summary.get("experiment", {}))
+    if privacy_audit.get("enabled") or canary_audit.get("enabled"):
+        experiment.setdefault("sigma", max(float(b["sigma"]) for b in budgets))
     if privacy_audit.get("enabled"):
         summary["privacy"] = {"audit": dict(privacy_audit)}
-        summary["experiment"] = {
-            **summary.get("experiment", {}),
-            "sigma": max(float(b["sigma"]) for b in budgets),
-            "attack_auc": privacy_audit["attack_auc"],
-        }
+        experiment["attack_auc"] = privacy_audit["attack_auc"]
+    if canary_audit.get("enabled"):
+        summary["privacy"] = {**summary.get("privacy", {}), "canary_audit": dict(canary_audit)}
+        experiment["empirical_epsilon_lb"] = canary_audit["empirical_epsilon_lb"]
+    if experiment:
+        summary["experiment"] = experiment
     return summary
 
 

@@ -31,7 +31,19 @@ from scipy.ndimage import gaussian_filter1d
 
 from fedpatchcore.core.banks.knn import build_index, exact_nearest_distances, nearest_neighbours
 from fedpatchcore.core.features.embedding import PatchEmbedder
+from fedpatchcore.core.privacy.release import PublicTransform
 from fedpatchcore.core.scoring.patch_scores import anomaly_maps
+
+
+def _public_map_torch(flat: torch.Tensor, public_map: PublicTransform) -> torch.Tensor:
+    """:class:`~fedpatchcore.core.privacy.release.PublicTransform` on a torch tensor (differentiable)."""
+    if public_map.matrix is not None:
+        flat = flat @ torch.from_numpy(public_map.matrix).to(flat.device, flat.dtype)
+    if np.isfinite(public_map.clip_norm):
+        norms = flat.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        flat = flat * (float(public_map.clip_norm) * (1.0 - 1e-6) / norms).clamp(max=1.0)
+    return flat
+
 
 # ----------------------------------------------------------------------------------------
 # nearest rows and where they came from
@@ -160,13 +172,16 @@ def _gradcam(activation: torch.Tensor, gradient: torch.Tensor, size: tuple[int, 
     return _normalised(cam.detach().cpu().numpy())
 
 
-def score_gradients(embedder: PatchEmbedder, image: np.ndarray, bank: np.ndarray, sigma: float) -> ScoreGradients:
+def score_gradients(
+    embedder: PatchEmbedder, image: np.ndarray, bank: np.ndarray, sigma: float, public_map: PublicTransform | None = None
+) -> ScoreGradients:
     """The image score of ``image`` (uint8 ``(H, W, 3)``) against ``bank`` and its gradients.
 
     The nearest bank row of every patch is found exactly (as scoring does) and held fixed;
     the score is then the smoothed, upsampled patch-distance map at its peak pixel, written
     as a weighted sum of the upsampled map (:func:`smoothing_row` in y and x), so autograd
-    differentiates exactly the number scoring reports.
+    differentiates exactly the number scoring reports. ``public_map``: a private bank's public
+    projection and clipping, applied (differentiably) to the patch vectors first, as scoring does.
     """
     height, width = image.shape[:2]
     index = build_index(bank)
@@ -178,6 +193,9 @@ def score_gradients(embedder: PatchEmbedder, image: np.ndarray, bank: np.ndarray
         features = embedder._aggregate(shallow, deep)[0]  # (h, w, d)
         h, w, d = features.shape
         flat = features.reshape(-1, d)
+        if public_map is not None:
+            flat = _public_map_torch(flat, public_map)
+            d = flat.shape[1]
         _, rows = nearest_neighbours(index, flat.detach().cpu().numpy(), k=1)
         nearest = torch.from_numpy(np.ascontiguousarray(bank[rows[:, 0]], dtype=np.float32)).to(flat.device)
         distances = ((flat - nearest) ** 2).sum(dim=1).clamp_min(1e-12).sqrt().reshape(h, w)

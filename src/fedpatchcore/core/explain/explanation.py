@@ -48,6 +48,7 @@ from fedpatchcore.core.explain.attribution import (
 )
 from fedpatchcore.core.features.embedding import PatchEmbedder
 from fedpatchcore.core.federation.client import LocalCoreset
+from fedpatchcore.core.privacy.release import PublicTransform
 
 logger = logging.getLogger(__name__)
 
@@ -274,14 +275,23 @@ def _explained_patches(
     return patches, crops, positions, queries
 
 
+def _stage(dimension: int, shallow_channels: int | None) -> str:
+    if shallow_channels is None:
+        return "projected"
+    return "shallow" if dimension < shallow_channels else "deep"
+
+
 def _shap_summary(
     attribution: DimensionAttribution,
     top: np.ndarray,
     background_rows: np.ndarray,
-    shallow_channels: int,
+    shallow_channels: int | None,
     top_dimensions: int,
 ) -> dict[str, Any]:
-    """The SHAP part of the explanation: the largest dimensions, named by backbone stage and channel."""
+    """The SHAP part of the explanation: the largest dimensions, named by backbone stage and channel.
+
+    ``shallow_channels`` None: the dimensions are a public projection's, which mixes both stages.
+    """
     order = np.argsort(-np.abs(attribution.values), kind="stable")[:top_dimensions]
     return {
         "patch": [int(top[0]), int(top[1])],
@@ -291,16 +301,20 @@ def _shap_summary(
         "top_dimensions": [
             {
                 "dimension": int(d),
-                "stage": "shallow" if d < shallow_channels else "deep",
-                "channel": int(d if d < shallow_channels else d - shallow_channels),
+                "stage": _stage(int(d), shallow_channels),
+                "channel": int(d if shallow_channels is None or d < shallow_channels else d - shallow_channels),
                 "value": float(attribution.values[d]),
             }
             for d in order
         ],
-        "stage_totals": {
-            "shallow": float(attribution.values[:shallow_channels].sum()),
-            "deep": float(attribution.values[shallow_channels:].sum()),
-        },
+        "stage_totals": (
+            {"projected": float(attribution.values.sum())}
+            if shallow_channels is None
+            else {
+                "shallow": float(attribution.values[:shallow_channels].sum()),
+                "deep": float(attribution.values[shallow_channels:].sum()),
+            }
+        ),
     }
 
 
@@ -315,12 +329,19 @@ def explain_image(
     asking: AskingClient | None,
     *,
     variant: str,
+    public_map: PublicTransform | None = None,
 ) -> Explanation:
     """Why ``image_path`` (of ``category``; ``sample`` when the index holds it) scores as it does
-    against ``sources.bank``: see the module doc for the three parts."""
+    against ``sources.bank``: see the module doc for the three parts.
+
+    ``public_map``: a private rows bank holds released rows, so the image's patches go through
+    the same public projection and clipping before they meet it (neighbours, gradients, SHAP).
+    """
     image = load_image(image_path, info.image_size)
     features = embedder.embed(image[None])[0]  # (h, w, d)
-    gradients = score_gradients(embedder, image, sources.bank, settings.sigma)
+    if public_map is not None:
+        features = public_map(features)
+    gradients = score_gradients(embedder, image, sources.bank, settings.sigma, public_map)
     stride = int(embedder.backbone.strides[0])
     crop_size = stride * int(embedder.neighbourhood)  # the pixels one patch vector summarises
     patches, crops, positions, queries = _explained_patches(
@@ -337,6 +358,9 @@ def explain_image(
         max_evals=settings.shap_max_evals,
         seed=settings.seed,
     )
+    # Projected dimensions mix both stages: no stage can be named for them.
+    projected = public_map is not None and public_map.matrix is not None
+    shallow_channels = None if projected else int(embedder.backbone.channels[0])
     explanation = {
         "image": str(image_path),
         "key": sample.key if sample is not None else None,
@@ -351,7 +375,7 @@ def explain_image(
         "crop_size": crop_size,
         "patches": patches,
         "shap": _shap_summary(
-            attribution, top, background_rows[0], int(embedder.backbone.channels[0]), settings.shap_top_dimensions
+            attribution, top, background_rows[0], shallow_channels, settings.shap_top_dimensions
         ),
     }
     arrays = {

@@ -3,7 +3,8 @@
     training images ──extract_features──► patch features (streamed to files on the site)
                     ──select_local_coreset──► local coreset (rows + where each came from);
                           with ``privacy.enabled`` it first releases m clipped, noised vectors
-                          per image (core/privacy.py) and chooses among those only
+                          per image (core/privacy/release.py, charged to the site's ledger
+                          first) and chooses among those only
                     ──build_upload(round, broadcast)──► ClientUpload (what leaves the site)
 
 The local coreset keeps, for every row, the image and patch position it came from; that
@@ -38,9 +39,12 @@ from fedpatchcore.core.federation.aggregation import covering_radius_estimate, u
 from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas, shapes_client_coreset
 from fedpatchcore.core.federation.heterogeneity import ClientHeterogeneity, ImageDegrader, parse_client
 from fedpatchcore.core.federation.trust import QualityMeter
+from fedpatchcore.core.privacy.ledger import Spent
 from fedpatchcore.core.privacy.release import (
     PrivacySettings,
     ReleasedRows,
+    charge_release,
+    most_exposed,
     release_category,
     release_parameters,
 )
@@ -176,6 +180,8 @@ class LocalCoreset:
     image_keys: dict[str, list[str]]  # category -> the client's images the rows were chosen from
     patch_source: dict[str, np.ndarray]  # category -> (m, 3) int64: (image index into image_keys, y, x)
     numbers: dict[str, float] = field(default_factory=dict)  # what the client reports about itself
+    # What the site's ledger holds for these images after this release (not saved with the coreset).
+    spent: Spent | None = None
 
     @property
     def n_images(self) -> dict[str, int]:
@@ -325,9 +331,15 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
 
     With ``settings.privacy.enabled`` the coreset is chosen among the category's *released*
     rows (:func:`release_local_rows`): k-center never sees a raw vector, and the sizes (ratio,
-    ``coreset.total_size``, fairness quotas) apply to the released rows. Self-measured image quality is then not reported either (it
-    is computed from the raw images and not covered by the guarantee).
+    ``coreset.total_size``, fairness quotas) apply to the released rows. Self-measured image
+    quality is then not reported either (it is computed from the raw images and not covered by
+    the guarantee).
     """
+    if settings.privacy.mechanism == "summary":
+        raise ValueError(
+            "privacy.mechanism: summary is built by the federated variants' summary rounds, not by a client's "
+            "coreset; leave the centralized baseline out (comparison.centralized: false)"
+        )
     if settings.privacy.enabled:
         return _select_among_released(features, settings)
     device = resolve_device(settings.coreset_device, parameter="coreset.device")
@@ -373,6 +385,9 @@ def release_local_rows(features: ExtractedFeatures, settings: ClientSettings) ->
 
 def _select_among_released(features: ExtractedFeatures, settings: ClientSettings) -> LocalCoreset:
     device = resolve_device(settings.coreset_device, parameter="coreset.device")
+    # Charged before anything is released: refused past privacy.max_epsilon, composed with
+    # every earlier release of the same images (other variants, rounds, runs).
+    spent = charge_release(settings.privacy, settings.client_id, features.image_keys, f"client {settings.client_id}")
     banks, sources = {}, {}
     release = release_local_rows(features, settings)
     # The same budget rules as without privacy (ratio, total_size, fairness), on the released rows.
@@ -401,22 +416,26 @@ def _select_among_released(features: ExtractedFeatures, settings: ClientSettings
             len(released.rows),
             settings.privacy.sigma,
         )
-    budget = settings.privacy.budget()
+    worst = most_exposed(spent)
+    budget = settings.privacy.budget(None, worst)
     numbers = {
         "images.skipped": float(len(features.skipped)),
         "privacy.epsilon": float(budget["epsilon"]),
         "privacy.delta": float(budget["delta"]),
         "privacy.sigma": float(budget["sigma"]),
     }
-    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers)
+    return LocalCoreset(banks, {c: list(k) for c, k in features.image_keys.items()}, sources, numbers, worst)
 
 
 def privacy_budget(local: LocalCoreset, settings: ClientSettings) -> dict[str, Any]:
     """JSON-ready: what the client's release spent (``privacy.enabled`` false: no guarantee).
 
     Spent once, whatever the number of rounds: later rounds re-select among released rows.
+    ``epsilon`` is what the site's ledger holds for its most exposed image after this release.
     """
-    return settings.privacy.budget(local.n_images if settings.privacy.enabled else None)
+    if not settings.privacy.enabled:
+        return settings.privacy.budget(None)
+    return settings.privacy.budget(local.n_images, local.spent)
 
 
 def build_upload(

@@ -368,3 +368,28 @@ def partition_statistics(assignment: Mapping[str, Sequence[str]], samples: Seque
         "disjoint": True,
         "complete": True,
     }
+
+
+def subsample_per_category(samples: Sequence[Sample], per_category: int | None, seed: int) -> list[Sample]:
+    """At most ``per_category`` training images of each category (a seeded choice; test images kept).
+
+    ``None`` keeps every image. The choice depends on (seed, category) and the category's keys
+    only, so every variant asking for the same number holds the same images, and a smaller
+    number is not a subset of a larger one's choice by design (each is its own seeded draw).
+    """
+    if per_category is None:
+        return list(samples)
+    if int(per_category) < 1:
+        raise ValueError(f"federation.train_per_category must be a positive integer or null, got {per_category}")
+    train = _train_samples(samples)
+    by_category: dict[str, list[Sample]] = {}
+    for sample in sorted(train, key=lambda s: s.key):
+        by_category.setdefault(sample.category, []).append(sample)
+    kept = set()
+    for category, members in by_category.items():
+        if len(members) <= per_category:
+            kept.update(s.key for s in members)
+            continue
+        chosen = derive_rng(seed, "train_per_category", category).choice(len(members), int(per_category), replace=False)
+        kept.update(members[i].key for i in chosen)
+    return [s for s in samples if s.split != TRAIN or s.key in kept]

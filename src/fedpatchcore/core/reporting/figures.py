@@ -49,14 +49,15 @@ def bar_chart(table: pd.DataFrame, ylabel: str) -> Figure:
 _LINE_PANELS = {"image_auroc": "image AUC-ROC (utility)", "attack_auc": "membership-attack AUC (privacy)"}
 
 
-def experiment_plot(table: pd.DataFrame, groups: str) -> Figure:
+def experiment_plot(table: pd.DataFrame, groups: str, plot_x: str | None = None) -> Figure:
     """Image AUC-ROC per category and run, or per run: bars, or lines over the first numeric label.
 
     The fairness groupings draw AUC-sPRO beside image AUC-ROC (a starved category's bank shows
     first in its anomaly maps). A numeric label (e.g. ``epsilon``; ``inf`` drawn one step right
     of the largest value) is the x axis, on a log scale; the other labels name the lines. A run
     that publishes ``experiment.attack_auc`` gets it drawn in a second panel (privacy beside
-    utility).
+    utility). ``plot_x`` (``comparison.plot_x``) picks the x-axis label; 0 is drawn one step
+    left of the smallest positive value.
     """
     if groups == "categories":
         return bar_chart(_per_group(table, "image_auroc", ["mean"], sort_runs=False), "image AUC-ROC")
@@ -66,6 +67,10 @@ def experiment_plot(table: pd.DataFrame, groups: str) -> Figure:
         return _experts_plot(table)
     label_columns = list(table.columns[: list(table.columns).index("image_auroc")])
     numeric = [column for column in label_columns if as_axis(table[column].tolist()) is not None]
+    if plot_x is not None:
+        if plot_x not in numeric:
+            raise ValueError(f"comparison.plot_x: {plot_x!r} is not a numeric label column of the table ({numeric})")
+        numeric = [plot_x]
     if numeric:
         return _line_plot(table, numeric[0], [column for column in label_columns if column != numeric[0]])
     first, rest = label_columns[0], label_columns[1:]
@@ -102,10 +107,13 @@ def _infinity_right(values: pd.Series) -> tuple[np.ndarray, np.ndarray, float]:
 
 
 def _line_plot(table: pd.DataFrame, first: str, rest: list[str]) -> Figure:
-    """Lines over the numeric label ``first`` (log scale, "no privacy" = inf one step right)."""
+    """Lines over the numeric label ``first`` (log scale, "no privacy" = inf one step right of
+    the largest finite value, 0 one step left of the smallest positive one)."""
     drawn, finite, right = _infinity_right(table[first])
     x = as_axis(table[first].tolist())
-    series = table.assign(_x=drawn)
+    positive = finite & (x > 0)
+    left = x[positive].min() / 2 if positive.any() else 0.5
+    series = table.assign(_x=np.where(finite & (x <= 0), left, drawn))
     panels = [c for c in _LINE_PANELS if c in table.columns and table[c].notna().any()]
     figure = Figure(figsize=(7 * len(panels), 4))
     axes = figure.subplots(1, len(panels), squeeze=False)
@@ -115,9 +123,10 @@ def _line_plot(table: pd.DataFrame, first: str, rest: list[str]) -> Figure:
             name = " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
             axis.plot(part["_x"], part[column], marker="o", label=name if rest else column)
         axis.set_xscale("log")
-        if not finite.all():
+        if not positive.all():
             ticks = sorted(set(series["_x"]))
-            axis.set_xticks(ticks, [("∞" if t == right and not np.isin(t, x[finite]) else f"{t:g}") for t in ticks])
+            names = {right: "∞", left: "0"}
+            axis.set_xticks(ticks, [names.get(t, f"{t:g}") if not np.isin(t, x[positive]) else f"{t:g}" for t in ticks])
             axis.minorticks_off()
         axis.set_xlabel(first + (" (∞: none)" if not finite.all() else ""))
         axis.set_ylabel(_LINE_PANELS[column])

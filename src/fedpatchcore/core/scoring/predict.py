@@ -201,7 +201,13 @@ def bank_models(
             f"{what} does not score against a differentially private bank yet (privacy.enabled): the public "
             "projection/clipping of test patches is applied by the evaluate pipeline only"
         )
-    banks = CategoryBanks.from_arrays(memory_bank).banks
+    loaded = CategoryBanks.from_arrays(memory_bank)
+    if loaded.radius:
+        raise InputError(
+            f"{what} does not score against a summary bank (privacy.mechanism: summary): its centres are scored "
+            "by distance over radius, which the evaluate pipeline does"
+        )
+    banks = loaded.banks
     infos = {name: category_info_from_dict(category_info[name]) for name in banks}
     default = Setting.from_params(backbone, extraction, scoring)
     chosen = tuned_settings.category_settings(banks, backbone, extraction, scoring, tuned)

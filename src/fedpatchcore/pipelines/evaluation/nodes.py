@@ -26,8 +26,9 @@ from fedpatchcore.core.evaluation.metrics import (
 )
 from fedpatchcore.core.features import tuned_settings as run_settings
 from fedpatchcore.core.features.extraction import make_embedder
-from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
+from fedpatchcore.core.privacy.release import PrivacySettings, publish_budgets, with_public_transform
 from fedpatchcore.core.scoring.category import score_category
+from fedpatchcore.core.scoring.summary import score_category_summary
 from fedpatchcore.datasets.arrays import FaissIndexes
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,8 @@ def score_test_images(
     Each category's maps entry also records ``skipped`` (test images that could not be read,
     ``{"path", "reason"}``) and the ``bank_fingerprint`` it was scored against.
     With ``privacy.enabled`` the bank holds released rows: test patches go through the same
-    public map (projection, clipping) before they are compared with it.
+    public map (projection, clipping) before they are compared with it. A summary bank (its
+    arrays carry ``radius/``) scores a patch by its distance to a centre over that centre's radius.
     ``tuned``: a category with an entry is scored with its
     own setting, at its own input size; its maps are then resized to ``category_info``'s size,
     where the ground truth and the report read them (the image scores are taken before that).
@@ -132,20 +134,34 @@ def score_test_images(
         if key not in embedders:
             embedders[key] = with_public_transform(make_embedder(cat_backbone, cat_extraction), privacy_settings)
         info = category_info_from_dict(category_info[category])
-        scores = score_category(
-            samples,
-            run_settings.info_for(setting, info),
-            embedders[key],
-            faiss_index[category],
-            batch_size=scoring["batch_size"],
-            sigma=scoring["sigma"],
-            reweight=cat_scoring["reweight"],
-            bank=banks.banks[category] if cat_scoring["reweight"] else None,
-            reweight_neighbours=cat_scoring["reweight_neighbours"],
-            num_workers=extraction["num_workers"],
-            image_score=cat_scoring.get("image_score", "max"),
-            topk=int(cat_scoring.get("topk", 10)),
-        )
+        if category in banks.radius:  # a private summary bank: distance over the centre's radius
+            scores = score_category_summary(
+                samples,
+                info,
+                embedders[key],
+                banks.banks[category],
+                banks.radius[category],
+                batch_size=scoring["batch_size"],
+                sigma=scoring["sigma"],
+                num_workers=extraction["num_workers"],
+                image_score=cat_scoring.get("image_score", "max"),
+                topk=int(cat_scoring.get("topk", 10)),
+            )
+        else:
+            scores = score_category(
+                samples,
+                run_settings.info_for(setting, info),
+                embedders[key],
+                faiss_index[category],
+                batch_size=scoring["batch_size"],
+                sigma=scoring["sigma"],
+                reweight=cat_scoring["reweight"],
+                bank=banks.banks[category] if cat_scoring["reweight"] else None,
+                reweight_neighbours=cat_scoring["reweight_neighbours"],
+                num_workers=extraction["num_workers"],
+                image_score=cat_scoring.get("image_score", "max"),
+                topk=int(cat_scoring.get("topk", 10)),
+            )
         if setting is not None:
             scores.maps = resize_maps(scores.maps, info.image_size)
         if scores.skipped:
@@ -243,3 +259,22 @@ def summarise_centralized_run(
         settings = run_settings.category_settings(metrics["categories"], {}, {}, {}, tuned)
         summary["tuned"] = run_settings.describe(settings, tuned)
     return summary
+
+
+def publish_centralized_privacy(
+    run_summary: dict[str, Any],
+    training_images: pd.DataFrame,
+    privacy_ledger_state: dict[str, Any],
+    privacy: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any],
+    *,
+    client_id: str,
+) -> dict[str, Any]:
+    """The baseline's published metrics with its budget: the composed ε of its images in the ledger.
+
+    ``privacy_ledger_state`` orders this after every release of the run.
+    """
+    holdings = {client_id: training_images["key"].astype(str).tolist()}
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    return publish_budgets(run_summary, settings, [budget], [client_id], holdings=holdings)

@@ -2,11 +2,10 @@
 
 from kedro.pipeline import Pipeline, node
 
-from fedpatchcore.core.evaluation.run_summary import add_privacy_budgets
 from fedpatchcore.pipelines import bind, in_variant
 from fedpatchcore.pipelines.evaluation import experts as expert_nodes
 from fedpatchcore.pipelines.evaluation import nodes
-from fedpatchcore.structure import CENTRALIZED, CENTRALIZED_CLIENT
+from fedpatchcore.structure import CENTRALIZED, CENTRALIZED_CLIENT, VARIANTS_KEY
 
 
 def expert_evaluation_template(per_category: bool = False) -> Pipeline:
@@ -133,7 +132,12 @@ def evaluation(variant: str, experts: bool = False) -> Pipeline:
 
 
 def centralized_evaluation(experts: bool = False) -> Pipeline:
-    """The centralized baseline's scoring and its published metrics (``metrics_centralized``)."""
+    """The centralized baseline's scoring and its published metrics (``metrics_centralized``);
+    ``experts``: fused with the logical experts (``experts.enabled``).
+
+    The publishing node sits outside the namespace: it waits for ``privacy_ledger_state`` (every
+    release of the run), as each federated variant's does.
+    """
     summary = Pipeline(
         [
             node(
@@ -141,15 +145,21 @@ def centralized_evaluation(experts: bool = False) -> Pipeline:
                 ["metrics", "memory_bank", "params:tuned"],
                 "run_summary",
                 name="summarise_run",
-            ),
-            node(
-                bind(add_privacy_budgets, client_ids=[CENTRALIZED_CLIENT]),
-                ["run_summary", "params:privacy", "params:seed", "privacy_budget"],
-                "published_metrics",
-                name="publish_privacy",
-            ),
+            )
         ]
     )
-    return evaluation(CENTRALIZED, experts) + in_variant(
-        summary, CENTRALIZED, outputs={"published_metrics": "metrics_centralized"}
+    parameters = f"params:{VARIANTS_KEY}.{CENTRALIZED}"
+    publish = node(
+        bind(nodes.publish_centralized_privacy, client_id=CENTRALIZED_CLIENT),
+        [
+            f"{CENTRALIZED}.run_summary",
+            f"{CENTRALIZED}.training_images",
+            "privacy_ledger_state",
+            f"{parameters}.privacy",
+            f"{parameters}.seed",
+            f"{CENTRALIZED}.privacy_budget",
+        ],
+        "metrics_centralized",
+        name="publish_centralized_metrics",
     )
+    return evaluation(CENTRALIZED, experts) + in_variant(summary, CENTRALIZED) + Pipeline([publish])

@@ -27,6 +27,7 @@ from fedpatchcore.core.explain.explanation import (
 )
 from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.federation.client import LocalCoreset
+from fedpatchcore.core.privacy.release import PrivacySettings, public_transform
 
 
 def explain_image(
@@ -35,6 +36,7 @@ def explain_image(
     extraction: dict[str, Any],
     scoring: dict[str, Any],
     seed: int,
+    privacy: dict[str, Any],
     memory_bank: dict[str, np.ndarray],
     dataset_index: pd.DataFrame,
     category_info: dict[str, Any],
@@ -47,6 +49,8 @@ def explain_image(
 
     ``client_inputs``: each client's local coreset (``client_ids`` order), then, when there is
     an asking client, that client's own training-image table (where its crops come from).
+    A private rows bank holds released rows: the image's patches go through the same public
+    projection and clipping before they meet it (neighbours, gradients and SHAP alike).
     """
     coresets = client_inputs[: len(client_ids)]
     local_coresets = {cid: LocalCoreset.from_arrays(arrays) for cid, arrays in zip(client_ids, coresets, strict=True)}
@@ -54,6 +58,13 @@ def explain_image(
         explain.get("image"), explain.get("category"), frame_to_samples(dataset_index), category_info
     )
     info = category_info_from_dict(category_info[category])
+    banks = CategoryBanks.from_arrays(memory_bank)
+    if banks.radius:
+        raise InputError(
+            f"variant '{variant}' has a private summary bank (centres and radii, no client rows): explain shows "
+            "the nearest client rows of a row bank; choose a rows variant with explain.variant"
+        )
+    embedder = make_embedder(backbone, extraction)
     own_images = client_inputs[len(client_ids)] if asking_client is not None else None
     own_paths = {} if own_images is None else dict(zip(own_images["key"], own_images["image_path"], strict=True))
     asking = asking_client_for(
@@ -64,11 +75,12 @@ def explain_image(
         sample,
         category,
         info,
-        BankSources.of(CategoryBanks.from_arrays(memory_bank), local_coresets, category, variant=variant),
-        make_embedder(backbone, extraction),
+        BankSources.of(banks, local_coresets, category, variant=variant),
+        embedder,
         ExplainSettings.from_params(explain, scoring, seed),
         asking,
         variant=variant,
+        public_map=public_transform(PrivacySettings.from_parameters(privacy, seed), embedder.feature_dim),
     )
     return result.explanation, result.arrays, result.crops
 

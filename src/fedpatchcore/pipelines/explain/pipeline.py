@@ -58,7 +58,7 @@ def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
         )
         return pipeline([stand_in], namespace=NAMESPACE, parameters={"params:explain"})
 
-    settings = [f"params:variants.{variant_name}.{block}" for block in ("backbone", "extraction", "scoring", "seed")]
+    settings = [f"params:variants.{variant_name}.{block}" for block in ("backbone", "extraction", "scoring", "seed", "privacy")]
     inputs = [
         "params:explain",
         *settings,

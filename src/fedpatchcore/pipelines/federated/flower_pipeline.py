@@ -83,6 +83,9 @@ def run_flower_federation(
     from fedpatchcore.flower.rounds import FederationPlan
     from fedpatchcore.flower.simulation import simulate
 
+    privacy = parameters.get("privacy") or {}
+    if privacy.get("ledger_dir"):  # the simulated sites run in other processes: the folder itself
+        parameters = {**parameters, "privacy": {**privacy, "ledger_dir": str(Path(privacy["ledger_dir"]).resolve())}}
     extraction = parameters["extraction"]
     plan = FederationPlan(variant, tuple(client_ids), rounds, parameters)
     folder = Path(extraction["scratch_dir"]) / "flower_sites" / variant

@@ -17,9 +17,18 @@ from fedpatchcore.core.evaluation import run_summary
 from fedpatchcore.core.evaluation.membership_audit import membership_audit
 from fedpatchcore.core.features.extraction import make_embedder
 from fedpatchcore.core.federation.heterogeneity import apply_label_noise, parse_heterogeneity
-from fedpatchcore.core.federation.partition import partition_from_parameters, partition_statistics
+from fedpatchcore.core.federation.partition import (
+    partition_from_parameters,
+    partition_statistics,
+    subsample_per_category,
+)
 from fedpatchcore.core.federation.server import ServerSettings, run_round
-from fedpatchcore.core.privacy.release import PrivacySettings, with_public_transform
+from fedpatchcore.core.privacy.release import (
+    PrivacySettings,
+    audit_release,
+    choose_positions,
+    with_public_transform,
+)
 from fedpatchcore.core.tuning.split import unused_training_keys
 
 logger = logging.getLogger(__name__)
@@ -40,14 +49,17 @@ def partition_clients(
 
     With ``heterogeneity.<client>.label_noise``, a share of that client's images is swapped for
     defective ones from the label-noise pool (its "good" folder holds defective parts).
-    With ``validation.enabled`` the validation split's training images go to no client, and with
-    ``dataset.train_shots`` only that many images per category (a seeded subset) go to any.
+    With ``validation.enabled`` the validation split's training images go to no client; with
+    ``dataset.train_shots`` only that many images per category (a seeded subset) go to any, and
+    with ``federation.train_per_category`` only a seeded choice of that many per category is dealt.
     Returns the partition (client -> image keys), its statistics, then one training-image
     table per client in ``client_ids`` order.
     """
     samples = frame_to_samples(dataset_index)
     held_out = unused_training_keys(samples, validation, (dataset or {}).get("train_shots", "all"), seed)
     samples = [s for s in samples if s.key not in held_out]
+    # federation.train_per_category: the variant trains on a seeded share of each category.
+    samples = subsample_per_category(samples, federation.get("train_per_category"), seed)
     assignment = partition_from_parameters(samples, federation, seed)
     if list(assignment) != list(client_ids):
         raise RuntimeError(f"partition made clients {list(assignment)}, the pipeline was built for {client_ids}")
@@ -132,7 +144,10 @@ def audit_membership(
     """Play the attacker holding the global bank: which images trained it? (``privacy.audit``)
 
     Members: every client's training images; non-members: the defect-free test images of the
-    same categories that are evaluated. Returns ``{"enabled": false}`` when the audit is off.
+    same categories that are evaluated. A private rows release takes only the public positions
+    of each image, so the attacker looks there only (a member's client's positions; a
+    non-member's as the first client of its category would have drawn them). Returns
+    ``{"enabled": false}`` when the audit is off.
     """
     settings = PrivacySettings.from_parameters(privacy, seed)
     if not settings.audit.enabled:
@@ -157,4 +172,45 @@ def audit_membership(
         seed=seed,
         epsilon=budget["epsilon"],
         delta=budget["delta"],
+        positions=_release_positions(settings, partition, samples),
     )
+
+
+def _release_positions(settings: PrivacySettings, partition: dict[str, list[str]], samples: dict[str, Any]):
+    """The public positions of a rows release, per image (None: every patch reached the bank)."""
+    if not (settings.enabled and settings.mechanism == "rows"):
+        return None
+    holder = {key: cid for cid, keys in partition.items() for key in keys}
+    first_holder: dict[str, str] = {}
+    for cid, keys in partition.items():
+        for key in keys:
+            first_holder.setdefault(samples[key].category, cid)
+
+    def positions(sample, grid):
+        client_id = holder.get(sample.key, first_holder.get(sample.category, ""))
+        return choose_positions(grid, settings.patches_per_image, settings.seed, client_id, sample.key)
+
+    return positions
+
+
+def audit_canary(privacy: dict[str, Any], coreset: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The canary audit of the variant's release mechanism (``privacy.canary_audit``; small public inputs)."""
+    settings = PrivacySettings.from_parameters(privacy, seed)
+    if not settings.canary_audit.enabled:
+        return {"enabled": False}
+    result = audit_release(settings, float(coreset["ratio"]), seed)
+    logger.info(
+        "Canary audit (%s): empirical ε lower bound %.3f (claimed %s, at most %.2f with %d trials)",
+        settings.mechanism,
+        result["empirical_epsilon_lb"],
+        result["claimed_epsilon"],
+        result["epsilon_ceiling"],
+        result["trials"],
+    )
+    return result
+
+
+def close_privacy_ledger(*budgets: dict[str, Any]) -> dict[str, Any]:
+    """After every release of the run: what was released (the published budgets read the ledger next)."""
+    return {"releases": sum(1 for budget in budgets if budget.get("enabled")), "budgets": len(budgets)}
+

@@ -20,8 +20,9 @@ from fedpatchcore.pipelines.evaluation.pipeline import evaluation
 from fedpatchcore.pipelines.experts.pipeline import expert_fitting, experts_enabled
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.federated.flower_pipeline import flower_federation, uses_flower
-from fedpatchcore.pipelines.training.pipeline import client_lanes, later_round_uploads
-from fedpatchcore.structure import Variant, round_bank
+from fedpatchcore.pipelines.federated.summary_pipeline import summary_federation
+from fedpatchcore.pipelines.training.pipeline import client_lanes, extraction_node, later_round_uploads
+from fedpatchcore.structure import VARIANTS_KEY, Variant, round_bank
 
 
 def partition_pipeline(variant: Variant) -> Pipeline:
@@ -83,20 +84,26 @@ def server_rounds(variant: Variant) -> Pipeline:
     return rounds
 
 
+def privacy_budget_datasets(variant: Variant) -> list[str]:
+    """Every client's privacy budget of the variant (the datasets its releases write)."""
+    return [f"{variant.lane_owner[cid]}.client_{cid}.privacy_budget" for cid in variant.client_ids]
+
+
 def published_metrics_name(variant: Variant) -> str:
     """``metrics_federated`` for the main run, ``metrics_<variant>`` for each comparison variant."""
     return f"metrics_{variant.name}"
 
 
 def summary_pipeline(variant: Variant) -> Pipeline:
-    """The published metrics: the run's summary, each client's privacy budget and the audit
-    (with ``experts.enabled``, what the experts' fitting sent is added to the communication)."""
+    """The published metrics: the run's summary, the audits and each client's privacy budget
+    (with ``experts.enabled``, what the experts' fitting sent is added to the communication).
+
+    ``publish_<variant>_metrics`` sits outside the variant's namespace: it waits for
+    ``privacy_ledger_state`` (every release of the run, other variants' too), and a node of the
+    variant's namespace downstream of another variant's nodes would cut the namespace in two.
+    """
     experts = experts_enabled(variant.parameters)
     partition = variant.partition_owner
-    budgets = {
-        f"client_{cid}_privacy_budget": f"{variant.lane_owner[cid]}.client_{cid}.privacy_budget"
-        for cid in variant.client_ids
-    }
     template = Pipeline(
         [
             node(
@@ -142,22 +149,33 @@ def summary_pipeline(variant: Variant) -> Pipeline:
                 name="audit_membership",
             ),
             node(
-                bind(run_summary.publish_privacy, client_ids=variant.client_ids),
-                ["run_summary", "privacy_audit", "params:privacy", "params:seed", *budgets],
-                "published_metrics",
-                name="publish_privacy",
+                nodes.audit_canary,
+                ["params:privacy", "params:coreset", "params:seed"],
+                "canary_audit",
+                name="audit_canary",
             ),
         ]
     )
     inputs = {"dataset_index": "dataset_index", "evaluation_index": "evaluation_index", "category_info": "category_info"}
     if not variant.owns_partition:
         inputs.update({"partition": f"{partition}.partition", "partition_stats": f"{partition}.partition_stats"})
-    return in_variant(
-        template,
-        variant.name,
-        inputs={**inputs, **budgets},
-        outputs={"published_metrics": published_metrics_name(variant)},
+    name = variant.name
+    publish = node(
+        bind(run_summary.publish_privacy, client_ids=variant.client_ids),
+        [
+            f"{name}.run_summary",
+            f"{name}.privacy_audit",
+            f"{name}.canary_audit",
+            "privacy_ledger_state",
+            f"{partition}.partition",
+            f"params:{VARIANTS_KEY}.{name}.privacy",
+            f"params:{VARIANTS_KEY}.{name}.seed",
+            *privacy_budget_datasets(variant),
+        ],
+        published_metrics_name(variant),
+        name=f"publish_{name}_metrics",
     )
+    return in_variant(template, name, inputs=inputs) + Pipeline([publish])
 
 
 def variant_experts(variant: Variant) -> Pipeline:
@@ -175,6 +193,13 @@ def variant_experts(variant: Variant) -> Pipeline:
 
 def federated_training(variant: Variant) -> Pipeline:
     partition = partition_pipeline(variant) if variant.owns_partition else Pipeline([])
+    if variant.summary:  # privacy.mechanism: summary -> DP-Lloyd rounds over public centres
+        if int(variant.federation.get("rounds", 1)) != 1:
+            raise ValueError(
+                f"variant {variant.name}: federation.rounds applies to the rows mechanism; a summary's rounds "
+                "are privacy.summary.rounds"
+            )
+        return partition + summary_federation(variant, extraction_node)
     if uses_flower(variant):  # federation.engine: flower -> one node runs the rounds through Flower
         return partition + flower_federation(variant)
     return partition + client_lanes(variant) + server_rounds(variant) + variant_experts(variant)

@@ -44,4 +44,4 @@ def summarise_experiment(
         analysis["leave_one_out"] = leave_one_out_effect(runs, leave_one_out["base"], leave_one_out["dropped"])
         logger.info("Trust vs leave-one-out effect: %s", analysis["leave_one_out"])
     logger.info("Experiment %s:\n%s", comparison.get("name", "comparison"), table.to_string(float_format=lambda x: f"{x:.3f}"))
-    return table, experiment_plot(table, groups), analysis
+    return table, experiment_plot(table, groups, comparison.get("plot_x")), analysis

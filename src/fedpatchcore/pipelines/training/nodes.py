@@ -106,3 +106,4 @@ def prepare_later_upload(
 def coreset_as_memory_bank(local_coreset: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The centralized baseline's coreset is its memory bank (no server in between)."""
     return client.as_bank(client.LocalCoreset.from_arrays(local_coreset), CENTRALIZED_CLIENT).to_arrays()
+
