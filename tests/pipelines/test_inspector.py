@@ -1,6 +1,6 @@
 """The inspector of the embedded default: ONNX Runtime scores equal torch's (issue 26, part 3).
 
-The embedded default (4 categories, 128x128, 130 test images) with the default backbone and
+The embedded default (5 categories, 128x128) with the default backbone and
 scoring; each category's bank is every 8th training patch vector (the bank's content does not
 matter for parity, only that both runtimes search the same one). The inspector is written by the
 export node through its catalog dataset and read back as a station would: from the folder only.
@@ -66,7 +66,7 @@ def default_inspector(default_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_the_inspector_folder_holds_what_a_station_needs_and_nothing_else(default_inspector):
     export, manifests, _, calibration = default_inspector
-    assert sorted(manifests) == ["circuit_board", "metal_plate", "parts_tray", "woven_fabric"]
+    assert sorted(manifests) == ["assembly", "circuit_board", "metal_plate", "parts_tray", "woven_fabric"]
     for category, manifest in manifests.items():
         folder = manifest["folder"]
         assert sorted(p.name for p in Path(folder).iterdir()) == sorted(FILES.values())
