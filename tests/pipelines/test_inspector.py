@@ -97,7 +97,7 @@ def test_onnx_inspector_scores_equal_torch_scores_on_the_embedded_default(defaul
             np.testing.assert_allclose(onnx_maps, torch_maps, rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
             n_images += len(images)
         assert station_calibration == (calibration if category == "circuit_board" else None)
-    assert n_images == 130  # every test image of the embedded default
+    assert n_images == 164  # every test image of the embedded default
 
 
 @pytest.mark.slow
