@@ -106,6 +106,7 @@ def test_no_import_circle(scope):
 BUILT_FROM = {
     ("federated", "training"): "a federated variant is made of client lanes (and their later-round steps)",
     ("federated", "evaluation"): "a federated variant is scored by the evaluation pipeline",
+    ("federated", "experts"): "a federated variant fits its logical experts with the experts' fitting chain",
     ("tune", "ingest"): "tuning runs ingest's validation split, forced on",
 }
 

@@ -270,6 +270,23 @@ def test_only_some_blocks_can_be_checked():
     ]
 
 
+def test_experts_need_a_validation_split_and_no_privacy():
+    problems = _problems(experts__enabled=True)
+    assert any(p.startswith("experts.enabled: needs validation.enabled") for p in problems)
+    assert not _problems(experts__enabled=True, validation__enabled=True)
+    private = _problems(experts__enabled=True, validation__enabled=True, privacy__enabled=True)
+    assert any("not differentially private" in p for p in private)
+    assert any("experts.fusion.candidates" in p for p in _problems(experts__fusion__candidates=["median"]))
+    assert any("experts.position.grid" in p for p in _problems(experts__position__grid=0))
+    assert any("pseudo_anomaly_kinds" in p for p in _problems(experts__fusion__pseudo_anomaly_kinds=["lasers"]))
+
+
+@pytest.mark.parametrize(("shots", "ok"), [("all", True), (1, True), (16, True), (0, False), ("few", False), (True, False)])
+def test_train_shots_is_all_or_a_number_of_images(shots, ok):
+    problems = [p for p in _problems(dataset__train_shots=shots) if p.startswith("dataset.train_shots")]
+    assert (not problems) == ok, problems
+
+
 # --------------------------------------------------------------------------- defaults in one place
 
 

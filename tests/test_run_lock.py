@@ -198,7 +198,7 @@ def test_two_kedro_runs_at_once_never_mix_their_results(tmp_path):
     metrics = _latest(project / "data" / "08_reporting" / "metrics_centralized.json")
     index = (project / "data" / "02_intermediate" / "dataset_index.csv").read_text()
     if winner == "synthetic":
-        assert set(metrics["categories"]) == {"metal_plate", "woven_fabric", "circuit_board", "parts_tray"}
+        assert set(metrics["categories"]) == {"metal_plate", "woven_fabric", "circuit_board", "parts_tray", "assembly"}
         manifest = json.loads((project / "data/01_raw/synthetic/synthetic_manifest.json").read_text())
         assert manifest["complete"]
         assert str(other_dataset) not in index

@@ -210,6 +210,20 @@ def test_a_private_variant_shares_the_extraction_but_not_the_client_lane():
     assert variants["audited"].lane_owner == dict.fromkeys(clients, "federated")
 
 
+def test_a_variant_may_change_only_the_training_shots_of_the_dataset():
+    parameters = _parameters(enabled=True, variants={"shots_1": {"dataset": {"train_shots": 1}}})
+    resolved = structure.resolve_variants(parameters)
+    assert resolved["shots_1"]["dataset"]["train_shots"] == 1
+    assert resolved["shots_1"]["dataset"]["format"] == resolved["federated"]["dataset"]["format"] == "synthetic"
+    # fewer images: the variant needs its own partition and extraction
+    shots, main = structure.federated_variants(parameters)[1], structure.federated_variants(parameters)[0]
+    assert shots.partition_owner == "shots_1" and main.partition_owner == "federated"
+    with pytest.raises(ValueError, match=r"cannot be overridden \(but for \['train_shots'\]\)"):
+        structure.resolve_variants(
+            _parameters(enabled=True, variants={"v": {"dataset": {"train_shots": 1, "root": "elsewhere"}}})
+        )
+
+
 def test_unknown_block_message_lists_only_blocks_a_variant_may_override():
     parameters = _parameters(enabled=True, variants={"v": {"partition": "iid"}})
     with pytest.raises(ValueError, match="unknown parameter block") as error:

@@ -164,7 +164,15 @@ class DatasetParams(Block):
     categories: Any = "all"
     image_sizes: dict[str, Size | None] | None = None
     train_fraction: dict[str, Ratio] = {}
+    train_shots: PositiveInt | str = "all"
     synthetic: SyntheticParams | None = None
+
+    @field_validator("train_shots")
+    @classmethod
+    def _shots(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and value != "all":
+            raise ValueError(f"must be 'all' or a number of training images per category (1, 2, 4, 8, 16 ...), got {value!r}")
+        return value
 
     @field_validator("format")
     @classmethod
@@ -410,6 +418,59 @@ class TuneParams(Block):
     def _known_backbones(cls, value: list[str]) -> list[str]:
         for name in value:
             _known_backbone_name(name)
+        return value
+
+
+class ExpertPositionParams(Block):
+    grid: PositiveInt = 16
+    shift: NonNegativeInt = 0
+
+
+class ExpertCompositionParams(Block):
+    clusters: Annotated[list[Annotated[int, Field(ge=2)]], Field(min_length=1)] = [4, 8, 16]
+    lloyd_rounds: NonNegativeInt = 3
+
+
+class ExpertFusionParams(Block):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)  # min_gain may be written as 0
+
+    candidates: Annotated[list[str], Field(min_length=1)]
+    min_gain: Annotated[float, Field(ge=0)] = 0.02
+    pseudo_anomaly_kinds: Annotated[list[str], Field(min_length=1)]
+    pseudo_anomalies_per_image: PositiveInt = 7
+
+    @field_validator("candidates", "pseudo_anomaly_kinds")
+    @classmethod
+    def _known_names(cls, value: list[str], info) -> list[str]:
+        from fedpatchcore.core.experts.fusion import RULES
+        from fedpatchcore.core.tuning.pseudo_anomalies import KNOWN_PSEUDO_ANOMALY_KINDS
+
+        kind, known = ("fusion rule", RULES) if info.field_name == "candidates" else (
+            "pseudo-anomaly kind",
+            KNOWN_PSEUDO_ANOMALY_KINDS,
+        )
+        for name in value:
+            _one_of(kind, name, known)
+        return value
+
+
+@block("experts")
+class ExpertsParams(Block):
+    model_config = ConfigDict(extra="forbid", strict=False, frozen=True)  # ridge may be written as 1
+
+    enabled: bool = False
+    projection_dim: PositiveInt | None = 32
+    ridge: Annotated[float, Field(gt=0)] = 0.01
+    position: ExpertPositionParams = ExpertPositionParams()
+    composition: ExpertCompositionParams = ExpertCompositionParams()
+    fusion: ExpertFusionParams
+    logical_defects: list[str]
+
+    @field_validator("enabled", mode="before")
+    @classmethod
+    def _a_boolean(cls, value: Any) -> Any:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, got {value!r}")
         return value
 
 
@@ -914,6 +975,24 @@ def _validate_blocks(params: Mapping[str, Any], prefix: str, only: Iterable[str]
     return problems
 
 
+def _setting_problems(params: Mapping[str, Any], prefix: str) -> list[str]:
+    """Settings that are valid alone but not together (a block's own checks pass)."""
+    problems = []
+    experts = params.get("experts")
+    if isinstance(experts, Mapping) and experts.get("enabled") is True:
+        if not (params.get("validation") or {}).get("enabled"):
+            problems.append(
+                f"{prefix}experts.enabled: needs validation.enabled: true (each category's fusion rule and the "
+                "experts' z-normalisation are chosen on validation images, never on test images)"
+            )
+        if (params.get("privacy") or {}).get("enabled") is True:
+            problems.append(
+                f"{prefix}experts.enabled: the experts' statistics are not differentially private; "
+                "turn off privacy.enabled or experts.enabled"
+            )
+    return problems
+
+
 #: Parameters keyed by client id: every key must name a client of the run's partition.
 PER_CLIENT_KEYS: tuple[tuple[str, ...], ...] = (
     ("heterogeneity",),
@@ -990,6 +1069,7 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
     problems = _validate_blocks(params, "", blocks)
     if blocks is None:
         problems += _client_id_problems(params, "", _blocks_of(problems, "")) + _leave_one_out_problems(params)
+        problems += _setting_problems(params, "")
     shared = set(problems)
     variants = params.get(VARIANTS_KEY)
     if variants is not None:
@@ -1010,6 +1090,7 @@ def parameter_problems(params: Mapping[str, Any], blocks: Iterable[str] | None =
                 )
                 if blocks is None:
                     found += _client_id_problems(resolved, prefix, _blocks_of(found, prefix))
+                    found += _setting_problems(resolved, prefix)
                 # A problem every variant inherits from the shared parameters is reported once, there.
                 problems += [p for p in found if p.removeprefix(prefix) not in shared]
     return problems

@@ -31,6 +31,7 @@ from kedro.pipeline import Pipeline, node
 from fedpatchcore import structure
 from fedpatchcore.config_loader import run_parameters
 from fedpatchcore.pipelines.evaluation.pipeline import centralized_evaluation
+from fedpatchcore.pipelines.experts.pipeline import centralized_experts, experts_enabled
 from fedpatchcore.pipelines.explain.pipeline import create_pipeline as explain
 from fedpatchcore.pipelines.export.pipeline import (
     export_enabled,
@@ -79,14 +80,17 @@ def create_pipelines(parameters: Mapping[str, Any]) -> dict[str, Pipeline]:
     # Experiments that vary only federated settings may leave the centralized baseline out.
     with_centralized = compare and comparison.get("centralized", True)
 
-    centralized_eval = centralized_evaluation()
+    centralized_eval = centralized_evaluation(experts_enabled(parameters))
     ledger = privacy_ledger_state(variants, with_centralized)
-    centralized_report = report(structure.CENTRALIZED)
-    centralized_all = centralized_training() + centralized_eval + centralized_report
+    centralized_report = report(structure.CENTRALIZED, experts_enabled(parameters))
+    centralized_all = centralized_training() + centralized_experts(parameters) + centralized_eval + centralized_report
 
     federated_train = sum((federated_training(v) for v in variants), Pipeline([]))
     federated_eval = sum((federated_evaluation(v) for v in variants), Pipeline([]))
-    federated_report = sum((report(v.name) for v in variants), Pipeline([]))
+    federated_report = sum((report(v.name, experts_enabled(v.parameters)) for v in variants), Pipeline([]))
+    with_experts = {v.name for v in variants if experts_enabled(v.parameters)}
+    if experts_enabled(parameters):
+        with_experts.add(structure.CENTRALIZED)
     published = {f"metrics_{v.name}": published_metrics_name(v) for v in variants}
     if with_centralized:
         published["metrics_centralized"] = "metrics_centralized"
@@ -108,11 +112,11 @@ def create_pipelines(parameters: Mapping[str, Any]) -> dict[str, Pipeline]:
         ingest()
         + centralized_all
         + privacy_ledger_state([], with_centralized=True)
-        + html_report([structure.CENTRALIZED], experiment=None)
+        + html_report([structure.CENTRALIZED], None, with_experts)
     )
     # One HTML page over every run of the experiment (and its table and plot).
     runs = ([structure.CENTRALIZED] if with_centralized else []) + [v.name for v in variants]
-    page = html_report(runs, comparison.get("name", "comparison") if compare else None)
+    page = html_report(runs, comparison.get("name", "comparison") if compare else None, with_experts)
     federated += page
     reporting += page
     inspected = inspector_variant(parameters)

@@ -50,9 +50,13 @@ VARIANTS_KEY = "variants"
 # Blocks a variant cannot override: ingest is shared by all variants, the experiment's own
 # description cannot vary inside it, `explain` and `predict` choose a variant themselves, the
 # validation split is held out of every variant's training images alike, and the tuned
-# per-category settings apply to the centralized baseline only (README "Tuning and inspecting
-# new images"). Whether a run is tracked (`mlflow`) is the run's, not a variant's.
+# per-category settings are the run's (every client of every variant extracts a category with
+# its setting; README "Tuning and inspecting new images"). Whether a run is tracked (`mlflow`)
+# is the run's, not a variant's.
 NOT_OVERRIDABLE = {"dataset", "comparison", VARIANTS_KEY, "explain", "predict", "validation", "tune", "tuned", "mlflow"}
+# ... except these keys of them: how many training images each category's banks are built from
+# is what a few-shot experiment varies (the images themselves are shared: ingest runs once).
+OVERRIDABLE_KEYS = {"dataset": {"train_shots"}}
 # Dict-valued parameters keyed by names the user chose (client ids, variant names,
 # categories): an override replaces them whole rather than adding its keys to the base ones.
 REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
@@ -71,6 +75,7 @@ REPLACED_WHOLE: frozenset[tuple[str, ...]] = frozenset(
 # Parameters that decide which images the clients hold (label noise swaps some of them).
 SPLIT_PARAMETERS: tuple[tuple[str, ...], ...] = (
     ("seed",),
+    ("dataset", "train_shots"),
     ("federation", "partition"),
     ("federation", "num_clients"),
     ("federation", "clients"),
@@ -82,6 +87,8 @@ PARTITION_PARAMETERS = (*SPLIT_PARAMETERS, ("heterogeneity",))
 # Only in-process lanes write features another variant could read (a Flower variant's sites
 # keep theirs), so the engine is part of where a client's features come from.
 ENGINE = ("federation", "engine")
+# Each category is extracted with its tuned setting (the run's, as every variant has the same).
+TUNED = ("tuned",)
 
 
 # --------------------------------------------------------------------------- merging
@@ -146,8 +153,10 @@ def resolve_variants(parameters: Mapping[str, Any]) -> dict[str, dict[str, Any]]
         # `labels` name the variant in the experiment's table; they are not parameters.
         override = {k: v for k, v in override.items() if k != "labels"}
         for block, value in override.items():
-            if block in NOT_OVERRIDABLE:
-                raise ValueError(f"{where}.{block}: '{block}' is shared by every variant and cannot be overridden")
+            allowed = OVERRIDABLE_KEYS.get(block, set())
+            if block in NOT_OVERRIDABLE and not (isinstance(value, Mapping) and allowed and set(value) <= allowed):
+                only = f" (but for {sorted(allowed)})" if allowed else ""
+                raise ValueError(f"{where}.{block}: '{block}' is shared by every variant and cannot be overridden{only}")
             if block not in shared:
                 raise ValueError(
                     f"{where}.{block}: unknown parameter block; a variant overrides one of {overridable_blocks(shared)}"
@@ -223,7 +232,7 @@ def federated_variants(parameters: Mapping[str, Any]) -> list[Variant]:
         if name == CENTRALIZED:
             continue
         partition_owner = partition_owners.setdefault(fingerprint(values_at(values, PARTITION_PARAMETERS)), name)
-        images = values_at(values, (*SPLIT_PARAMETERS, ENGINE))  # which images, and who keeps the features
+        images = values_at(values, (*SPLIT_PARAMETERS, ENGINE, TUNED))  # which images, and who keeps the features
         clients = client_ids_of(values["federation"])
         features = {c: feature_owners.setdefault(fingerprint(c, images, feature_inputs(values, c)), name) for c in clients}
         lanes = {c: lane_owners.setdefault(fingerprint(c, images, coreset_inputs(values, c)), name) for c in clients}

@@ -103,6 +103,37 @@ def test_simulated_round_goes_on_without_a_crashed_site_and_rejects_a_poisoned_o
     assert {str(c) for origins in bank.origin.values() for c in origins} == {"1"}
 
 
+def test_flower_carries_the_experts_and_fits_what_the_in_process_lanes_fit(tiny_dataset, tmp_path):
+    """Statistics beside round 1's upload, the k-means rounds as Flower messages: the same experts."""
+    from fedpatchcore.core.experts.fitting import experts_from_arrays
+    from fedpatchcore.pipelines.ingest import nodes as ingest_nodes
+
+    extra = {
+        "experts": {"enabled": True, "composition": {"clusters": [2, 3], "lloyd_rounds": 1}},
+        "validation": {"enabled": True, "fraction": 0.5},
+    }
+    outputs = {}
+    for engine in ("inprocess", "flower"):
+        parameters = _parameters(tmp_path / engine, extra, engine=engine, num_clients=2)
+        (variant,) = structure.federated_variants(parameters)
+        split = ingest_nodes.make_validation_split(tiny_dataset["dataset_index"], parameters["validation"], 0)
+        pipe = federated_training(variant) + federated_evaluation(variant)
+        keep = ("federated.expert_model",)
+        catalog = memory_catalog(parameters, keep=keep, validation_split=split, **tiny_dataset)
+        outputs[engine] = run_slice(pipe, catalog, keep=keep)
+    inprocess, flower = (experts_from_arrays(outputs[e]["federated.expert_model"]) for e in ("inprocess", "flower"))
+    assert set(flower) == set(inprocess) == set(tiny_dataset["category_info"])
+    for category in inprocess:
+        fed, local = flower[category].to_arrays("x"), inprocess[category].to_arrays("x")
+        for key in local:
+            np.testing.assert_allclose(fed[key], local[key], rtol=1e-5, atol=1e-8, err_msg=f"{category} {key}")
+    published = {e: outputs[e]["metrics_federated"] for e in outputs}
+    assert published["flower"]["experts"] == published["inprocess"]["experts"]
+    traffic = published["flower"]["communication"]["experts"]
+    assert traffic == published["inprocess"]["communication"]["experts"]
+    assert len(traffic["kmeans_rounds"]) == 2 and set(traffic["sites"]) == {"client_1", "client_2"}
+
+
 def test_the_offline_environment_lasts_as_long_as_the_simulation(monkeypatch):
     import os
 
@@ -113,3 +144,24 @@ def test_the_offline_environment_lasts_as_long_as_the_simulation(monkeypatch):
     with offline_environment():
         assert os.environ["RAY_USAGE_STATS_ENABLED"] == "0" and os.environ["FLWR_TELEMETRY_ENABLED"] == "1"
     assert "RAY_USAGE_STATS_ENABLED" not in os.environ and os.environ["FLWR_TELEMETRY_ENABLED"] == "1"
+
+
+def test_flower_sites_extract_each_category_with_its_tuned_network(tiny_dataset, tmp_path):
+    """The tuned settings travel to the sites: one category on EfficientNet-Lite2 at 48 px, the
+    others on the run's Lite0; the server merges each category at its own dimension, as in-process."""
+    from fedpatchcore.core.features.setting import Setting
+
+    tuned = {"parts_tray": Setting("efficientnet_lite2", image_size=(48, 48)).to_params()}
+    banks = {}
+    for engine in ("inprocess", "flower"):
+        parameters = _parameters(tmp_path / engine, {"tuned": tuned}, engine=engine, num_clients=2)
+        (variant,) = structure.federated_variants(parameters)
+        keep = ("federated.memory_bank", "federated.round_1_report")
+        out = run_slice(federated_training(variant), memory_catalog(parameters, keep=keep, **tiny_dataset), keep=keep)
+        assert out["federated.round_1_report"]["dim"]["parts_tray"] == 168
+        banks[engine] = CategoryBanks.from_arrays(out["federated.memory_bank"]).banks
+    flower, inprocess = banks["flower"], banks["inprocess"]
+    assert flower["parts_tray"].shape[1] == 168  # lite2: 48 + 120 channels
+    assert {b.shape[1] for c, b in flower.items() if c != "parts_tray"} == {152}  # lite0: 40 + 112
+    for category, bank in inprocess.items():
+        np.testing.assert_array_equal(flower[category], bank, err_msg=category)

@@ -21,7 +21,12 @@ def test_imbalance_slice_splits_one_budget_by_mode_and_publishes_fairness(tmp_pa
     runtime = merged(
         TINY_PARAMS,
         {
-            "dataset": {"root": str(tmp_path / "synthetic"), "train_fraction": {"metal_plate": 0.5}},
+            # The four categories the experiment's numbers below are written for (not assembly).
+            "dataset": {
+                "root": str(tmp_path / "synthetic"),
+                "categories": sorted(CATEGORIES),
+                "train_fraction": {"metal_plate": 0.5},
+            },
             "extraction": {"scratch_dir": str(tmp_path / "scratch")},
             "aggregation": {"total_bank_size": 40},
             "comparison": {

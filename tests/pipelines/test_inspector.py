@@ -1,6 +1,6 @@
 """The inspector of the embedded default: ONNX Runtime scores equal torch's (issue 26, part 3).
 
-The embedded default (4 categories, 128x128, 130 test images) with the default backbone and
+The embedded default (5 categories, 128x128) with the default backbone and
 scoring; each category's bank is every 8th training patch vector (the bank's content does not
 matter for parity, only that both runtimes search the same one). The inspector is written by the
 export node through its catalog dataset and read back as a station would: from the folder only.
@@ -66,7 +66,7 @@ def default_inspector(default_dataset, tmp_path_factory):
 @pytest.mark.slow
 def test_the_inspector_folder_holds_what_a_station_needs_and_nothing_else(default_inspector):
     export, manifests, _, calibration = default_inspector
-    assert sorted(manifests) == ["circuit_board", "metal_plate", "parts_tray", "woven_fabric"]
+    assert sorted(manifests) == ["assembly", "circuit_board", "metal_plate", "parts_tray", "woven_fabric"]
     for category, manifest in manifests.items():
         folder = manifest["folder"]
         assert sorted(p.name for p in Path(folder).iterdir()) == sorted(FILES.values())
@@ -97,7 +97,7 @@ def test_onnx_inspector_scores_equal_torch_scores_on_the_embedded_default(defaul
             np.testing.assert_allclose(onnx_maps, torch_maps, rtol=1e-3, atol=1e-3 * float(torch_maps.max()))
             n_images += len(images)
         assert station_calibration == (calibration if category == "circuit_board" else None)
-    assert n_images == 130  # every test image of the embedded default
+    assert n_images == 164  # every test image of the embedded default
 
 
 @pytest.mark.slow

@@ -49,9 +49,13 @@ def default_run(default_dataset, tmp_path_factory):
 def test_default_dataset_stays_above_its_known_good_floor(default_run, variant):
     _, _, evaluated = default_run
     metrics = evaluated[f"{variant}.metrics"]
-    assert set(metrics["categories"]) == {"metal_plate", "woven_fabric", "circuit_board", "parts_tray"}
-    assert metrics["mean"]["image_auroc"] >= FLOORS[variant]
-    assert metrics["mean"]["aucspro"]["0.3"] >= 0.8
+    textured = {"metal_plate", "woven_fabric", "circuit_board", "parts_tray"}
+    assert set(metrics["categories"]) == textured | {"assembly"}
+    # assembly is built so that PatchCore alone misses its logical defects: the floors are the
+    # four other categories' (their numbers are bit-identical to before assembly existed).
+    categories = [metrics["categories"][c] for c in sorted(textured)]
+    assert sum(c["image_auroc"] for c in categories) / len(categories) >= FLOORS[variant]
+    assert sum(c["aucspro"]["0.3"] for c in categories) / len(categories) >= 0.8
 
 
 @pytest.mark.slow

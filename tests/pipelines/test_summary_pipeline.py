@@ -60,7 +60,7 @@ def test_a_summary_bank_holds_public_centres_moved_by_the_rounds_with_their_radi
     outputs, _, _ = run
     for name in ("summary_plain", "summary_private"):
         bank = CategoryBanks.from_arrays(outputs[f"{name}.memory_bank"])
-        assert set(bank.banks) == {"metal_plate", "woven_fabric", "circuit_board", "parts_tray"}
+        assert set(bank.banks) == {"metal_plate", "woven_fabric", "circuit_board", "parts_tray", "assembly"}
         for category, centres in bank.banks.items():
             assert 1 <= len(centres) <= 8 and centres.shape[1] == 152
             assert bank.radius[category].shape == (len(centres),) and (bank.radius[category] > 0).all()

@@ -85,6 +85,41 @@ def test_a_tuned_category_runs_with_its_own_backbone_size_and_score(tiny_dataset
     assert metrics["tuned"]["parts_tray"]["setting"] == "efficientnet_lite2@48x48/topk_mean(k=3)"
 
 
+def test_a_federated_run_scores_each_category_with_its_own_backbone(tiny_dataset, tmp_path):
+    """Two categories on two networks in one federation: every client extracts a category with its
+    setting, the server merges each category at its own dimension, scoring uses each one's network."""
+    from fedpatchcore.pipelines.federated.pipeline import federated_evaluation, federated_training
+
+    entry = Setting("efficientnet_lite2", image_size=(48, 48)).to_params()
+    parameters = _parameters(
+        tmp_path,
+        tuned={"parts_tray": entry},
+        comparison={"enabled": False},
+        federation={"partition": "iid", "num_clients": 2},
+    )
+    assert parameter_problems(parameters) == []
+    (variant,) = structure.federated_variants(parameters)
+    keep = ("federated.memory_bank", "federated.anomaly_maps", "federated.client_1.upload_round_1", "federated.round_1_report")
+    out = run_slice(
+        federated_training(variant) + federated_evaluation(variant),
+        memory_catalog(parameters, keep=keep, **tiny_dataset),
+        keep=keep,
+    )
+    upload = CategoryBanks.from_arrays(
+        {k: v for k, v in out["federated.client_1.upload_round_1"].items() if k.startswith(("bank/", "n_images/"))}
+    )
+    banks = CategoryBanks.from_arrays(out["federated.memory_bank"]).banks
+    for held in (upload.banks, banks):
+        assert held["parts_tray"].shape[1] == 168  # lite2: 48 + 120 channels
+        assert {b.shape[1] for c, b in held.items() if c != "parts_tray"} == {152}  # lite0
+    report = out["federated.round_1_report"]
+    assert report["rejected"] == {} and report["dim"]["parts_tray"] == 168
+    maps = out["federated.anomaly_maps"]["parts_tray"]["maps"]
+    width, height = tiny_dataset["category_info"]["parts_tray"]["image_size"]
+    assert maps.shape[1:] == (height, width)
+    assert out["metrics_federated"]["categories"]["parts_tray"]["image_auroc"] is not None
+
+
 def test_backbone_layers_parameter_reaches_the_network(tiny_dataset, tmp_path):
     parameters = _parameters(tmp_path, backbone={"layers": ["stage2", "stage4"]})
     out = _centralized(parameters, tiny_dataset, keep=("centralized.memory_bank",))

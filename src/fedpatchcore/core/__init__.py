@@ -12,12 +12,15 @@ never one after it (``tests/test_architecture.py`` checks it on every run)::
     banks       the per-category bank container that crosses the network, nearest-neighbour search
     privacy     DP release of a client's rows or of a DP-CVAE of them, accountants, the budget
                 ledger, averaging of model weights
+    experts     logical-defect experts (global, position, composition) from mergeable statistics,
+                fusion with PatchCore
     federation  partition, heterogeneity, aggregation strategies, trust, fairness, client, server,
                 the rounds of federated DP-CVAE training
-    scoring     patch scores -> anomaly maps and image scores, thresholds, predicting new images
+    scoring     patch scores -> anomaly maps and image scores, experts' scores and fusion,
+                thresholds, predicting new images
     evaluation  metrics (AutoVI / MVTec semantics), exported maps, the membership audit, fidelity
                 of synthetic banks
-    tuning      validation split, pseudo-anomalies, the per-category tuner
+    tuning      validation split, pseudo-anomalies, the per-category tuner, fusion rule choice
     explain     why an image was flagged: neighbours, gradients, SHAP; only the asker's pixels
     reporting   curves, experiment tables and figures built from results
 
@@ -33,6 +36,7 @@ STAGES = (
     "coreset",
     "banks",
     "privacy",
+    "experts",
     "federation",
     "scoring",
     "evaluation",

@@ -40,6 +40,7 @@ PARTITION_ID = "partition-id"
 
 _STATE_CORESET = "fedpatchcore.local_coreset"
 _STATE_KEY = "fedpatchcore.local_coreset_key"
+_STATE_EXPERTS = "fedpatchcore.expert_statistics"
 
 
 def open_site(node_config: Mapping[str, Any], parameters: Mapping[str, Any], run_config: Mapping[str, Any]) -> sites.Site:
@@ -69,15 +70,22 @@ def open_site(node_config: Mapping[str, Any], parameters: Mapping[str, Any], run
     )
 
 
-def _local_coreset(site: sites.Site, parameters: Mapping[str, Any], context: Context) -> LocalCoreset:
+def _local_coreset(
+    site: sites.Site, parameters: Mapping[str, Any], context: Context
+) -> tuple[LocalCoreset, dict | None]:
+    """The site's local coreset (and, with experts, their statistics), built once per run."""
     key = sites.local_coreset_key(site, parameters)
     state = context.state
     if _STATE_KEY in state.config_records and state.config_records[_STATE_KEY].get("key") == key:
-        return LocalCoreset.from_arrays(records.record_to_arrays(state.array_records[_STATE_CORESET]))
-    local = sites.build_local_coreset(site, parameters)
+        local = LocalCoreset.from_arrays(records.record_to_arrays(state.array_records[_STATE_CORESET]))
+        experts = state.array_records.get(_STATE_EXPERTS)
+        return local, None if experts is None else records.record_to_arrays(experts)
+    local, experts = sites.build_local_coreset(site, parameters)
     state[_STATE_CORESET] = records.arrays_to_record(local.to_arrays())
+    if experts is not None:
+        state[_STATE_EXPERTS] = records.arrays_to_record(experts)
     state[_STATE_KEY] = ConfigRecord({"key": key})
-    return local
+    return local, experts
 
 
 def node_site(
@@ -91,10 +99,18 @@ def node_site(
 
 
 def answer(message: Message, context: Context, node_configs: Mapping[int, Mapping[str, Any]] | None = None) -> Message:
-    """Reply to a round's instruction with this site's upload (``node_configs``: per partition id)."""
+    """Reply to a round's instruction with this site's upload (``node_configs``: per partition id);
+    to an experts' k-means round with its sums over the features it kept."""
+    expert_round = records.read_expert_instruction(message.content)
+    if expert_round is not None:
+        number, parameters, broadcast = expert_round
+        site = node_site(context, parameters, node_configs)
+        reply = sites.expert_round_reply(sites.features_folder(site, parameters), broadcast, parameters)
+        logger.info("client %s: experts' k-means round %d (%d bytes)", site.client_id, number, sum(v.nbytes for v in reply.values()))
+        return Message(records.expert_reply(site.client_id, reply), reply_to=message)
     round_number, parameters, broadcast = records.read_instruction(message.content)
     site = node_site(context, parameters, node_configs)
-    local = _local_coreset(site, parameters, context)
+    local, experts = _local_coreset(site, parameters, context)
     upload = sites.round_upload(local, site.client_id, parameters, broadcast)
     logger.info(
         "client %s: round %d upload of %d rows (%d bytes)",
@@ -103,7 +119,7 @@ def answer(message: Message, context: Context, node_configs: Mapping[int, Mappin
         sum(len(b) for b in upload.banks.values()),
         upload.nbytes,
     )
-    return Message(records.upload_reply(upload), reply_to=message)
+    return Message(records.upload_reply(upload, experts if round_number == 1 else None), reply_to=message)
 
 
 def make_client_app(

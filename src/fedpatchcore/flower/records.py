@@ -10,6 +10,11 @@ Client -> server (the reply)::
     "client"   ConfigRecord  {"id": client id}
     "upload"   ArrayRecord   {"bank/<category>", "row_id/<category>"}   (ClientUpload.record_parts)
     "metrics"  MetricRecord  {"n_images/<category>", "number/<name>"}
+    "experts"  ArrayRecord   the experts' statistics (round 1, with ``experts.enabled``)
+
+With ``experts.enabled``, k-means rounds of the logical experts follow the coreset rounds
+(``config`` then holds ``"expert_round": e`` and the ``experts`` record the server's broadcast:
+centroids); the reply's ``experts`` record holds the site's Lloyd and histogram sums.
 
 Arrays travel as NumPy ``.npy`` bytes (Flower's ``Array``); nothing is pickled.
 """
@@ -30,6 +35,8 @@ GLOBAL_BANK = "global_bank"
 CLIENT = "client"
 UPLOAD = "upload"
 METRICS = "metrics"
+EXPERTS = "experts"
+EXPERT_ROUND = "expert_round"
 # The message type of a round's instruction (Flower calls the ClientApp's @app.train()).
 TRAIN = "train"
 
@@ -81,18 +88,60 @@ def read_instruction(content: RecordDict) -> tuple[int, dict[str, Any], Category
     return int(config["round"]), json.loads(str(config["parameters"])), broadcast
 
 
+def expert_instruction(expert_round: int, parameters: Mapping[str, Any], broadcast: Mapping[str, np.ndarray]) -> RecordDict:
+    """The content of the experts' k-means round ``expert_round``: run configuration and centroids."""
+    return RecordDict(
+        {
+            CONFIG: ConfigRecord(
+                {"round": 0, EXPERT_ROUND: int(expert_round), "parameters": json.dumps(parameters, sort_keys=True)}
+            ),
+            EXPERTS: arrays_to_record(broadcast),
+        }
+    )
+
+
+def read_expert_instruction(content: RecordDict) -> tuple[int, dict[str, Any], dict[str, np.ndarray]] | None:
+    """(k-means round, parameter blocks, broadcast) of an experts' instruction; None for a coreset round."""
+    config = content.config_records[CONFIG]
+    if EXPERT_ROUND not in config:
+        return None
+    return int(config[EXPERT_ROUND]), json.loads(str(config["parameters"])), record_to_arrays(content.array_records[EXPERTS])
+
+
 # --------------------------------------------------------------------------- client -> server
 
 
-def upload_reply(upload: ClientUpload) -> RecordDict:
+def upload_reply(upload: ClientUpload, expert_statistics: Mapping[str, np.ndarray] | None = None) -> RecordDict:
     arrays, scalars = upload.record_parts()
-    return RecordDict(
+    content = RecordDict(
         {
             CLIENT: ConfigRecord({"id": str(upload.client_id)}),
             UPLOAD: arrays_to_record(arrays),
             METRICS: MetricRecord(scalars),
         }
     )
+    if expert_statistics is not None:
+        content[EXPERTS] = arrays_to_record(expert_statistics)
+    return content
+
+
+def expert_reply(client_id: str, arrays: Mapping[str, np.ndarray]) -> RecordDict:
+    """A site's reply to a k-means round of the experts."""
+    return RecordDict({CLIENT: ConfigRecord({"id": str(client_id)}), EXPERTS: arrays_to_record(arrays)})
+
+
+def read_experts(content: RecordDict, max_bytes: int | None = None) -> dict[str, np.ndarray] | None:
+    """The ``experts`` arrays of a reply (None when it has none); :class:`MalformedReply` if oversized
+    or undecodable."""
+    if EXPERTS not in content.array_records:
+        return None
+    size = record_nbytes(content.array_records[EXPERTS])
+    if max_bytes is not None and size > max_bytes:
+        raise MalformedReply(f"experts' statistics of {size} bytes exceed federation.flower.max_upload_bytes={max_bytes}")
+    try:
+        return record_to_arrays(content.array_records[EXPERTS])
+    except (ValueError, TypeError, EOFError, OSError) as exc:
+        raise MalformedReply(f"unreadable experts' statistics: {type(exc).__name__}: {exc}") from exc
 
 
 def reply_client_id(content: RecordDict) -> str:

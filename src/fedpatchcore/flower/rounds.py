@@ -18,6 +18,10 @@ of ``federation.engine: flower``) or a SuperLink's (the deployed ServerApp). Eac
    usable uploads remain, leaving the last persisted global bank untouched;
 6. persist the round's bank and report (a :class:`RoundStore`), so a restarted server
    resumes after the last persisted round.
+
+With ``experts.enabled`` every site sends its experts' statistics beside its first upload, and
+the experts' k-means rounds follow the last coreset round (:func:`fit_experts`: centroids out,
+Lloyd and histogram sums back, :mod:`fedpatchcore.core.experts.fitting` on both sides).
 """
 
 from __future__ import annotations
@@ -33,10 +37,12 @@ from flwr.serverapp import Grid
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
 from fedpatchcore.core.common.fingerprint import fingerprint
+from fedpatchcore.core.experts import fitting
+from fedpatchcore.core.experts.model import EXPERTS_BLOCK, ExpertSettings
 from fedpatchcore.core.federation.client import CLIENT_BLOCKS
 from fedpatchcore.core.federation.server import SERVER_BLOCKS, ServerSettings, run_round
 from fedpatchcore.flower import records
-from fedpatchcore.flower.site import DATASET_KEYS
+from fedpatchcore.flower.site import DATASET_KEYS, TUNED_BLOCK
 from fedpatchcore.structure import round_bank
 
 logger = logging.getLogger(__name__)
@@ -76,6 +82,10 @@ class FederationPlan:
         return float(self.flower.get("connect_timeout_s") or DEFAULT_CONNECT_TIMEOUT_S)
 
     @property
+    def experts(self) -> ExpertSettings:
+        return ExpertSettings.from_parameters(self.parameters.get(EXPERTS_BLOCK), self.parameters["seed"])
+
+    @property
     def max_upload_bytes(self) -> int | None:
         value = self.flower.get("max_upload_bytes")
         return None if value is None else int(value)
@@ -86,7 +96,7 @@ class FederationPlan:
     def client_parameters(self) -> dict[str, Any]:
         """The run configuration every site receives: the client's blocks, and of the dataset
         only how to read a folder (never the dataset's location)."""
-        blocks = {name: self.parameters.get(name) for name in CLIENT_BLOCKS}
+        blocks = {name: self.parameters.get(name) for name in (*CLIENT_BLOCKS, EXPERTS_BLOCK, TUNED_BLOCK)}
         dataset = self.parameters.get("dataset") or {}
         blocks["dataset"] = {key: dataset.get(key) for key in DATASET_KEYS}
         return blocks
@@ -121,6 +131,9 @@ class FederationResult:
     uploads: list[dict[str, ClientUpload]]  # per round: the uploads received, by client id
     traffic: list[RoundTraffic]
     resumed_after: int = 0  # rounds taken from the store instead of being run
+    expert_statistics: dict[str, dict] = field(default_factory=dict)  # round 1: client id -> experts' sums
+    expert_model: dict | None = None  # the fitted experts (experts.enabled), flat arrays
+    expert_traffic: dict | None = None  # what the experts' fitting sent (arrays' bytes)
 
     @property
     def bank(self) -> CategoryBanks:
@@ -181,9 +194,13 @@ def _instructions(nodes: Sequence[int], plan: FederationPlan, round_number: int,
 
 
 def _collect(
-    replies: Iterable[Message], plan: FederationPlan, round_number: int
+    replies: Iterable[Message], plan: FederationPlan, round_number: int, experts: dict[str, dict] | None = None
 ) -> tuple[list[ClientUpload], dict[str, dict], dict[str, list[str]], list[str], int]:
-    """Uploads in the partition's client order; what was rejected before aggregation and why."""
+    """Uploads in the partition's client order; what was rejected before aggregation and why.
+
+    ``experts`` (round 1 with ``experts.enabled``) receives each accepted client's experts'
+    statistics; a reply without them is rejected.
+    """
     by_client: dict[str, ClientUpload] = {}
     entries: dict[str, dict] = {}  # report entries of pre-rejected replies
     rejected: dict[str, list[str]] = {}
@@ -212,7 +229,13 @@ def _collect(
             problem = f"a second reply claims client id '{client_id}' (node {node})"
         if problem is None:
             try:
-                by_client[client_id] = records.read_upload(reply.content, client_id, plan.max_upload_bytes)
+                upload = records.read_upload(reply.content, client_id, plan.max_upload_bytes)
+                if experts is not None:
+                    statistics = records.read_experts(reply.content, plan.max_upload_bytes)
+                    if statistics is None:
+                        raise records.MalformedReply("the reply holds no experts' statistics (experts.enabled)")
+                    experts[client_id] = statistics
+                by_client[client_id] = upload
                 continue
             except records.MalformedReply as exc:
                 problem = str(exc)
@@ -239,8 +262,10 @@ def run_flower_round(
     round_number: int,
     previous: CategoryBanks | None,
     trust: Mapping[str, dict] | None = None,
+    experts: dict[str, dict] | None = None,
 ) -> tuple[CategoryBanks, dict, dict[str, ClientUpload], RoundTraffic]:
-    """One round; ``trust``: the trust scored in round 1, reused from round 2 on (as in-process)."""
+    """One round; ``trust``: the trust scored in round 1, reused from round 2 on (as in-process);
+    ``experts``: receives each client's experts' statistics (round 1, experts.enabled)."""
     settings = plan.server_settings()
     # Round 1 waits for every site; later rounds go on with the sites still connected.
     expected = len(plan.client_ids) if previous is None else settings.min_clients
@@ -251,7 +276,7 @@ def run_flower_round(
     started = time.monotonic()
     replies = list(grid.send_and_receive(messages, timeout=plan.round_timeout_s))
     seconds = time.monotonic() - started
-    uploads, entries, pre_rejected, missing, received = _collect(replies, plan, round_number)
+    uploads, entries, pre_rejected, missing, received = _collect(replies, plan, round_number, experts)
     result = run_round(
         uploads, settings, round_number=round_number, previous=previous, n_receivers=len(nodes), trust=trust
     )
@@ -275,22 +300,80 @@ def run_flower_round(
 
 
 def serve(grid: Grid, plan: FederationPlan, store: RoundStore | None = None) -> FederationResult:
-    """Run the plan's rounds on ``grid``; resume after the rounds ``store`` already holds."""
-    banks, reports = store.resume(plan) if store is not None else ([], [])
+    """Run the plan's rounds on ``grid``; resume after the rounds ``store`` already holds.
+
+    With ``experts.enabled`` the experts are fitted after the last round (:func:`fit_experts`);
+    a resumed run has lost round 1's statistics and runs every round again.
+    """
+    experts = plan.experts.enabled
+    banks, reports = store.resume(plan) if store is not None and not experts else ([], [])
     if banks:
         logger.info("Resuming %s after round %d (persisted global bank)", plan.variant, len(banks))
     result = FederationResult(list(banks), list(reports), [{} for _ in banks], [], resumed_after=len(banks))
     for round_number in range(len(banks) + 1, plan.rounds + 1):
         previous = result.banks[-1] if result.banks else None
         trust = result.reports[-1].get("trust") if result.reports else None
-        bank, report, uploads, traffic = run_flower_round(grid, plan, round_number, previous, trust)
+        statistics = result.expert_statistics if experts and round_number == 1 else None
+        bank, report, uploads, traffic = run_flower_round(grid, plan, round_number, previous, trust, statistics)
         if store is not None:
             store.save(plan, round_number, bank, report)
         result.banks.append(bank)
         result.reports.append(report)
         result.uploads.append(uploads)
         result.traffic.append(traffic)
+    if experts:
+        result.expert_model, result.expert_traffic = fit_experts(grid, plan, result.bank, result.expert_statistics)
     return result
+
+
+def fit_experts(
+    grid: Grid, plan: FederationPlan, bank: CategoryBanks, statistics: Mapping[str, Mapping]
+) -> tuple[dict, dict]:
+    """The experts' k-means rounds over the sites whose statistics were accepted; the fitted
+    experts (flat arrays, as ``<variant>.expert_model``) and what the fitting sent.
+
+    Every round needs a reply of every such site (the merged sums must be those of the same
+    images throughout): a site that drops out fails the fit.
+    """
+    settings = plan.experts
+    clients = [cid for cid in plan.client_ids if cid in statistics]
+    fit = fitting.start_fit([statistics[cid] for cid in clients], bank.banks, settings)
+    sent, received = [], []
+    parameters = plan.client_parameters()
+    for expert_round in range(1, settings.lloyd_rounds + 2):
+        message = fit.broadcast()
+        nodes = wait_for_nodes(grid, len(clients), len(clients), plan.connect_timeout_s)
+        instructions = [
+            Message(
+                records.expert_instruction(expert_round, parameters, message),
+                dst_node_id=node,
+                message_type=records.TRAIN,
+                group_id=f"experts_{expert_round}",
+                ttl=plan.round_timeout_s,
+            )
+            for node in nodes
+        ]
+        sent.append(message)
+        replies: dict[str, dict] = {}
+        for reply in grid.send_and_receive(instructions, timeout=plan.round_timeout_s):
+            if reply.has_error():
+                raise RuntimeError(f"experts' round {expert_round}: node {reply.metadata.src_node_id} failed: {reply.error.reason}")
+            client_id = records.reply_client_id(reply.content)
+            arrays = records.read_experts(reply.content, plan.max_upload_bytes)
+            if client_id in clients and arrays is not None and client_id not in replies:
+                replies[client_id] = arrays
+        missing = [cid for cid in clients if cid not in replies]
+        if missing:
+            raise RuntimeError(f"experts' round {expert_round}: no usable reply from client(s) {missing}")
+        ordered = [replies[cid] for cid in clients]
+        received.append({f"client_{cid}": replies[cid] for cid in clients})
+        if fit.rounds_left > 1:
+            fit = fitting.server_round(fit, ordered)
+        else:
+            experts = fitting.finish(fit, ordered)
+    logger.info("Experts fitted for %s from %d sites' statistics", sorted(experts), len(clients))
+    sites = {f"client_{cid}": statistics[cid] for cid in clients}
+    return fitting.experts_to_arrays(experts), fitting.traffic(sites, received, sent)
 
 
 # --------------------------------------------------------------------------- persistence

@@ -8,8 +8,9 @@ A site reads only its own images, from one of:
   wrote for that client, ``<variant>/client_<id>/training_images.csv``).
 
 The work is the Kedro client lane's, through the same functions of
-:mod:`fedpatchcore.core.federation.client`: extract -> local coreset -> upload of a round.
-No Flower import here.
+:mod:`fedpatchcore.core.federation.client`: extract -> local coreset -> upload of a round; with
+``experts.enabled`` also the experts' statistics (beside the first upload) and the replies to
+their k-means rounds (:mod:`fedpatchcore.core.experts.fitting`). No Flower import here.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from fedpatchcore.core.banks import CategoryBanks, ClientUpload
@@ -36,13 +38,21 @@ from fedpatchcore.core.data.types import (
     category_info_from_dict,
     frame_to_samples,
 )
+from fedpatchcore.core.experts import fitting
+from fedpatchcore.core.experts.model import EXPERTS_BLOCK, ExpertSettings
 from fedpatchcore.core.features.extraction import make_embedder
+from fedpatchcore.core.features.feature_store import PatchFeatureFile
 from fedpatchcore.core.federation import client
 
 logger = logging.getLogger(__name__)
 
-# The server sends every site the client's parameter blocks (core.federation.client.CLIENT_BLOCKS)
-# and, of the dataset block, what a site needs to read its folder the way the server reads its own.
+# The server sends every site the client's parameter blocks (core.federation.client.CLIENT_BLOCKS),
+# the experts' block (core.experts.model.EXPERTS_BLOCK), the tuned per-category settings (each
+# category extracted with its own network, as in-process lanes do) and, of the dataset block,
+# what a site needs to read its folder the way the server reads its own.
+TUNED_BLOCK = "tuned"
+# Written beside a site's kept feature files: each category's patch grid and shallow-stage channels.
+FEATURES_INFO = "features.json"
 DATASET_KEYS = ("format", "image_sizes")
 
 
@@ -106,22 +116,86 @@ def site_from_table(
 def local_coreset_key(site: Site, parameters: Mapping[str, Any]) -> str:
     """What a cached local coreset depends on: the site's images and the client's coreset inputs."""
     images = [s.key for s in site.samples]
-    return fingerprint(site.client_id, images, client.coreset_inputs(parameters, site.client_id))
+    inputs = client.coreset_inputs(parameters, site.client_id)
+    return fingerprint(site.client_id, images, inputs, parameters.get(TUNED_BLOCK) or {})
 
 
-def build_local_coreset(site: Site, parameters: Mapping[str, Any]) -> client.LocalCoreset:
-    """Extract the site's patch features and keep its local coreset (the Kedro lane's two steps)."""
+def experts_enabled(parameters: Mapping[str, Any]) -> bool:
+    return bool((parameters.get(EXPERTS_BLOCK) or {}).get("enabled", False))
+
+
+def features_folder(site: Site, parameters: Mapping[str, Any]) -> Path:
+    """Where a site keeps its patch features between the k-means rounds of the experts."""
+    return site.scratch_dir / f"features_{local_coreset_key(site, parameters)[:16]}"
+
+
+def build_local_coreset(
+    site: Site, parameters: Mapping[str, Any]
+) -> tuple[client.LocalCoreset, dict[str, np.ndarray] | None]:
+    """Extract the site's patch features and keep its local coreset (the Kedro lane's two steps).
+
+    With ``experts.enabled`` the site also measures its experts' statistics (sent beside the
+    coreset) and keeps its feature files in :func:`features_folder` for the k-means rounds that
+    follow (older feature folders of the site are removed); otherwise they are deleted at once.
+    Returns the local coreset and the statistics (None without experts).
+    """
     run_settings = client.ClientSettings.from_run(parameters, site.client_id)
     site.scratch_dir.mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f"flower_{site.client_id}_", dir=site.scratch_dir)
+    experts = experts_enabled(parameters)
+    if experts:
+        scratch = features_folder(site, parameters)
+        for old in site.scratch_dir.glob("features_*"):
+            shutil.rmtree(old, ignore_errors=True)
+        scratch.mkdir(parents=True)
+    else:
+        scratch = Path(tempfile.mkdtemp(prefix=f"flower_{site.client_id}_", dir=site.scratch_dir))
     try:
-        embedder = make_embedder(parameters["backbone"], parameters["extraction"])
-        features, degraded = client.extract_features(site.samples, site.infos, embedder, scratch, run_settings)
+        features, degraded = client.extract_tuned_features(
+            site.samples,
+            site.infos,
+            parameters["backbone"],
+            parameters["extraction"],
+            parameters.get(TUNED_BLOCK),
+            scratch,
+            run_settings,
+        )
         if any(entry for entry in degraded):
             logger.info("client %s: simulated heterogeneity %s", site.client_id, run_settings.heterogeneity.describe())
-        return client.select_local_coreset(features, run_settings)
+        local = client.select_local_coreset(features, run_settings)
+        if not experts:
+            return local, None
+        shallow = fitting.shallow_channels(features.files, parameters["backbone"], parameters.get(TUNED_BLOCK))
+        kept = {  # the files stay where extraction streamed them, inside the kept folder
+            category: {
+                "file": str(Path(feature_file.path).resolve().relative_to(scratch.resolve())),
+                "grid": list(features.grid[category]),
+                "shallow_dim": shallow[category],
+            }
+            for category, feature_file in features.files.items()
+        }
+        (scratch / FEATURES_INFO).write_text(json.dumps(kept), encoding="utf-8")
+        return local, fitting.site_statistics(kept_features(scratch), ExpertSettings.from_parameters(parameters[EXPERTS_BLOCK], parameters["seed"]))
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if not experts:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def kept_features(folder: Path) -> dict[str, fitting.SiteFeatures]:
+    """The feature files a site kept for the experts' k-means rounds (:func:`build_local_coreset`)."""
+    info = json.loads((folder / FEATURES_INFO).read_text(encoding="utf-8"))
+    return {
+        category: fitting.SiteFeatures(
+            PatchFeatureFile(folder / entry["file"], projection_dim=None), tuple(entry["grid"]), int(entry["shallow_dim"])
+        )
+        for category, entry in info.items()
+    }
+
+
+def expert_round_reply(folder: Path, broadcast: Mapping[str, np.ndarray], parameters: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """The site's reply to one k-means round of the experts, from its kept features."""
+    if not (folder / FEATURES_INFO).is_file():
+        raise FileNotFoundError(f"this site kept no features in {folder} for the experts' rounds (restarted?)")
+    return fitting.site_round(kept_features(folder), broadcast, ExpertSettings.from_parameters(parameters[EXPERTS_BLOCK], parameters["seed"]))
 
 
 def build_generative_data(site: Site, parameters: Mapping[str, Any], categories: Iterable[str]) -> Any:

@@ -115,3 +115,39 @@ def test_synthetic_indexed_with_its_drawn_size(tmp_path):
     assert [d.defect_name for _, d in channels] == ["misplaced_part", "misplaced_part"]
     assert load_image(misplaced.image_path, (16, 16)).shape == (16, 16, 3)
     assert np.asarray(Image.open(samples[0].image_path)).shape == (32, 32, 3)
+
+
+def _caps(image: np.ndarray, size: int) -> list[bool]:
+    """Which assembly seats hold a cap (the dark cap at the seat's centre, within the carrier shift)."""
+    from fedpatchcore.core.data.synthetic import ASSEMBLY_SEATS
+
+    grey = image.mean(axis=2)
+    out = []
+    for rel_x, rel_y in ASSEMBLY_SEATS:
+        x, y = int(rel_x * size), int(rel_y * size)
+        out.append(bool((grey[y - 2 : y + 3, x - 2 : x + 3] < 100).mean() > 0.5))
+    return out
+
+
+def test_assembly_mandatory_caps_are_always_there_and_logical_defects_move_one():
+    from fedpatchcore.core.data.synthetic import ASSEMBLY_MANDATORY
+
+    size = 128
+    goods = [render_image("assembly", None, np.random.default_rng(i), (size, size))[0] for i in range(6)]
+    fills = [_caps(image, size) for image in goods]
+    for filled in fills:
+        assert all(filled[k] for k in ASSEMBLY_MANDATORY)
+    optional = [k for k in range(len(fills[0])) if k not in ASSEMBLY_MANDATORY]
+    assert len({tuple(f[k] for k in optional) for f in fills}) == len(fills)  # every assembly its own variant
+    for i in range(4):
+        good, _ = render_image("assembly", None, np.random.default_rng(100 + i), (size, size))
+        missing, channels = render_image("assembly", "missing_part", np.random.default_rng(100 + i), (size, size))
+        before, after = _caps(good, size), _caps(missing, size)
+        assert sum(before) - sum(after) == 1 and len(channels) == 1
+        assert not after[[k for k in ASSEMBLY_MANDATORY if before[k] != after[k]][0]]
+        moved, channels = render_image("assembly", "misplaced_part", np.random.default_rng(100 + i), (size, size))
+        now = _caps(moved, size)
+        assert sum(now) == sum(before) and len(channels) == 2
+        gone = [k for k in range(len(now)) if before[k] and not now[k]]
+        new = [k for k in range(len(now)) if now[k] and not before[k]]
+        assert len(gone) == len(new) == 1 and gone[0] in ASSEMBLY_MANDATORY and new[0] not in ASSEMBLY_MANDATORY

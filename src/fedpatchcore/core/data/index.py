@@ -106,3 +106,28 @@ def subsample_training(
         dropped.update(keys[i] for i in order[keep:])
         counts[category] = {"kept": keep, "of": len(keys)}
     return [s for s in samples if s.key not in dropped], counts
+
+
+def few_shot_training(samples: Sequence[Sample], train_shots: int | str | None, seed: int) -> list[Sample]:
+    """Keep ``train_shots`` training images per category (``dataset.train_shots``; ``"all"``/None: all).
+
+    Each category's subset is drawn with a generator seeded by ``(seed, "train_shots", category)``
+    from its training images sorted by key, and the subsets are nested: the 1-shot image is among
+    the 4 shots, which are among the 8, so a few-shot curve adds images rather than swapping them.
+    A category with fewer images keeps them all. Test samples are returned untouched; the caller
+    removes the validation split first.
+    """
+    if train_shots in (None, "all"):
+        return list(samples)
+    if isinstance(train_shots, bool) or not isinstance(train_shots, int) or train_shots < 1:
+        raise ValueError(f"dataset.train_shots must be 'all' or a positive number of images, got {train_shots!r}")
+    train: dict[str, list[str]] = {}
+    for s in samples:
+        if s.split == TRAIN:
+            train.setdefault(s.category, []).append(s.key)
+    kept: set[str] = set()
+    for category, keys in train.items():
+        keys = sorted(keys)
+        order = derive_rng(int(seed), "train_shots", category).permutation(len(keys))
+        kept.update(keys[i] for i in order[:train_shots])
+    return [s for s in samples if s.split != TRAIN or s.key in kept]

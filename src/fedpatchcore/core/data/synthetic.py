@@ -1,11 +1,17 @@
 """The embedded default dataset: small, procedurally drawn inspection images in AutoVI layout.
 
-Four product categories of clearly different appearance:
+Five product categories of clearly different appearance:
 
 * ``metal_plate``   brushed metal (anisotropic streaks) with four mounting holes;
 * ``woven_fabric``  a two-colour plain weave;
 * ``circuit_board`` a green board with a regular trace grid and components in fixed places;
-* ``parts_tray``    a tray whose six recessed slots each hold one part (washer, nut, screw, block).
+* ``parts_tray``    a tray whose six recessed slots each hold one part (washer, nut, screw, block);
+* ``assembly``      a plain carrier with 6 x 6 identical round seats: half of them (a fixed
+  pattern) must hold a cap, the others may (each good assembly fills about half of them). An
+  empty seat looks exactly like the seat a missing cap left, and a cap put into the wrong seat
+  looks like any other seated cap: only *where* things are tells a logical defect here, so
+  PatchCore, which compares each patch with the nearest normal patch anywhere, is blind to them
+  (the category the logical experts exist for).
 
 Good images vary a little (lighting gain and gradient, sub-slot jitter, noise, texture).
 Defects are structural (``scratch``: thin line; ``stain``: coloured blob; ``dent``: shaded
@@ -38,7 +44,7 @@ from fedpatchcore.core.data.types import GOOD, TEST, TRAIN
 
 logger = logging.getLogger(__name__)
 
-SYNTHETIC_CATEGORIES = ("metal_plate", "woven_fabric", "circuit_board", "parts_tray")
+SYNTHETIC_CATEGORIES = ("metal_plate", "woven_fabric", "circuit_board", "parts_tray", "assembly")
 SYNTHETIC_IMAGE_SIZE = (128, 128)  # (width, height) the images are drawn at by default
 MANIFEST_FILE = "synthetic_manifest.json"
 GENERATOR_VERSION = 2
@@ -49,6 +55,7 @@ CATEGORY_DEFECTS = {
     "woven_fabric": ("stain", "scratch"),
     "circuit_board": ("missing_component", "misplaced_component", "scratch"),
     "parts_tray": ("missing_part", "misplaced_part", "stain"),
+    "assembly": ("missing_part", "misplaced_part", "stain"),
 }
 
 # Value the defect's pixels carry in its ground-truth channel PNGs.
@@ -238,6 +245,21 @@ BOARD_TRACES = (
 )
 TRAY_SLOTS = tuple((x, y) for y in (0.3, 0.7) for x in (0.2, 0.5, 0.8))
 TRAY_PARTS = ("washer", "nut", "screw", "block", "nut", "washer")
+# The assembly carrier: ASSEMBLY_GRID x ASSEMBLY_GRID identical round seats. The seats of
+# ASSEMBLY_MANDATORY (a fixed irregular pattern) always hold a cap; every other seat is optional,
+# so that filled and empty seats are each seen beside every kind of neighbourhood in good images.
+ASSEMBLY_GRID = 5
+ASSEMBLY_MARGIN = 0.14  # plain carrier between the seats and the image border (relative)
+ASSEMBLY_PITCH = (1 - 2 * ASSEMBLY_MARGIN) / ASSEMBLY_GRID
+ASSEMBLY_SEATS = tuple(
+    (ASSEMBLY_MARGIN + (i + 0.5) * ASSEMBLY_PITCH, ASSEMBLY_MARGIN + (j + 0.5) * ASSEMBLY_PITCH)
+    for j in range(ASSEMBLY_GRID)
+    for i in range(ASSEMBLY_GRID)
+)
+ASSEMBLY_SEAT_RADIUS = 0.36 * ASSEMBLY_PITCH  # relative to the image's shorter side
+ASSEMBLY_MANDATORY = tuple(k for k, bit in enumerate("00000" "01010" "00100" "01010" "00000") if bit == "1")
+ASSEMBLY_SHIFT = 0.1  # the carrier sits up to this many seat pitches off its nominal place
+ASSEMBLY_OPTIONAL_FILL = 0.5  # chance that an optional seat holds a cap in a good assembly
 
 
 def _part_layers(kind: str, cx: float, cy: float, s: float, xx, yy, angle: float = 0.0) -> list:
@@ -281,6 +303,12 @@ def _part_layers(kind: str, cx: float, cy: float, s: float, xx, yy, angle: float
         return [(head, (0.62, 0.64, 0.68)), (slot_mask, (0.22, 0.22, 0.24))]
     if kind == "block":
         return [(_rect(xx, yy, cx, cy, 0.8 * r, 0.8 * r), (0.72, 0.16, 0.12))]
+    if kind == "cap":  # the assembly's part: a dark round cap with a lighter ring and a highlight
+        r = ASSEMBLY_SEAT_RADIUS * s
+        cap = _disk(xx, yy, cx, cy, 0.85 * r)
+        ring = cap & ~_disk(xx, yy, cx, cy, 0.6 * r)
+        glint = _disk(xx, yy, cx - 0.3 * r, cy - 0.3 * r, 0.18 * r) & cap
+        return [(cap, (0.2, 0.22, 0.26)), (ring, (0.34, 0.36, 0.4)), (glint, (0.7, 0.72, 0.76))]
     raise ValueError(f"unknown part kind {kind!r}")
 
 
@@ -291,10 +319,12 @@ def _footprint(layers) -> np.ndarray:
     return mask
 
 
-def _draw_parts(img, rng, xx, yy, parts, defect: str | None) -> list[np.ndarray]:
+def _draw_parts(img, rng, xx, yy, parts, defect: str | None, free_places=None) -> list[np.ndarray]:
     """Draw ``parts`` = [(kind, cx, cy, angle)], applying a logical defect; return its channels.
 
-    ``rng`` is the defect's generator: a good image never draws from it.
+    ``rng`` is the defect's generator: a good image never draws from it. ``free_places``
+    (``[(cx, cy)]``, optional): the empty seats a misplaced part may go into (at the seat's
+    centre); without them it is moved by 2-3.5 part radii in a random direction.
     """
     height, width = xx.shape
     s = min(width, height)
@@ -309,6 +339,12 @@ def _draw_parts(img, rng, xx, yy, parts, defect: str | None) -> list[np.ndarray]
     where_it_should_be = _footprint(_part_layers(kind, cx, cy, s, xx, yy, angle))
     if defect.startswith("missing"):
         return [where_it_should_be]
+    if free_places:
+        seat_x, seat_y = free_places[int(rng.integers(len(free_places)))]
+        layers = _part_layers(kind, seat_x, seat_y, s, xx, yy, angle)
+        for mask, color in layers:
+            _paint(img, mask, color)
+        return [where_it_should_be, _footprint(layers)]
     # misplaced: moved by 2-3.5 part radii in a random direction, kept inside the image
     radius = 0.11 * s
     for _ in range(30):
@@ -375,6 +411,37 @@ def _parts_tray(rng, defect_rng, xx, yy, defect):
     return img, channels
 
 
+def _assembly(rng, defect_rng, xx, yy, defect):
+    height, width = xx.shape
+    s = min(width, height)
+    img = np.empty((height, width, 3))
+    img[:] = (0.5, 0.58, 0.7)  # a blue anodised carrier
+    img += 0.01 * rng.standard_normal((height, width))[:, :, None]
+    # The carrier is not registered to the camera: it sits up to ASSEMBLY_SHIFT seat pitches off
+    # centre (each cap has a little play in its seat on top of that).
+    fx, fy = rng.uniform(-ASSEMBLY_SHIFT, ASSEMBLY_SHIFT, 2) * ASSEMBLY_PITCH * s
+    seats = [(rel_x * width + fx, rel_y * height + fy) for rel_x, rel_y in ASSEMBLY_SEATS]
+    r = ASSEMBLY_SEAT_RADIUS * s
+    for sx, sy in seats:  # every seat looks the same: a darker round recess with a rim
+        _paint(img, _disk(xx, yy, sx, sy, 1.05 * r), (0.38, 0.45, 0.56))
+        _paint(img, _disk(xx, yy, sx, sy, 0.95 * r), (0.44, 0.51, 0.63))
+    mandatory, optional, empty = [], [], []
+    for k, (sx, sy) in enumerate(seats):
+        jx, jy = rng.uniform(-0.08, 0.08, 2) * r
+        if k in ASSEMBLY_MANDATORY:
+            mandatory.append(("cap", sx + jx, sy + jy, 0.0))
+        elif rng.random() < ASSEMBLY_OPTIONAL_FILL:
+            optional.append(("cap", sx + jx, sy + jy, 0.0))
+        else:
+            empty.append((sx, sy))
+    for kind, cx, cy, angle in optional:
+        for mask, color in _part_layers(kind, cx, cy, s, xx, yy, angle):
+            _paint(img, mask, color)
+    # A logical defect concerns a mandatory cap: missing, or put into an empty optional seat.
+    channels = _draw_parts(img, defect_rng, xx, yy, mandatory, defect, free_places=empty)
+    return img, channels
+
+
 def render_image(category: str, defect: str | None, rng, image_size: tuple[int, int]):
     """One image of ``category`` (``defect`` None or "good" = defect-free): (uint8 RGB, channels).
 
@@ -396,6 +463,8 @@ def render_image(category: str, defect: str | None, rng, image_size: tuple[int, 
         (img, channels), noise = _circuit_board(scene_rng, defect_rng, xx, yy, defect), 0.008
     elif category == "parts_tray":
         (img, channels), noise = _parts_tray(scene_rng, defect_rng, xx, yy, defect), 0.008
+    elif category == "assembly":
+        (img, channels), noise = _assembly(scene_rng, defect_rng, xx, yy, defect), 0.008
     else:
         raise ValueError(f"Unknown synthetic category {category!r}; available: {list(SYNTHETIC_CATEGORIES)}")
     if defect in STRUCTURAL:
@@ -414,6 +483,8 @@ def _nominal_part_area(category: str, image_size: tuple[int, int]) -> float:
     s = min(width, height)
     if category == "circuit_board":
         placed = [(k, x * width, y * height) for k, x, y in BOARD_LAYOUT]
+    elif category == "assembly":
+        placed = [("cap", ASSEMBLY_SEATS[k][0] * width, ASSEMBLY_SEATS[k][1] * height) for k in ASSEMBLY_MANDATORY]
     else:
         placed = [(k, x * width, y * height) for (x, y), k in zip(TRAY_SLOTS, TRAY_PARTS, strict=True)]
     areas = [_footprint(_part_layers(k, x, y, s, xx, yy)).sum() for k, x, y in placed]

@@ -145,3 +145,21 @@ def publish_privacy(
     if experiment:
         summary["experiment"] = experiment
     return summary
+
+
+def add_expert_communication(run_summary: dict[str, Any], expert_traffic: dict[str, Any]) -> dict[str, Any]:
+    """The run's summary with what the experts' fitting sent: ``communication.experts``, added to
+    ``communication.uploaded_bytes`` (and to each client's ``uploaded_bytes``)."""
+    communication = dict(run_summary.get("communication") or {})
+    communication["experts"] = dict(expert_traffic)
+    communication["uploaded_bytes"] = int(communication.get("uploaded_bytes", 0)) + int(expert_traffic["uploaded_bytes"])
+    communication["broadcast_bytes"] = int(communication.get("broadcast_bytes", 0)) + int(expert_traffic["broadcast_bytes"])
+    if communication.get("raw_image_bytes"):
+        communication["upload_to_raw_ratio"] = float(communication["uploaded_bytes"] / communication["raw_image_bytes"])
+    clients = {cid: dict(values) for cid, values in (run_summary.get("clients") or {}).items()}
+    for site, values in expert_traffic["sites"].items():
+        cid = site.removeprefix("client_")
+        if cid in clients:
+            clients[cid]["uploaded_bytes"] = int(clients[cid].get("uploaded_bytes", 0)) + int(values["uploaded_bytes"])
+            clients[cid]["expert_uploaded_bytes"] = int(values["uploaded_bytes"])
+    return {**run_summary, "communication": communication, "clients": clients}

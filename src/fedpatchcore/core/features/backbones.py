@@ -616,6 +616,29 @@ def default_layers(name: str) -> tuple[str, str]:
     raise ValueError(_unknown_message(name))
 
 
+def stage_channels(name: str, layers: Sequence[Layer] | None = None) -> tuple[int, int]:
+    """Channels of the two stages (shallow, deep) ``name`` returns with ``layers``, without loading
+    any weight file: the split of a patch embedding's dimensions between its two stages."""
+    if name in _LITE_SPECS:
+        first, second = _choose_two(name, layers, _LITE_STAGES, _LITE_DEFAULT_LAYERS)
+        return _LITE_SPECS[name].stage_channels[first], _LITE_SPECS[name].stage_channels[second]
+    if name == "wide_resnet50_2":
+        first, second = _choose_two(name, layers, _WRN50_STAGES, _WRN50_DEFAULT_LAYERS)
+        return _WRN50_CHANNELS[first], _WRN50_CHANNELS[second]
+    if name.startswith(TIMM_PREFIX):
+        model_name = _timm_model_name(name)
+        names, reductions, channels = _timm_feature_layers(model_name)
+        if layers is None:
+            first, second = _timm_default_layers(model_name, reductions)
+        else:  # as _build_timm reads them: feature indices or module names
+            as_names = [
+                names[int(x)] if isinstance(x, int) and 0 <= int(x) < len(names) else str(x) for x in layers
+            ]
+            first, second = _choose_two(name, as_names, names, (names[0], names[-1]))
+        return channels[first], channels[second]
+    raise ValueError(_unknown_message(name))
+
+
 def default_image_size(name: str) -> tuple[int, int] | None:
     """The input resolution ``(width, height)`` backbone ``name`` is used at by default.
 

@@ -2,10 +2,10 @@
 
 ``params:tuned`` (written by the tune pipeline into ``conf/tuned/parameters.yml``) maps a
 category to its own backbone, layers, input size, neighbourhood and image score. The
-centralized baseline extracts and scores each such category with its own setting; a category
-without an entry (and every category when ``tuned`` is empty, the default) runs exactly as
-before, from the ``backbone`` / ``extraction`` / ``scoring`` blocks and at ``category_info``'s
-size. Federated variants do not read ``tuned`` (README "Tuning and inspecting new images").
+centralized baseline and every federated client extract, and every variant scores, each such
+category with its own setting; a category without an entry (and every category when ``tuned``
+is empty, the default) runs exactly as before, from the ``backbone`` / ``extraction`` /
+``scoring`` blocks and at ``category_info``'s size (README "Tuning and inspecting new images").
 """
 
 from __future__ import annotations

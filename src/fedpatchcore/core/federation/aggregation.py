@@ -76,7 +76,7 @@ class AggregationResult:
         """JSON-ready overview (no arrays)."""
         out = {
             "bank_rows": {c: int(b.shape[0]) for c, b in self.banks.items()},
-            "dim": next((int(b.shape[1]) for b in self.banks.values()), None),
+            "dim": {c: int(b.shape[1]) for c, b in self.banks.items()},
             "contributions": {c: dict(v) for c, v in self.contributions.items()},
             "rejected": {c: list(v) for c, v in self.rejected.items()},
         }
@@ -124,13 +124,17 @@ def register_strategy(name: str) -> Callable[[Strategy], Strategy]:
 # --------------------------------------------------------------------------- uploads
 
 
-def validate_upload(upload: ClientUpload, expected_dim: int | None) -> list[str]:
-    """Problems that make an upload unusable; an empty list means it is fine."""
+def validate_upload(upload: ClientUpload, expected_dim: int | Mapping[str, int] | None) -> list[str]:
+    """Problems that make an upload unusable; an empty list means it is fine.
+
+    ``expected_dim``: the feature dimension of every category, or per category (each category
+    may be extracted with its own network: the ``tuned`` settings); None: not checked.
+    """
     problems: list[str] = []
     if not upload.banks:
         problems.append("no banks uploaded")
-    dims: set[int] = set()
     for category, bank in upload.banks.items():
+        expected = expected_dim.get(category) if isinstance(expected_dim, Mapping) else expected_dim
         try:
             arr = np.asarray(bank)
         except Exception as exc:  # pragma: no cover - exotic inputs
@@ -146,9 +150,8 @@ def validate_upload(upload: ClientUpload, expected_dim: int | None) -> list[str]
             problems.append(f"category '{category}': zero rows")
         if arr.shape[1] == 0:
             problems.append(f"category '{category}': zero-dimensional vectors")
-        if expected_dim is not None and arr.shape[1] != expected_dim:
-            problems.append(f"category '{category}': dimension {arr.shape[1]}, expected {expected_dim}")
-        dims.add(int(arr.shape[1]))
+        if expected is not None and arr.shape[1] != expected:
+            problems.append(f"category '{category}': dimension {arr.shape[1]}, expected {expected}")
         if arr.size and not np.isfinite(arr).all():
             n_nan = int(np.isnan(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
             n_inf = int(np.isinf(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
@@ -178,37 +181,39 @@ def validate_upload(upload: ClientUpload, expected_dim: int | None) -> list[str]
                 ok = False
             if not ok:
                 problems.append(f"category '{category}': n_images must be a positive integer, got {n!r}")
-    if expected_dim is None and len(dims) > 1:
-        problems.append(f"banks disagree on the dimension: {sorted(dims)}")
     return problems
 
 
-def _infer_dim(uploads: Sequence[ClientUpload]) -> int | None:
-    """The dimension most clients use (one vote per client); ties are an error."""
-    votes: dict[int, list[str]] = {}
+def _infer_dims(uploads: Sequence[ClientUpload]) -> dict[str, int]:
+    """Per category, the dimension most of the clients holding it use (one vote per client);
+    ties are an error. Categories may differ (each extracted with its own network)."""
+    votes: dict[str, dict[int, list[str]]] = {}
     for up in uploads:
-        dims = {np.asarray(b).shape[1] for b in up.banks.values() if np.asarray(b).ndim == 2}
-        if len(dims) == 1:
-            votes.setdefault(dims.pop(), []).append(up.client_id)
-    if not votes:
-        return None
-    ranked = sorted(votes.items(), key=lambda kv: -len(kv[1]))
-    if len(ranked) > 1 and len(ranked[0][1]) == len(ranked[1][1]):
-        raise AggregationError(
-            f"clients disagree on the feature dimension ({ {d: ids for d, ids in ranked} }) and no "
-            "expected_dim was given: pass the backbone's feature dimension"
-        )
-    return int(ranked[0][0])
+        for category, bank in up.banks.items():
+            shape = np.shape(bank)
+            if len(shape) == 2:
+                votes.setdefault(category, {}).setdefault(int(shape[1]), []).append(up.client_id)
+    dims = {}
+    for category, by_dim in votes.items():
+        ranked = sorted(by_dim.items(), key=lambda kv: -len(kv[1]))
+        if len(ranked) > 1 and len(ranked[0][1]) == len(ranked[1][1]):
+            raise AggregationError(
+                f"clients disagree on the feature dimension of category '{category}' "
+                f"({ {d: ids for d, ids in ranked} }) and no expected_dim was given: pass its feature dimension"
+            )
+        dims[category] = int(ranked[0][0])
+    return dims
 
 
 def split_valid_uploads(
-    uploads: Sequence[ClientUpload], expected_dim: int | None = None
+    uploads: Sequence[ClientUpload], expected_dim: int | Mapping[str, int] | None = None
 ) -> tuple[list[ClientUpload], dict[str, list[str]]]:
     """The uploads fit to use, and the problems of each rejected one (logged as a warning).
 
-    ``expected_dim`` defaults to the dimension most clients use.
+    ``expected_dim`` (one for all categories, or per category) defaults to the dimension most
+    clients use for each category.
     """
-    dim = expected_dim if expected_dim is not None else _infer_dim(uploads)
+    dim = expected_dim if expected_dim is not None else _infer_dims(uploads)
     valid, rejected = [], {}
     for up in uploads:
         problems = validate_upload(up, dim)

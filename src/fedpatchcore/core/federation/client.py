@@ -34,8 +34,9 @@ from fedpatchcore.core.coreset.denoise import DenoiseSettings, denoise_feature_f
 from fedpatchcore.core.coreset.kcenter import coreset_size, greedy_kcenter
 from fedpatchcore.core.coreset.streaming import select_coreset_streaming
 from fedpatchcore.core.data.types import CategoryInfo, Sample
+from fedpatchcore.core.features import tuned_settings
 from fedpatchcore.core.features.embedding import PatchEmbedder
-from fedpatchcore.core.features.extraction import ExtractedFeatures, extract_patch_features
+from fedpatchcore.core.features.extraction import ExtractedFeatures, extract_patch_features, make_embedder
 from fedpatchcore.core.federation.aggregation import covering_radius_estimate, uncovered_rows
 from fedpatchcore.core.federation.fairness import FairnessSettings, group_quotas, shapes_client_coreset
 from fedpatchcore.core.federation.heterogeneity import (
@@ -270,6 +271,50 @@ def extract_features(
     )
     features.numbers.update(quality.numbers())
     return features, degrade.manifest
+
+
+def extract_tuned_features(
+    samples: Sequence[Sample],
+    infos: Mapping[str, CategoryInfo],
+    backbone: Mapping[str, Any],
+    extraction: Mapping[str, Any],
+    tuned: Mapping[str, Any] | None,
+    scratch_dir: str | Path,
+    settings: ClientSettings,
+) -> tuple[ExtractedFeatures, list[dict[str, Any]]]:
+    """:func:`extract_features`, each category with its ``tuned`` setting (if it has one).
+
+    Without ``tuned`` entries: one network from the ``backbone`` / ``extraction`` blocks.
+    Otherwise the categories are extracted in groups sharing one network, each at its setting's
+    input size; the categories' feature files may then differ in dimension (one bank per
+    category; every client extracts a category with the same setting, so the server merges
+    like with like).
+    """
+    if not tuned:
+        return extract_features(samples, infos, make_embedder(backbone, extraction), scratch_dir, settings)
+    per_category = tuned_settings.category_settings({s.category for s in samples}, backbone, extraction, {}, tuned)
+    merged: ExtractedFeatures | None = None
+    applied_all: list[dict[str, Any]] = []
+    for setting, categories in tuned_settings.groups(per_category):
+        group_backbone, group_extraction, _ = tuned_settings.blocks_for(setting, backbone, extraction, {})
+        group_infos = {c: tuned_settings.info_for(setting, infos[c]) for c in categories}
+        features, applied = extract_features(
+            [s for s in samples if s.category in group_infos],
+            group_infos,
+            make_embedder(group_backbone, group_extraction),
+            scratch_dir,
+            settings,
+        )
+        applied_all.extend(applied)
+        if merged is None:
+            merged = features
+            continue
+        merged.files.update(features.files)
+        merged.image_keys.update(features.image_keys)
+        merged.grid.update(features.grid)
+        merged.skipped.extend(features.skipped)
+        merged.numbers.update(features.numbers)
+    return merged, applied_all
 
 
 def patch_positions(rows: np.ndarray, grid: tuple[int, int]) -> np.ndarray:

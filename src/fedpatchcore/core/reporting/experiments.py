@@ -16,7 +16,9 @@ from scipy.stats import spearmanr
 
 from fedpatchcore.core.evaluation.metrics import fairness_metrics
 
-GROUPINGS = ("mean", "categories", "fairness", "clients")
+GROUPINGS = ("mean", "categories", "fairness", "clients", "experts")
+#: The rows of the ``experts`` grouping: each expert alone, the best combination, the chosen rule.
+EXPERT_ROWS = ("texture", "global", "position", "composition", "fused", "selected")
 # Rows after the groups in the fairness groupings: the worst group per column, then the mean.
 WORST = "worst"
 
@@ -28,18 +30,57 @@ def _metric_row(values: Mapping[str, Any], spro_limit: str) -> dict[str, Any]:
     }
 
 
+def _defect_kind_auroc(values: Mapping[str, Any], logical: set[str]) -> dict[str, float | None]:
+    """Mean image AUC-ROC over a category's logical and over its structural defect types."""
+    per_defect = values.get("image_auroc_per_defect") or {}
+    kinds: dict[str, list[float]] = {"logical": [], "structural": []}
+    for defect, auroc in per_defect.items():
+        if auroc is not None:
+            kinds["logical" if defect in logical else "structural"].append(float(auroc))
+    return {f"image_auroc_{kind}": (float(np.mean(v)) if v else None) for kind, v in kinds.items()}
+
+
+def _expert_rows(
+    metrics: Mapping[str, Any], spro_limit: str, logical: set[str]
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """(category, expert, values) of a run's ``experts`` block, every category then ``mean``."""
+    experts = metrics.get("experts")
+    if not experts:
+        raise ValueError("comparison.groups: experts needs runs with experts.enabled (they publish no experts metrics)")
+    rows = []
+    categories = sorted(experts["texture"]["categories"])
+    for category in [*categories, "mean"]:
+        for expert in EXPERT_ROWS:
+            if category == "mean":
+                per_category = [_defect_kind_auroc(experts[expert]["categories"][c], logical) for c in categories]
+                kinds = {
+                    key: (float(np.mean(v)) if (v := [row[key] for row in per_category if row[key] is not None]) else None)
+                    for key in ("image_auroc_logical", "image_auroc_structural")
+                }
+                values = experts[expert]["mean"]
+            else:
+                values = experts[expert]["categories"][category]
+                kinds = _defect_kind_auroc(values, logical)
+            rows.append((category, expert, {**_metric_row(values, spro_limit), **kinds}))
+    return rows
+
+
 def experiment_table(
     runs: Mapping[str, Mapping[str, Any]],
     labels: Mapping[str, Mapping[str, Any]] | None = None,
     groups: str = "categories",
     spro_limit: str = "0.05",
+    logical_defects: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Rows per run × group: label columns, ``group``, ``image_auroc``, ``aucspro_<limit>``, ``uploaded_bytes``.
 
     ``groups``: ``categories`` (every category, then ``mean``), ``mean`` (one row per run, no
     ``group`` column), ``fairness`` (every category, then ``worst``: each column's lowest value
     over the categories, then ``mean``) or ``clients`` (every client scored on the categories it
-    holds, then ``worst`` and ``mean`` over clients; from the run's ``fairness.client``).
+    holds, then ``worst`` and ``mean`` over clients; from the run's ``fairness.client``) or
+    ``experts`` (every category then ``mean``, each with a row per expert: ``category``,
+    ``expert`` of :data:`EXPERT_ROWS`, plus the mean image AUC-ROC over the ``logical_defects``
+    types and over the others, ``image_auroc_logical`` / ``image_auroc_structural``).
     Numbers a run publishes under ``experiment`` in its metrics (e.g. the privacy budget) become
     extra columns.
     """
@@ -58,6 +99,8 @@ def experiment_table(
         uploaded = (metrics.get("communication") or {}).get("uploaded_bytes")
         if groups in ("fairness", "clients"):
             per_group = _fairness_rows(metrics, "category" if groups == "fairness" else "client", spro_limit)
+        elif groups == "experts":
+            per_group = {}
         elif groups == "categories":
             per_group = {
                 group: _metric_row(values, spro_limit)
@@ -65,6 +108,12 @@ def experiment_table(
             }
         else:
             per_group = {"mean": _metric_row(metrics["mean"], spro_limit)}
+        if groups == "experts":
+            for category, expert, values in _expert_rows(metrics, spro_limit, set(logical_defects)):
+                row = {column: run_labels.get(column) for column in label_columns}
+                row.update({"category": category, "expert": expert, **values, **extra, "uploaded_bytes": uploaded})
+                rows.append(row)
+            continue
         for group, values in per_group.items():
             row = {column: run_labels.get(column) for column in label_columns}
             if groups != "mean":
@@ -122,7 +171,7 @@ def as_axis(values: Sequence[Any]) -> np.ndarray | None:
     """Label values as numbers for a plot axis (``inf``/``"inf"``/None -> +inf), or None if any is text."""
     out = []
     for value in values:
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "none")):
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("inf", "infinity", "none", "all")):
             out.append(np.inf)
             continue
         try:

@@ -8,6 +8,7 @@ needs a GUI backend, and no caller has to close them.
 * :func:`experiment_plot`: the experiment's plot from its tidy table
   (:func:`fedpatchcore.core.reporting.experiments.experiment_table`);
 * :func:`overlay_sheet`: one category's overlays, every map on the category's one colour scale;
+* :func:`expert_views_sheet`: one image as each logical expert (and the fusion) sees it;
 * :func:`draw_explanation`: the explanation of one image, from its own outputs only.
 """
 
@@ -62,6 +63,8 @@ def experiment_plot(table: pd.DataFrame, groups: str, plot_x: str | None = None)
         return bar_chart(_per_group(table, "image_auroc", ["mean"], sort_runs=False), "image AUC-ROC")
     if groups in ("fairness", "clients"):
         return _fairness_plot(table)
+    if groups == "experts":
+        return _experts_plot(table)
     label_columns = list(table.columns[: list(table.columns).index("image_auroc")])
     numeric = [column for column in label_columns if as_axis(table[column].tolist()) is not None]
     if plot_x is not None:
@@ -93,15 +96,24 @@ def _fairness_plot(table: pd.DataFrame) -> Figure:
     return figure
 
 
+def _infinity_right(values: pd.Series) -> tuple[np.ndarray, np.ndarray, float]:
+    """A numeric label's values for a log x axis: inf ("no privacy", ``all`` shots) drawn one
+    doubling right of the largest finite value. Returns the x values, which were finite, and
+    where inf is drawn."""
+    x = as_axis(values.tolist())
+    finite = np.isfinite(x)
+    right = x[finite].max() * 2 if finite.any() else 1.0
+    return np.where(finite, x, right), finite, right
+
+
 def _line_plot(table: pd.DataFrame, first: str, rest: list[str]) -> Figure:
     """Lines over the numeric label ``first`` (log scale, "no privacy" = inf one step right of
     the largest finite value, 0 one step left of the smallest positive one)."""
+    drawn, finite, right = _infinity_right(table[first])
     x = as_axis(table[first].tolist())
-    finite = np.isfinite(x)
-    right = x[finite].max() * 2 if finite.any() else 1.0
     positive = finite & (x > 0)
     left = x[positive].min() / 2 if positive.any() else 0.5
-    series = table.assign(_x=np.where(finite, np.where(x > 0, x, left), right))
+    series = table.assign(_x=np.where(finite & (x <= 0), left, drawn))
     panels = [c for c in _LINE_PANELS if c in table.columns and table[c].notna().any()]
     figure = Figure(figsize=(7 * len(panels), 4))
     axes = figure.subplots(1, len(panels), squeeze=False)
@@ -122,6 +134,58 @@ def _line_plot(table: pd.DataFrame, first: str, rest: list[str]) -> Figure:
         axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
         axis.legend(fontsize=8)
     figure.tight_layout()
+    return figure
+
+
+#: The experts an ``experts`` experiment plot draws: PatchCore alone against each category's choice.
+_PLOTTED_EXPERTS = {"texture": "tab:blue", "selected": "tab:red"}
+
+
+def _experts_plot(table: pd.DataFrame) -> Figure:
+    """Image AUC-ROC of PatchCore alone (``texture``) and of each category's chosen rule
+    (``selected``) per run: one panel per category and ``mean``; with a numeric label (``shots``)
+    as the x axis, one line per expert and other label (one line style per other label)."""
+    table = table[table["expert"].isin(list(_PLOTTED_EXPERTS))]
+    label_columns = list(table.columns[: list(table.columns).index("category")])
+    categories = list(dict.fromkeys(table["category"]))
+    figure = Figure(figsize=(3.2 * len(categories), 3.4))
+    axes = figure.subplots(1, len(categories), squeeze=False, sharey=True)
+    numeric = next((c for c in label_columns if as_axis(table[c].tolist()) is not None and table[c].nunique() > 1), None)
+    if numeric is None:  # shots: "all" reads as +inf, one step right of the largest number
+        numeric = next((c for c in label_columns if c == "shots"), None)
+    for axis, category in zip(axes[0], categories, strict=True):
+        part = table[table["category"] == category]
+        others = [c for c in label_columns if c != numeric]
+        if numeric is None:
+            runs = part[label_columns].astype(str).agg(" / ".join, axis=1)
+            part.assign(run=runs).pivot_table(index="expert", columns="run", values="image_auroc", sort=False).plot.bar(
+                ax=axis, rot=45, legend=axis is axes[0][-1]
+            )
+        else:
+            x, finite, right = _infinity_right(part[numeric])
+            names = dict.fromkeys(part[others].astype(str).agg(" / ".join, axis=1))
+            styles = dict(zip(names, ("-", "--", ":", "-."), strict=False))
+            for key, rows in part.assign(_x=x).groupby(["expert", *others], sort=False):
+                rows = rows.sort_values("_x")
+                key = key if isinstance(key, tuple) else (key,)
+                rest = " / ".join(map(str, key[1:]))
+                axis.plot(
+                    rows["_x"], rows["image_auroc"], marker="o", color=_PLOTTED_EXPERTS[key[0]],
+                    linestyle=styles.get(rest, "-"), label=" / ".join(map(str, key)),
+                )
+            ticks = sorted(set(x))
+            axis.set_xscale("log", base=2)
+            axis.set_xticks(ticks, ["all" if t == right and not finite.all() else f"{t:g}" for t in ticks])
+            axis.minorticks_off()
+            axis.set_xlabel(numeric)
+        axis.set_title(category, fontsize=9)
+        axis.set_ylim(0.0, 1.05)
+        axis.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
+    axes[0][0].set_ylabel("image AUC-ROC")
+    handles, names = axes[0][-1].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, names, fontsize=7, loc="lower center", ncol=min(6, len(names)))
+    figure.tight_layout(rect=(0, 0.12 if handles else 0, 1, 1))
     return figure
 
 
@@ -183,6 +247,45 @@ def overlay_sheet(category: str, rows: list[OverlayRow], vmax: float) -> Figure:
             axis.axis("off")
     figure.suptitle(f"{category}: anomaly maps (shared scale 0..{vmax:.2f})", fontsize=10)
     figure.tight_layout()
+    return figure
+
+
+@dataclass
+class ExpertView:
+    """One expert's view of an image: its map over the image, on the expert's own scale."""
+
+    label: str  # e.g. "position" or "selected (sum)"
+    anomaly_map: np.ndarray  # (H, W)
+    score: float  # the expert's (z-normalised) image score
+    vmin: float  # the expert's colour scale over the category's test maps
+    vmax: float
+
+
+def expert_views_sheet(title: str, image: np.ndarray, mask: np.ndarray, caption: str, views: list[ExpertView]) -> Figure:
+    """One row: the image with its ground-truth contour, then the image under each view's map."""
+    figure = Figure(figsize=(2.1 * (len(views) + 1), 2.6))
+    axes = figure.subplots(1, len(views) + 1, squeeze=False)[0]
+    axes[0].imshow(image)
+    _contour(axes[0], mask)
+    _caption(axes[0], caption)
+    for axis, view in zip(axes[1:], views, strict=True):
+        axis.imshow(image)
+        axis.imshow(view.anomaly_map, cmap="jet", alpha=0.5, vmin=view.vmin, vmax=view.vmax)
+        _contour(axis, mask)
+        _caption(axis, f"{view.label}: z {view.score:.1f}")
+    for axis in axes:
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def message_sheet(text: str) -> Figure:
+    """A small figure holding one line of text (a folder of figures is never left empty)."""
+    figure = Figure(figsize=(4, 1))
+    axis = figure.subplots()
+    axis.text(0.5, 0.5, text, ha="center", va="center")
+    axis.axis("off")
     return figure
 
 

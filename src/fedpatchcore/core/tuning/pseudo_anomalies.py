@@ -10,7 +10,17 @@ claims a pixel that was left alone and never misses one that was altered.
 * ``perlin_blend``: a Perlin-noise blob filled with a foreign texture blended in
   (Zavrtanik et al., DRAEM 2021);
 * ``local_blur`` / ``local_brightness``: an elliptic region blurred, or brightened/darkened;
-* ``scratch``: a thin polyline drawn in a colour that contrasts with what lies under it.
+* ``scratch``: a thin polyline drawn in a colour that contrasts with what lies under it;
+* ``remove_part``: a region that stands out from its surroundings (a part, most likely) cut out
+  and filled with the surrounding background, as a missing part leaves it;
+* ``move_part``: such a region moved elsewhere, its old place filled with background (a part
+  in the wrong place).
+
+The first five are structural (the tune pipeline's default, :data:`PSEUDO_ANOMALY_KINDS`); the
+two part generators imitate logical defects, which the logical experts' fusion is chosen on
+(:data:`PART_PSEUDO_ANOMALY_KINDS`). Both pick their region among several random candidates as
+the one whose inside differs most from the ring around it, so on an assembly they take a part
+rather than bare carrier.
 
 Sizes scale with the image (regions of ~6-25 % of the shorter side), so the same seed
 gives comparable anomalies at 32 px and at 1000 px. A generator retries with new random
@@ -31,6 +41,8 @@ from scipy.ndimage import gaussian_filter
 from fedpatchcore.core.common.seeding import derive_rng
 
 __all__ = [
+    "KNOWN_PSEUDO_ANOMALY_KINDS",
+    "PART_PSEUDO_ANOMALY_KINDS",
     "PSEUDO_ANOMALY_KINDS",
     "PseudoAnomaly",
     "cut_paste",
@@ -38,13 +50,28 @@ __all__ = [
     "local_brightness",
     "make_pseudo_anomalies",
     "make_pseudo_anomaly",
+    "move_part",
     "perlin_blend",
+    "part_variability",
     "perlin_noise",
+    "remove_part",
     "scratch",
 ]
 
-#: Every kind :func:`make_pseudo_anomaly` knows (parameter ``validation.pseudo_anomalies.kinds``).
+#: The structural kinds (the tune pipeline's default).
 PSEUDO_ANOMALY_KINDS = ("cut_paste", "perlin_blend", "local_blur", "local_brightness", "scratch")
+#: Kinds imitating logical defects: a part removed, a part moved.
+PART_PSEUDO_ANOMALY_KINDS = ("remove_part", "move_part")
+#: Every kind :func:`make_pseudo_anomaly` knows (parameter ``experts.fusion.pseudo_anomaly_kinds``).
+KNOWN_PSEUDO_ANOMALY_KINDS = (*PSEUDO_ANOMALY_KINDS, *PART_PSEUDO_ANOMALY_KINDS)
+#: Region sizes a part generator tries before it takes the most distinct region.
+PART_SIZES = 4
+#: Places (on a grid of a quarter of the region's side) compared when a part generator looks for
+#: the most distinct region, or for background (or another seat) that fits; a seeded sample of
+#: them in large images.
+PART_PLACES = 600
+#: Part generators search a large image sampled down to about this many pixels on its short side.
+SEARCH_SIDE = 128
 
 #: Attempts with fresh random parameters before a generator gives up on a visible change.
 _MAX_TRIES = 20
@@ -310,6 +337,201 @@ def scratch(
     return _retry(generate, image, rng, min_changed, "scratch")
 
 
+def _band(h: int, w: int) -> int:
+    """Width of the ring around an ``h`` x ``w`` rectangle that stands for its surroundings."""
+    return max(2, min(h, w) // 4)
+
+
+def _ring_pixels(image: np.ndarray, y: int, x: int, h: int, w: int) -> np.ndarray | None:
+    """The ring's pixels ``(n, 3)`` in a fixed order (None when the ring leaves the image)."""
+    band = _band(h, w)
+    height, width = image.shape[:2]
+    if y - band < 0 or x - band < 0 or y + h + band > height or x + w + band > width:
+        return None
+    window = image[y - band : y + h + band, x - band : x + w + band].astype(np.float64)
+    inside = np.zeros(window.shape[:2], dtype=bool)
+    inside[band : band + h, band : band + w] = True
+    return window[~inside]
+
+
+def _places(
+    rng: np.random.Generator, height: int, width: int, h: int, w: int, limit: int
+) -> list[tuple[int, int]]:
+    """Top-left corners of ``h`` x ``w`` rectangles with their whole ring inside the image, on a
+    grid of a quarter of the rectangle's side (at most ``limit`` of them, a seeded sample)."""
+    band = _band(h, w)
+    ys = np.arange(band, height - h - band + 1, max(1, h // 4))
+    xs = np.arange(band, width - w - band + 1, max(1, w // 4))
+    places = [(int(y), int(x)) for y in ys for x in xs]
+    if len(places) > limit:
+        places = [places[i] for i in np.sort(rng.choice(len(places), limit, replace=False))]
+    return places
+
+
+def _distinct_region(
+    image: np.ndarray, rng: np.random.Generator, scale: tuple[float, float], variability: np.ndarray | None = None
+) -> tuple[int, int, int, int]:
+    """``(y, x, h, w)`` of the rectangle whose inside differs most from its ring while the ring
+    itself is most uniform (it encloses a part rather than cutting through one) and, given the
+    ``variability`` of each pixel over good images, whose inside varies least from one good
+    image to the next (a part that is always there, not an optional one), among ``PART_SIZES``
+    random sizes at places on a grid."""
+    height, width = image.shape[:2]
+    pixels = image.astype(np.float64)
+    best, best_score = None, -np.inf
+    for _ in range(PART_SIZES):
+        h, w = _region_size(rng, height, width, *scale)
+        for y, x in _places(rng, height, width, h, w, PART_PLACES // PART_SIZES):
+            ring = _ring_pixels(image, y, x, h, w)
+            background = np.median(ring, axis=0)
+            inside = float(np.abs(pixels[y : y + h, x : x + w] - background).mean())
+            score = inside - 2.0 * float(np.abs(ring - background).mean())
+            if variability is not None:
+                score -= 2.0 * float(variability[y : y + h, x : x + w].mean())
+            if score > best_score:
+                best, best_score = (y, x, h, w), score
+    if best is None:  # the image is too small for a ring around any region: take one anyway
+        h, w = _region_size(rng, height, width, *scale)
+        best = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w)
+    return best
+
+
+def _matching_place(
+    image: np.ndarray, rng: np.random.Generator, region: tuple[int, int, int, int], avoid: list[tuple[int, int]]
+) -> tuple[int, int] | None:
+    """Top-left corner of the place whose surroundings look most like ``region``'s and whose inside
+    does not (an empty seat for a seated part), away from ``avoid``; None when nothing fits."""
+    y, x, h, w = region
+    height, width = image.shape[:2]
+    ring = _ring_pixels(image, y, x, h, w)
+    if ring is None:
+        return None
+    pixels = image.astype(np.float64)
+    inside = pixels[y : y + h, x : x + w]
+    distinct = float(np.abs(inside - np.median(ring, axis=0)).mean())
+    best, best_score = None, np.inf
+    for ty, tx in _places(rng, height, width, h, w, PART_PLACES):
+        if any(abs(ty - ay) < h / 2 and abs(tx - ax) < w / 2 for ay, ax in avoid):
+            continue
+        if float(np.abs(pixels[ty : ty + h, tx : tx + w] - inside).mean()) < distinct / 2:
+            continue  # looks like the part itself: no change
+        score = float(np.abs(_ring_pixels(image, ty, tx, h, w) - ring).mean())
+        if score < best_score:
+            best, best_score = (ty, tx), score
+    return best
+
+
+def _search_stride(image: np.ndarray) -> int:
+    """Every how many pixels a large image is sampled for the searches (about 128 on the short side)."""
+    return max(1, min(image.shape[:2]) // SEARCH_SIDE)
+
+
+def _full(box: tuple[int, ...], stride: int, shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """A box found on the sampled image at full resolution (a region clipped to ``shape``)."""
+    full = tuple(int(v) * stride for v in box)
+    if shape is not None:
+        y, x, h, w = full
+        full = (y, x, min(h, shape[0] - y), min(w, shape[1] - x))
+    return full
+
+
+def _fill_with_background(
+    out: np.ndarray, source: np.ndarray, region: tuple[int, int, int, int], rng: np.random.Generator
+) -> None:
+    """Fill ``region`` of ``out`` (in place) with background: the inside of the place in ``source``
+    whose surroundings match best (:func:`_matching_place`), else the ring's colour and grain."""
+    y, x, h, w = region
+    stride = _search_stride(source)
+    small = source[::stride, ::stride]
+    place = _matching_place(small, rng, (y // stride, x // stride, max(1, h // stride), max(1, w // stride)), [(y // stride, x // stride)])
+    place = None if place is None else _full(place, stride)
+    if place is not None and (place[0] + h > source.shape[0] or place[1] + w > source.shape[1]):
+        place = None
+    if place is not None:
+        out[y : y + h, x : x + w] = source[place[0] : place[0] + h, place[1] : place[1] + w]
+        return
+    ring = _ring_pixels(source, y, x, h, w)
+    around = source.reshape(-1, 3).astype(np.float64) if ring is None else ring
+    centre = np.median(around, axis=0)
+    grain = 1.4826 * np.median(np.abs(around - centre), axis=0)  # robust std: a part in the ring is ignored
+    fill = centre + rng.normal(0.0, 1.0, (h, w, 3)) * grain
+    out[y : y + h, x : x + w] = np.clip(np.round(fill), 0, 255).astype(np.uint8)
+
+
+def part_variability(images: Sequence[np.ndarray]) -> np.ndarray | None:
+    """Per pixel, how much good images differ there (mean absolute deviation from their median,
+    over the colour channels): low where a fixed part always sits, high where parts come and go.
+    None for fewer than two images."""
+    if len(images) < 2:
+        return None
+    stack = np.stack([np.asarray(image, dtype=np.float64) for image in images])
+    return np.abs(stack - np.median(stack, axis=0)).mean(axis=(0, 3))
+
+
+def remove_part(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale: tuple[float, float] = (0.08, 0.25),
+    min_changed: int | None = None,
+    variability: np.ndarray | None = None,
+) -> PseudoAnomaly:
+    """Take out the most distinct of several random rectangles (a part, most likely) and fill it
+    with background: the inside of the place whose surroundings look most like the part's and
+    whose inside does not (an empty seat, bare carrier), else the ring's colour and grain.
+    What a missing part leaves. ``variability`` (:func:`part_variability` of good images):
+    prefer parts that are always there."""
+    image = _check_image(image)
+    stride = _search_stride(image)
+    small_variability = None if variability is None else variability[::stride, ::stride]
+
+    def generate(rng: np.random.Generator) -> np.ndarray:
+        coarse = _distinct_region(image[::stride, ::stride], rng, scale, small_variability)
+        region = _full(coarse, stride, image.shape)
+        out = image.copy()
+        _fill_with_background(out, image, region, rng)
+        return out
+
+    return _retry(generate, image, rng, min_changed, "remove_part")
+
+
+def move_part(
+    image: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    scale: tuple[float, float] = (0.08, 0.25),
+    min_changed: int | None = None,
+    variability: np.ndarray | None = None,
+) -> PseudoAnomaly:
+    """Move the most distinct of several random rectangles (as it is: no flip, no re-lighting) to
+    the place whose surroundings look most like its own (another seat), and fill its old place
+    with background as :func:`remove_part` does. A part in the wrong place. ``variability``: as
+    for :func:`remove_part`."""
+    image = _check_image(image)
+    height, width = image.shape[:2]
+
+    stride = _search_stride(image)
+    small = image[::stride, ::stride]
+    small_variability = None if variability is None else variability[::stride, ::stride]
+
+    def generate(rng: np.random.Generator) -> np.ndarray:
+        coarse = _distinct_region(small, rng, scale, small_variability)
+        y, x, h, w = region = _full(coarse, stride, image.shape)
+        out = image.copy()
+        target = _matching_place(small, rng, coarse, [coarse[:2]])
+        target = None if target is None else _full(target, stride)
+        if target is None or target[0] + h > height or target[1] + w > width:  # nowhere alike: anywhere
+            for _ in range(_MAX_TRIES):
+                target = (int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)))
+                if abs(target[0] - y) >= h / 2 or abs(target[1] - x) >= w / 2:
+                    break
+        _fill_with_background(out, image, region, rng)
+        out[target[0] : target[0] + h, target[1] : target[1] + w] = image[y : y + h, x : x + w]
+        return out
+
+    return _retry(generate, image, rng, min_changed, "move_part")
+
+
 # --------------------------------------------------------------------------------------------
 # many at once
 
@@ -319,8 +541,10 @@ def make_pseudo_anomaly(
     kind: str,
     rng: np.random.Generator,
     donor: np.ndarray | None = None,
+    variability: np.ndarray | None = None,
 ) -> PseudoAnomaly:
-    """One pseudo-anomaly of ``kind`` (:data:`PSEUDO_ANOMALY_KINDS`); ``donor``: another good image."""
+    """One pseudo-anomaly of ``kind`` (:data:`KNOWN_PSEUDO_ANOMALY_KINDS`); ``donor``: another good
+    image; ``variability``: :func:`part_variability` of the good images (the part generators)."""
     if kind == "cut_paste":
         return cut_paste(image, rng, donor)
     if kind == "perlin_blend":
@@ -331,7 +555,11 @@ def make_pseudo_anomaly(
         return local_brightness(image, rng)
     if kind == "scratch":
         return scratch(image, rng)
-    raise ValueError(f"Unknown pseudo-anomaly kind {kind!r}; choose from {list(PSEUDO_ANOMALY_KINDS)}")
+    if kind == "remove_part":
+        return remove_part(image, rng, variability=variability)
+    if kind == "move_part":
+        return move_part(image, rng, variability=variability)
+    raise ValueError(f"Unknown pseudo-anomaly kind {kind!r}; choose from {list(KNOWN_PSEUDO_ANOMALY_KINDS)}")
 
 
 def make_pseudo_anomalies(
@@ -344,7 +572,8 @@ def make_pseudo_anomalies(
 
     Image ``i``'s ``j``-th anomaly has kind ``kinds[(i * per_image + j) % len(kinds)]``, so
     every kind is used about equally often; cut-paste and Perlin blends take their material
-    from the next image (``i + 1``, wrapping round; the image itself when there is only one).
+    from the next image (``i + 1``, wrapping round; the image itself when there is only one);
+    the part generators prefer parts that sit in every one of ``images`` (:func:`part_variability`).
     Everything derives from ``seed``. Returns the anomalies and, for each, its source index.
     """
     if per_image < 1:
@@ -353,17 +582,18 @@ def make_pseudo_anomalies(
     if not kinds:
         raise ValueError("pseudo_anomalies.kinds is empty")
     for kind in kinds:
-        if kind not in PSEUDO_ANOMALY_KINDS:
+        if kind not in KNOWN_PSEUDO_ANOMALY_KINDS:
             raise ValueError(
-                f"Unknown pseudo-anomaly kind {kind!r}; choose from {list(PSEUDO_ANOMALY_KINDS)}"
+                f"Unknown pseudo-anomaly kind {kind!r}; choose from {list(KNOWN_PSEUDO_ANOMALY_KINDS)}"
             )
     images = [np.asarray(image) for image in images]
+    variability = part_variability(images) if set(kinds) & set(PART_PSEUDO_ANOMALY_KINDS) else None
     anomalies, sources = [], []
     for i, image in enumerate(images):
         donor = images[(i + 1) % len(images)]
         for j in range(per_image):
             position = i * per_image + j
             rng = derive_rng(seed, "pseudo_anomaly", position)
-            anomalies.append(make_pseudo_anomaly(image, kinds[position % len(kinds)], rng, donor))
+            anomalies.append(make_pseudo_anomaly(image, kinds[position % len(kinds)], rng, donor, variability))
             sources.append(i)
     return anomalies, sources

@@ -18,10 +18,11 @@ import pandas as pd
 
 from fedpatchcore.core.common.seeding import derive_rng, derive_seed
 from fedpatchcore.core.data import loading
+from fedpatchcore.core.data.index import few_shot_training
 from fedpatchcore.core.data.types import TRAIN, Sample, group_by_category
 from fedpatchcore.core.tuning.pseudo_anomalies import PSEUDO_ANOMALY_KINDS, make_pseudo_anomalies
 
-__all__ = ["ValidationImages", "ValidationSplit", "build_validation_images", "held_out_keys", "split_validation"]
+__all__ = ["ValidationImages", "ValidationSplit", "build_validation_images", "held_out_keys", "split_validation", "unused_training_keys"]
 
 
 @dataclass
@@ -95,6 +96,20 @@ def held_out_keys(samples: Iterable[Sample], validation: Mapping[str, Any] | Non
         return set()
     split = split_validation(samples, float(validation["fraction"]), int(seed))
     return {s.key for s in split.validation}
+
+
+def unused_training_keys(
+    samples: Iterable[Sample], validation: Mapping[str, Any] | None, train_shots: int | str | None, seed: int
+) -> set[str]:
+    """Training images no bank is built from: the validation split's (:func:`held_out_keys`), and
+    with ``dataset.train_shots`` every image beyond the seeded few-shot subset of the rest."""
+    samples = list(samples)
+    held_out = held_out_keys(samples, validation, seed)
+    if train_shots in (None, "all"):
+        return held_out
+    rest = [s for s in samples if s.key not in held_out]
+    kept = {s.key for s in few_shot_training(rest, train_shots, int(seed))}
+    return held_out | {s.key for s in rest if s.split == TRAIN and s.key not in kept}
 
 
 @dataclass

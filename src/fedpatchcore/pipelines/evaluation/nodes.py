@@ -106,7 +106,7 @@ def score_test_images(
     With ``privacy.enabled`` the bank holds released rows: test patches go through the same
     public map (projection, clipping) before they are compared with it. A summary bank (its
     arrays carry ``radius/``) scores a patch by its distance to a centre over that centre's radius.
-    ``tuned`` (the centralized baseline only): a category with an entry is scored with its
+    ``tuned``: a category with an entry is scored with its
     own setting, at its own input size; its maps are then resized to ``category_info``'s size,
     where the ground truth and the report read them (the image scores are taken before that).
     Every category's setting is resolved here, once; ``core.scoring`` does the rest.

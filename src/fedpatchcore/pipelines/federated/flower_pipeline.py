@@ -5,7 +5,8 @@ The client lanes and the server-round nodes of the in-process engine are replace
 training-image table (written for it from ``<partition owner>.client_<id>.training_images``),
 runs the ServerApp's rounds (:func:`fedpatchcore.flower.rounds.serve`) and outputs the datasets
 the in-process engine outputs -- ``<variant>.memory_bank``, ``global_bank_round_<r>``,
-``round_<r>_report``, ``client_<id>.upload_round_<r>`` (what the server received) -- plus
+``round_<r>_report``, ``client_<id>.upload_round_<r>`` (what the server received), and with
+``experts.enabled`` ``<variant>.expert_model`` and ``.expert_traffic`` -- plus
 ``<variant>.flower_traffic`` (bytes of the messages). Evaluation and the summary are unchanged.
 """
 
@@ -21,6 +22,7 @@ import pandas as pd
 from kedro.pipeline import Pipeline
 
 from fedpatchcore.core.banks import ClientUpload
+from fedpatchcore.core.experts.model import EXPERTS_BLOCK
 from fedpatchcore.core.federation.client import CLIENT_BLOCKS, ClientSettings
 from fedpatchcore.core.federation.server import SERVER_BLOCKS
 from fedpatchcore.pipelines import in_variant, node_with_parameters
@@ -29,9 +31,10 @@ from fedpatchcore.structure import Variant, round_bank
 logger = logging.getLogger(__name__)
 
 ENGINES = ("inprocess", "flower")
-# The federation runs both sides: the clients' blocks, the server's, and the dataset's (a
-# site reads its folder the way the server reads its own).
-FLOWER_BLOCKS = tuple(dict.fromkeys((*CLIENT_BLOCKS, *SERVER_BLOCKS, "dataset")))
+# The federation runs both sides: the clients' blocks, the server's, the experts' (fitted by
+# the same sites and server), the tuned per-category settings (each category extracted with
+# its own network) and the dataset's (a site reads its folder the way the server reads its own).
+FLOWER_BLOCKS = tuple(dict.fromkeys((*CLIENT_BLOCKS, *SERVER_BLOCKS, EXPERTS_BLOCK, "tuned", "dataset")))
 
 
 def engine(variant: Variant) -> str:
@@ -91,6 +94,9 @@ def run_flower_federation(
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     outputs: dict[str, Any] = {"flower_traffic": result.traffic_summary()}
+    if result.expert_model is not None:
+        outputs["expert_model"] = result.expert_model
+        outputs["expert_traffic"] = result.expert_traffic
     for round_number, (bank, report, uploads) in enumerate(zip(result.banks, result.reports, result.uploads, strict=True), 1):
         outputs[round_bank(round_number, rounds)] = bank.to_arrays()
         outputs[f"round_{round_number}_report"] = report
@@ -113,6 +119,8 @@ def flower_federation(variant: Variant) -> Pipeline:
     client_ids = variant.client_ids
     tables = {f"client_{cid}_training_images": f"{variant.partition_owner}.client_{cid}.training_images" for cid in client_ids}
     outputs = ["flower_traffic"]
+    if (variant.parameters.get("experts") or {}).get("enabled", False):
+        outputs += ["expert_model", "expert_traffic"]
     # Template names without dots, mapped onto the clients' namespaced uploads.
     uploads = {}
     for round_number in range(1, variant.rounds + 1):

@@ -29,7 +29,7 @@ from fedpatchcore.core.privacy.release import (
     choose_positions,
     with_public_transform,
 )
-from fedpatchcore.core.tuning.split import held_out_keys
+from fedpatchcore.core.tuning.split import unused_training_keys
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,7 @@ def partition_clients(
     heterogeneity: dict[str, Any],
     seed: int,
     validation: dict[str, Any] | None = None,
+    dataset: dict[str, Any] | None = None,
     *,
     client_ids: list[str],
 ) -> tuple:
@@ -49,12 +50,13 @@ def partition_clients(
     With ``heterogeneity.<client>.label_noise``, a share of that client's images is swapped for
     defective ones from the label-noise pool (its "good" folder holds defective parts).
     With ``validation.enabled`` the validation split's training images go to no client; with
-    ``federation.train_per_category`` only a seeded choice of that many per category is dealt.
+    ``dataset.train_shots`` only that many images per category (a seeded subset) go to any, and
+    with ``federation.train_per_category`` only a seeded choice of that many per category is dealt.
     Returns the partition (client -> image keys), its statistics, then one training-image
     table per client in ``client_ids`` order.
     """
     samples = frame_to_samples(dataset_index)
-    held_out = held_out_keys(samples, validation, seed)
+    held_out = unused_training_keys(samples, validation, (dataset or {}).get("train_shots", "all"), seed)
     samples = [s for s in samples if s.key not in held_out]
     # federation.train_per_category: the variant trains on a seeded share of each category.
     samples = subsample_per_category(samples, federation.get("train_per_category"), seed)

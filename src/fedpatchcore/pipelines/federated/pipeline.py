@@ -18,6 +18,7 @@ from fedpatchcore.core.evaluation import run_summary
 from fedpatchcore.core.federation.server import SERVER_BLOCKS
 from fedpatchcore.pipelines import bind, in_variant, node_with_parameters
 from fedpatchcore.pipelines.evaluation.pipeline import evaluation
+from fedpatchcore.pipelines.experts.pipeline import expert_fitting, experts_enabled
 from fedpatchcore.pipelines.federated import nodes
 from fedpatchcore.pipelines.federated.flower_pipeline import flower_federation, uses_flower
 from fedpatchcore.pipelines.federated.generative_pipeline import (
@@ -45,6 +46,7 @@ def partition_pipeline(variant: Variant) -> Pipeline:
                     "params:heterogeneity",
                     "params:seed",
                     "params:validation",
+                    "params:dataset",
                 ],
                 ["partition", "partition_stats", *tables],
                 name="partition_clients",
@@ -100,12 +102,14 @@ def published_metrics_name(variant: Variant) -> str:
 
 
 def summary_pipeline(variant: Variant) -> Pipeline:
-    """The published metrics: the run's summary, the audits and each client's privacy budget.
+    """The published metrics: the run's summary, the audits and each client's privacy budget
+    (with ``experts.enabled``, what the experts' fitting sent is added to the communication).
 
     ``publish_<variant>_metrics`` sits outside the variant's namespace: it waits for
     ``privacy_ledger_state`` (every release of the run, other variants' too), and a node of the
     variant's namespace downstream of another variant's nodes would cut the namespace in two.
     """
+    experts = experts_enabled(variant.parameters)
     partition = variant.partition_owner
     rounds = generative_rounds(variant) if is_generative(variant) else variant.rounds
     template = Pipeline(
@@ -121,8 +125,20 @@ def summary_pipeline(variant: Variant) -> Pipeline:
                     "params:aggregation",
                     *[f"round_{r}_report" for r in range(1, rounds + 1)],
                 ],
-                "run_summary",
+                "patchcore_run_summary" if experts else "run_summary",
                 name="summarise_run",
+            ),
+            *(
+                [
+                    node(
+                        run_summary.add_expert_communication,
+                        ["patchcore_run_summary", "expert_traffic"],
+                        "run_summary",
+                        name="add_expert_communication",
+                    )
+                ]
+                if experts
+                else []
             ),
             node(
                 nodes.audit_membership,
@@ -182,6 +198,19 @@ def summary_pipeline(variant: Variant) -> Pipeline:
     return in_variant(template, name, inputs=inputs) + published
 
 
+def variant_experts(variant: Variant) -> Pipeline:
+    """The variant's logical experts (``experts.enabled``): each client measures its own features
+    beside its coreset, the server fits them from the merged sums (:mod:`..experts.pipeline`)."""
+    if not experts_enabled(variant.parameters):
+        return Pipeline([])
+    sites = {
+        f"client_{cid}": (f"{variant.name}.client_{cid}", f"{variant.feature_owner[cid]}.client_{cid}.patch_features")
+        for cid in variant.client_ids
+    }
+    rounds = int(variant.parameters["experts"]["composition"]["lloyd_rounds"])
+    return expert_fitting(variant.name, sites, rounds, per_category=True)
+
+
 def federated_training(variant: Variant) -> Pipeline:
     partition = partition_pipeline(variant) if variant.owns_partition else Pipeline([])
     if is_generative(variant):  # privacy.mechanism: dp_cvae -> a DP-CVAE trained over rounds, the bank sampled
@@ -200,8 +229,8 @@ def federated_training(variant: Variant) -> Pipeline:
         return partition + summary_federation(variant, extraction_node)
     if uses_flower(variant):  # federation.engine: flower -> one node runs the rounds through Flower
         return partition + flower_federation(variant)
-    return partition + client_lanes(variant) + server_rounds(variant)
+    return partition + client_lanes(variant) + server_rounds(variant) + variant_experts(variant)
 
 
 def federated_evaluation(variant: Variant) -> Pipeline:
-    return evaluation(variant.name) + summary_pipeline(variant)
+    return evaluation(variant.name, experts_enabled(variant.parameters)) + summary_pipeline(variant)

@@ -14,7 +14,7 @@ from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
 from fedpatchcore.core.data.types import category_info_to_dict, frame_to_samples, samples_to_frame
 from fedpatchcore.core.features.backbones import default_image_size
 from fedpatchcore.core.federation.heterogeneity import reserve_label_noise
-from fedpatchcore.core.tuning.split import held_out_keys, split_validation
+from fedpatchcore.core.tuning.split import split_validation, unused_training_keys
 
 VALIDATION_SPLIT_COLUMNS = ["key", "category", "role"]
 
@@ -102,7 +102,12 @@ def reserve_label_noise_images(
     are scored on the same images.
     """
     samples = frame_to_samples(dataset_index)
-    held_out = {name: held_out_keys(samples, values.get("validation"), values["seed"]) for name, values in variants.items()}
+    held_out = {
+        name: unused_training_keys(
+            samples, values.get("validation"), (values.get("dataset") or {}).get("train_shots", "all"), values["seed"]
+        )
+        for name, values in variants.items()
+    }
     pool = reserve_label_noise(samples, variants, held_out, seed)
     reserved = {key for keys in pool.values() for key in keys}
     if reserved:

@@ -3,7 +3,7 @@
 ``kedro run --pipeline predict --params "predict.input=<folder>"``
 
 * :func:`build_models`: one ready-to-score model per category of the bank (the category's
-  tuned setting for the centralized baseline, else the variant's own blocks);
+  tuned setting, else the variant's own blocks);
 * :func:`calibrate_thresholds`: each category's OK/NOK threshold at
   ``predict.max_false_alarm_rate`` from its GOOD validation images: training images that
   ``validation.enabled`` held out of the bank. It refuses to run when there is no split, or

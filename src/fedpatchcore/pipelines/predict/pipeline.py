@@ -37,7 +37,7 @@ def create_pipeline(parameters: Mapping[str, Any]) -> Pipeline:
         return f"params:variants.{variant_name}.{block}"
 
     blocks = [setting(b) for b in ("backbone", "extraction", "scoring", "privacy", "seed")]
-    tuned = [setting("tuned")] if variant_name == structure.CENTRALIZED else []
+    tuned = [setting("tuned")]  # every variant extracts a tuned category with its setting
     template = Pipeline(
         [
             node(

@@ -22,7 +22,16 @@ from fedpatchcore.core.data.types import category_info_from_dict, frame_to_sampl
 from fedpatchcore.core.evaluation.ground_truth import ground_truth
 from fedpatchcore.core.reporting.curves import bank_contributions as count_bank_contributions
 from fedpatchcore.core.reporting.curves import pick_overlays, roc_curve, spro_curve
-from fedpatchcore.core.reporting.figures import OverlayRow, overlay_sheet
+from fedpatchcore.core.reporting.figures import (
+    ExpertView,
+    OverlayRow,
+    expert_views_sheet,
+    message_sheet,
+    overlay_sheet,
+)
+
+# An expert's maps exactly as the metrics of the experts see them.
+from fedpatchcore.core.tuning.fusion import REPORTED, expert_maps_and_scores
 
 logger = logging.getLogger(__name__)
 
@@ -176,4 +185,65 @@ def draw_overlays(
             title = f"{pick.group}: {sample.defect_type}/{sample.image_id}"
             rows.append(OverlayRow(title, image, mask, maps[row_of[pick.key]], pick.score))
         figures[f"{category}.png"] = overlay_sheet(category, rows, float(np.max(maps)) if len(maps) else 1.0)
+    return figures
+
+
+# --------------------------------------------------------------------------------------------
+# the logical experts
+# --------------------------------------------------------------------------------------------
+
+
+def draw_expert_overlays(
+    texture_anomaly_maps: dict[str, dict[str, Any]],
+    texture_image_scores: pd.DataFrame,
+    expert_scores: dict[str, np.ndarray],
+    fusion_rules: dict[str, Any],
+    dataset_index: pd.DataFrame,
+    category_info: dict[str, Any],
+    experts: dict[str, Any],
+) -> dict[str, Figure]:
+    """Per category with logical defects (``experts.logical_defects``): its worst logical miss (the
+    logical defect the chosen rule scores lowest) as every expert sees it, one map per expert.
+
+    Each map is the expert's z-normalised map (one colour scale per expert and category, from
+    the good validation statistics: 0 = a typical good image).
+    """
+    logical = set(experts.get("logical_defects") or ())
+    samples = {s.key: s for s in frame_to_samples(dataset_index)}
+    figures = {}
+    for category, entry in texture_anomaly_maps.items():
+        keys = list(entry["keys"])
+        defects = [samples[key].defect_type for key in keys]
+        rows = [i for i, defect in enumerate(defects) if defect in logical]
+        if not rows:
+            continue
+        per_rule = {
+            name: expert_maps_and_scores(
+                name, {category: entry}, texture_image_scores, expert_scores, {category: fusion_rules[category]}
+            )
+            for name in REPORTED
+        }
+        selected = per_rule["selected"][1].set_index("key").loc[keys, "image_score"].to_numpy()
+        worst = min(rows, key=lambda i: selected[i])
+        sample = samples[keys[worst]]
+        info = category_info_from_dict(category_info[category])
+        image = load_image(sample.image_path, info.image_size)
+        mask = load_mask(sample, info) if info.has_pixel_ground_truth else np.zeros(image.shape[:2], bool)
+        rule = fusion_rules[category]["selected"]["rule"]
+        views = []
+        for name in REPORTED:
+            maps, scores = per_rule[name]
+            values = np.asarray(maps[category]["maps"])
+            score = float(scores.set_index("key").loc[keys[worst], "image_score"])
+            label = f"selected ({rule})" if name == "selected" else name
+            views.append(ExpertView(label, values[worst], score, float(values.min()), float(values.max())))
+        figures[f"{category}.png"] = expert_views_sheet(
+            f"{category}: worst logical miss as each expert sees it",
+            image,
+            mask,
+            f"{sample.defect_type}/{sample.image_id}",
+            views,
+        )
+    if not figures:  # a folder with nothing in it could not be read back
+        figures["none.png"] = message_sheet("no test image of a logical defect type (experts.logical_defects)")
     return figures

@@ -38,6 +38,10 @@ VARIANT_IMAGES = {
     "metrics_plot": "Metrics per category",
 }
 VARIANT_PARTS = ("metrics", "overlays", "bank_contributions", *VARIANT_IMAGES)
+# Parts only variants with experts.enabled have.
+OPTIONAL_PARTS = ("expert_overlays",)
+# The experts' rows of a variant's per-expert table (pipelines.evaluation.experts.REPORTED).
+EXPERT_COLUMNS = ("texture", "global", "position", "composition", "fused", "selected")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5em auto; max-width: 1360px;
@@ -87,6 +91,7 @@ class VariantArtifacts:
     images: dict[str, bytes] = field(default_factory=dict)  # part -> PNG (see VARIANT_IMAGES)
     overlays: dict[str, bytes] = field(default_factory=dict)  # "<category>.png" -> PNG
     bank_contributions: pd.DataFrame | None = None
+    expert_overlays: dict[str, bytes] = field(default_factory=dict)  # "<category>.png" -> PNG
 
 
 def group_artifacts(artifacts: Mapping[str, Any]) -> tuple[list[VariantArtifacts], dict[str, Any]]:
@@ -99,8 +104,8 @@ def group_artifacts(artifacts: Mapping[str, Any]) -> tuple[list[VariantArtifacts
         if owner == "comparison":
             comparison[part] = data
             continue
-        if part not in VARIANT_PARTS:
-            raise ValueError(f"unexpected report input '{keyword}' (parts: {VARIANT_PARTS})")
+        if part not in VARIANT_PARTS + OPTIONAL_PARTS:
+            raise ValueError(f"unexpected report input '{keyword}' (parts: {VARIANT_PARTS + OPTIONAL_PARTS})")
         entry = variants.setdefault(owner, VariantArtifacts(owner, {}))
         if part == "metrics":
             entry.metrics = data
@@ -108,6 +113,8 @@ def group_artifacts(artifacts: Mapping[str, Any]) -> tuple[list[VariantArtifacts
             entry.overlays = dict(data)
         elif part == "bank_contributions":
             entry.bank_contributions = data
+        elif part == "expert_overlays":
+            entry.expert_overlays = dict(data)
         else:
             entry.images[part] = data
     return list(variants.values()), comparison
@@ -135,7 +142,53 @@ def _summary(variants: list[VariantArtifacts], spro_limit: str) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("variant")
 
 
-def _variant_section(variant: VariantArtifacts, spro_limit: str, jpeg_quality: int | None) -> str:
+def expert_table(metrics: Mapping[str, Any], logical: set[str]) -> pd.DataFrame:
+    """Per category: the rule chosen on validation, and each expert's image AUC-ROC (all defects,
+    logical defect types, structural ones)."""
+    experts = metrics["experts"]
+    rows = []
+    for category in sorted(experts["texture"]["categories"]):
+        row: dict[str, Any] = {"category": category, "rule": experts["rules"][category]["rule"]}
+        for name in EXPERT_COLUMNS:
+            values = experts[name]["categories"][category]
+            per_defect = values.get("image_auroc_per_defect") or {}
+            kinds = {
+                kind: [v for d, v in per_defect.items() if v is not None and (d in logical) == (kind == "logical")]
+                for kind in ("logical", "structural")
+            }
+            row[name] = values.get("image_auroc")
+            for kind, found in kinds.items():
+                row[f"{name} {kind}"] = sum(found) / len(found) if found else None
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("category")
+
+
+def _experts_section(variant: VariantArtifacts, logical: set[str], jpeg_quality: int | None) -> list[str]:
+    if not variant.metrics.get("experts"):
+        return []
+    table = expert_table(variant.metrics, logical)
+    parts = [
+        "<h3>Logical experts: image AUC-ROC per expert and the rule each category uses</h3>",
+        '<p class="meta">rule: chosen on the validation split (good validation images and their pseudo-anomalies, '
+        "removed and moved parts included); texture = PatchCore alone; fused = the best combination on validation; "
+        "selected = the chosen rule. logical / structural: mean over the category's defect types of each kind.</p>",
+        _table(table),
+    ]
+    if variant.expert_overlays:
+        parts += [
+            '<div class="overlays">',
+            *(
+                _img(png, f"{variant.name}: {name.removesuffix('.png')}: worst logical miss, every expert", jpeg_quality)
+                for name, png in sorted(variant.expert_overlays.items())
+            ),
+            "</div>",
+        ]
+    return parts
+
+
+def _variant_section(
+    variant: VariantArtifacts, spro_limit: str, jpeg_quality: int | None, logical: set[str] = frozenset()
+) -> str:
     parts = [f'<h2 id="{html.escape(variant.name)}">{html.escape(variant.name)}</h2>', '<div class="row">']
     if variant.metrics.get("categories"):
         parts += ["<div><h3>Metrics per category</h3>", _table(metrics_table(variant.metrics, spro_limit)), "</div>"]
@@ -146,6 +199,7 @@ def _variant_section(variant: VariantArtifacts, spro_limit: str, jpeg_quality: i
         wide.loc["total"] = wide.sum()
         parts += ["<div><h3>Global bank rows kept per client and category</h3>", _table(wide), "</div>"]
     parts.append("</div>")
+    parts += _experts_section(variant, logical, jpeg_quality)
     if variant.overlays:
         parts += [
             "<h3>Overlays: top defects, worst misses, worst false alarms</h3>",
@@ -207,7 +261,8 @@ def render_report(
     body.append("</div>")
     if table is None and comparison.get("plot") is None:
         body.append("<p>this run wrote no comparison (comparison.enabled is false)</p>")
-    body += [_variant_section(v, spro_limit, jpeg_quality) for v in variants]
+    logical = set((parameters.get("experts") or {}).get("logical_defects") or ())
+    body += [_variant_section(v, spro_limit, jpeg_quality, logical) for v in variants]
     body += [
         '<h2 id="parameters">Parameters of the run</h2>',
         f"<pre>{html.escape(json.dumps(shown_parameters, indent=2, sort_keys=True, default=str))}</pre>",

@@ -22,12 +22,13 @@ def plot_metrics(metrics: dict[str, Any], report: dict[str, Any]) -> Figure:
 
 
 def summarise_experiment(
-    comparison: dict[str, Any], report: dict[str, Any], **published: dict[str, Any]
+    comparison: dict[str, Any], report: dict[str, Any], experts: dict[str, Any] | None = None, **published: dict[str, Any]
 ) -> tuple[pd.DataFrame, Figure, dict[str, Any]]:
     """The experiment's tidy table (a row per run × group), its plot, and its analyses.
 
     ``published`` maps ``metrics_<run>`` to each run's published metrics. A run's labels come
-    from ``comparison.variants.<run>.labels`` or ``comparison.labels.<run>``.
+    from ``comparison.variants.<run>.labels`` or ``comparison.labels.<run>``. ``experts``: the
+    block whose ``logical_defects`` the ``experts`` grouping splits defect types by.
     """
     runs = {name.removeprefix("metrics_"): metrics for name, metrics in published.items()}
     labels = {run: dict(values) for run, values in (comparison.get("labels") or {}).items()}
@@ -35,7 +36,8 @@ def summarise_experiment(
         if variant and variant.get("labels"):
             labels[run] = dict(variant["labels"])
     groups = comparison.get("groups", "categories")
-    table = experiment_table(runs, labels, groups, report["spro_limit"])
+    logical = (experts or {}).get("logical_defects") or ()
+    table = experiment_table(runs, labels, groups, report["spro_limit"], logical)
     analysis: dict[str, Any] = {}
     leave_one_out = comparison.get("leave_one_out")
     if leave_one_out:

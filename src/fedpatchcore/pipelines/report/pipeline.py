@@ -26,12 +26,35 @@ def report_template() -> Pipeline:
     )
 
 
-def report(variant: str) -> Pipeline:
-    """``data/08_reporting/<variant>/``: overlays, curves, bank contributions and a metrics chart."""
-    return in_variant(report_template(), variant, inputs={"dataset_index", "category_info"})
+def expert_report_template() -> Pipeline:
+    return Pipeline(
+        [
+            node(
+                figures.draw_expert_overlays,
+                [
+                    "texture_anomaly_maps",
+                    "texture_image_scores",
+                    "expert_scores",
+                    "fusion_rules",
+                    "dataset_index",
+                    "category_info",
+                    "params:experts",
+                ],
+                "expert_overlays",
+                name="draw_expert_overlays",
+            )
+        ]
+    )
 
 
-def html_report(variants: list[str], experiment: str | None) -> Pipeline:
+def report(variant: str, experts: bool = False) -> Pipeline:
+    """``data/08_reporting/<variant>/``: overlays, curves, bank contributions and a metrics chart
+    (``experts``: also each category's worst logical miss as every expert sees it)."""
+    template = report_template() + (expert_report_template() if experts else Pipeline([]))
+    return in_variant(template, variant, inputs={"dataset_index", "category_info"})
+
+
+def html_report(variants: list[str], experiment: str | None, expert_variants: set[str] | None = None) -> Pipeline:
     """``report_html``: one self-contained page over ``variants`` (their published metrics and the
     figures of :func:`report`), the experiment's table and plot when the run makes one
     (``experiment``: its name, ``comparison.name``), the run's parameters and the versions of the
@@ -47,6 +70,8 @@ def html_report(variants: list[str], experiment: str | None) -> Pipeline:
         for part in html.VARIANT_PARTS:
             if part != "metrics":
                 inputs[f"{variant}__{part}"] = f"{variant}.{part}"
+        if variant in (expert_variants or set()):
+            inputs[f"{variant}__expert_overlays"] = f"{variant}.expert_overlays"
     if experiment is not None:
         inputs["comparison__table"] = f"{experiment}_table"
         inputs["comparison__plot"] = f"{experiment}_plot_png"
@@ -67,6 +92,7 @@ def experiment_summary(name: str, published_metrics: dict[str, str]) -> Pipeline
                 {
                     "comparison": "params:comparison",
                     "report": "params:report",
+                    "experts": "params:experts",
                     **{keyword: keyword for keyword in published_metrics},
                 },
                 ["table", "plot", "analysis"],
@@ -80,5 +106,5 @@ def experiment_summary(name: str, published_metrics: dict[str, str]) -> Pipeline
         namespace="comparison",
         inputs=published_metrics,
         outputs={"table": f"{name}_table", "plot": f"{name}_plot", "analysis": f"{name}_analysis"},
-        parameters={"params:comparison", "params:report"},
+        parameters={"params:comparison", "params:report", "params:experts"},
     )

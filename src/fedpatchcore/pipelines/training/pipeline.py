@@ -18,8 +18,10 @@ def client_node(function, datasets: list[str], outputs, name: str, client_id: st
 
 
 def extraction_node(client_id: str):
+    """Each category extracted with its ``params:tuned`` setting (else the run's blocks)."""
     outputs = ["patch_features", "heterogeneity_manifest"]
-    return client_node(nodes.extract_client_features, ["training_images", "category_info"], outputs, "extract_features", client_id)
+    inputs = ["training_images", "category_info", "params:tuned"]
+    return client_node(nodes.extract_client_features, inputs, outputs, "extract_features", client_id)
 
 
 def coreset_node(client_id: str):
@@ -91,24 +93,18 @@ def later_round_uploads(variant: Variant, round_number: int, previous_bank: str)
 def centralized_training() -> Pipeline:
     """The baseline: one client holding every training image; its coreset is the memory bank.
 
-    Unlike a federated client it reads ``params:tuned``: each category with a tuned entry is
-    extracted with its own setting.
+    Like every client it reads ``params:tuned``: each category with a tuned entry is extracted
+    with its own setting.
     """
     template = Pipeline(
         [
             node(
                 nodes.hold_all_training_images,
-                ["dataset_index", "params:validation", "params:seed"],
+                ["dataset_index", "params:validation", "params:seed", "params:dataset"],
                 "training_images",
                 name="hold_all_training_images",
             ),
-            client_node(
-                nodes.extract_centralized_features,
-                ["training_images", "category_info", "params:tuned"],
-                ["patch_features", "heterogeneity_manifest"],
-                "extract_features",
-                CENTRALIZED_CLIENT,
-            ),
+            extraction_node(CENTRALIZED_CLIENT),
             coreset_node(CENTRALIZED_CLIENT),
             node(nodes.coreset_as_memory_bank, "local_coreset", "memory_bank", name="publish_memory_bank"),
         ]
