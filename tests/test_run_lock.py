@@ -24,8 +24,11 @@ from fedpatchcore.run_lock import RunLock, RunLockedError, lock_path_for
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 HOLD = """
-import sys, time
+import signal, sys, time
 from fedpatchcore.run_lock import RunLock
+# Ctrl-C must raise KeyboardInterrupt even when this test runs in a background job (a shell
+# starts those with SIGINT ignored, and the holder would inherit that).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 RunLock(sys.argv[1], command="holder --test", run_id="run-A").acquire()
 print("held", flush=True)
 time.sleep(60)

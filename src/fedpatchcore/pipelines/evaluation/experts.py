@@ -76,7 +76,7 @@ def choose_fusion_rules(
         )
     validation = [s for s in frame_to_samples(dataset_index) if s.split == TRAIN and s.key in held_out]
     fusion = (experts.get("fusion") or {})
-    index = index_for_bank(faiss_index, memory_bank, scoring)
+    index = index_for_bank(faiss_index, memory_bank, scoring, seed)
     banks = CategoryBanks.from_arrays(memory_bank).banks
     models = experts_from_arrays(expert_model)
     embedders = _Embedders(backbone, extraction, scoring, tuned)
