@@ -16,6 +16,14 @@ bank. Scenarios: ``clean``, label noise 5/15/30 % at client 1 (``one``), at ever
     python benchmarks/robustness_grid.py --data-seed 1 --size 160 --n-train 40 --seeds 0 1 2
     python benchmarks/robustness_grid.py --data-seed 0 --size 128 --n-train 24 --test-good 16 --test-per-defect 6  # the embedded default
 
+``--matched-clean`` adds, to every noisy scenario, federated_coreset on the same partition
+before the swap, scored on the same test images (the swap sets the defective images it plants
+aside from evaluation, so the ``clean`` row is scored on more and other defects), and prints
+the share of that loss each strategy recovers:
+
+    python benchmarks/robustness_grid.py --data-seed 0 --size 128 --n-train 24 --test-good 16 --test-per-defect 6 \
+        --seeds 0 1 2 3 4 5 --strategies federated_coreset denoise denoise_knn_gated --matched-clean
+
 Differences from the Kedro run: features are embedded at float32 in RAM instead of streamed
 through fp16 (the k-center projection is the same seeded one); reports and pixel metrics are
 not computed. A printed ``load average`` says how busy the machine was (timings only).
@@ -53,7 +61,7 @@ from fedpatchcore.core.scoring.patch_scores import score_images
 
 SHARES = (0.05, 0.15, 0.3)
 EMBED_BATCH = 16  # images per forward pass
-LOF = {"denoise": "lof", "denoise_share": 0.05}
+LOF = {"denoise": "lof", "denoise_share": 0.05, "denoise_image_gate": None}  # as first measured, before the gate
 STRATEGIES = {  # name -> (coreset overrides, aggregation strategy), as conf/robustness names them
     "federated_coreset": ({}, "federated_coreset"),
     "denoise+soft_weights": (LOF, "federated_coreset"),  # scored with scoring.soft_weights (not in conf/robustness)
@@ -62,7 +70,15 @@ STRATEGIES = {  # name -> (coreset overrides, aggregation strategy), as conf/rob
     "denoise": (LOF, "federated_coreset"),
     "denoise+consensus": (LOF, "consensus"),
     "denoise+calibrated_consensus": ({**LOF, "upload_folds": True}, "calibrated_consensus"),
+    "denoise_knn": ({**LOF, "denoise": "knn"}, "federated_coreset"),
+    # with coreset.denoise_image_gate (--image-gate; 3.5 = conf/base): kNN is what conf/robustness runs
+    "denoise_knn_gated": ({**LOF, "denoise": "knn", "denoise_image_gate": 3.5}, "federated_coreset"),
+    "denoise_gated": ({**LOF, "denoise_image_gate": 3.5}, "federated_coreset"),
 }
+#: A noisy scenario's own clean reference: federated_coreset on the partition before the swap,
+#: scored on the same test images (the swap sets the defective images it plants aside from
+#: evaluation, so the plain ``clean`` row is scored on more and other defects).
+MATCHED_CLEAN = "clean_same_test"
 
 
 def scenarios(num_clients: int) -> dict[str, tuple[int, dict]]:
@@ -115,15 +131,17 @@ def run_scenario(
         if s.split == TEST and s.label == 1:
             defective.setdefault(s.category, []).append(s.key)
     pool = label_noise_pool(defective, needed, seed)
+    clean_assignment = assignment
     assignment, _ = apply_label_noise(assignment, samples, specs, pool, seed)
     reserved = {key for keys in pool.values() for key in keys}
     by_key = {s.key: s for s in samples}
     results = {}
     for name in names:
-        coreset_overrides, strategy = STRATEGIES[name]
+        coreset_overrides, strategy = STRATEGIES.get(name, ({}, "federated_coreset"))
+        lanes = clean_assignment if name == MATCHED_CLEAN else assignment
         coreset = {"ratio": 0.1, "max_size": 20000, "projection_dim": 128, "num_starts": 1, "device": "cpu", **coreset_overrides}
         uploads = []
-        for cid, keys in assignment.items():
+        for cid, keys in lanes.items():
             run = {"coreset": coreset, "federation": {}, "extraction": {"batch_size": 8, "num_workers": 0}, "seed": seed}
             settings = client.ClientSettings.from_run(run, cid)
             extracted = _feature_files([by_key[k] for k in keys], features, workdir / name / cid, seed)
@@ -166,6 +184,13 @@ def main() -> None:
     parser.add_argument("--strategies", nargs="+", default=[s for s in STRATEGIES if not s.endswith("soft_weights")])
     parser.add_argument("--scenarios", nargs="+", default=None)
     parser.add_argument("--denoise-min-score", type=float, default=None, help="coreset.denoise_min_score of denoise*")
+    parser.add_argument("--denoise-neighbours", type=int, default=None, help="coreset.denoise_neighbours of denoise*")
+    parser.add_argument("--denoise-share", type=float, default=None, help="coreset.denoise_share of denoise*")
+    parser.add_argument("--image-gate", type=float, default=None, help="coreset.denoise_image_gate of denoise*_gated")
+    parser.add_argument(
+        "--matched-clean", action="store_true",
+        help=f"also score {MATCHED_CLEAN} in every noisy scenario and print the share of the loss each strategy recovers",
+    )
     parser.add_argument("--confirm-quantile", type=float, default=None, help="aggregation.options.confirm_quantile")
     parser.add_argument("--workdir", default=None, help="dataset and feature cache (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write every per-seed, per-category value here")
@@ -181,16 +206,25 @@ def main() -> None:
     started = time.perf_counter()
     samples, infos, features = embed_dataset(root, workdir / f"{name}.features.npz")
     print(f"{name}: {len(samples)} images embedded in {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")
-    if args.denoise_min_score is not None:
+    for key, value in (
+        ("denoise_min_score", args.denoise_min_score),
+        ("denoise_neighbours", args.denoise_neighbours),
+        ("denoise_share", args.denoise_share),
+    ):
         for overrides, _ in STRATEGIES.values():
-            if "denoise" in overrides:
-                overrides["denoise_min_score"] = args.denoise_min_score
+            if value is not None and "denoise" in overrides:
+                overrides[key] = value
+    for overrides, _ in STRATEGIES.values():
+        if args.image_gate is not None and "denoise_image_gate" in overrides:
+            overrides["denoise_image_gate"] = args.image_gate
     grid = scenarios(args.clients)
     chosen = args.scenarios or list(grid)
     values: dict = {}
     for scenario in chosen:
         num_clients, heterogeneity = grid[scenario]
         names = [n for n in args.strategies if num_clients > 1 or "consensus" not in n]
+        if args.matched_clean and heterogeneity:
+            names.append(MATCHED_CLEAN)
         for seed in args.seeds:
             with tempfile.TemporaryDirectory(dir=workdir) as scratch:
                 options = {} if args.confirm_quantile is None else {"confirm_quantile": args.confirm_quantile}
@@ -209,20 +243,25 @@ def main() -> None:
 
 def markdown_table(values: dict) -> str:
     """Scenario x strategy mean image AUC-ROC (over seeds and categories), each cell with its
-    change against the same scenario's federated_coreset."""
+    change against the same scenario's federated_coreset, and the share of the noise's loss
+    it recovers where the scenario has its matched clean reference."""
     strategies = list(dict.fromkeys(s for per in values.values() for s in per))
     lines = ["| scenario | " + " | ".join(strategies) + " |", "| --- |" + " --- |" * len(strategies)]
     for scenario, per in values.items():
         means = {s: np.mean([np.mean(list(c.values())) for c in v.values()]) for s, v in per.items()}
         base = means.get("federated_coreset")
+        loss = None if base is None or MATCHED_CLEAN not in means else means[MATCHED_CLEAN] - base
         cells = []
         for s in strategies:
             if s not in means:
                 cells.append("")
             elif base is None or s == "federated_coreset":
                 cells.append(f"{means[s]:.4f}")
-            else:
+            elif s == MATCHED_CLEAN or not loss or loss <= 0:
                 cells.append(f"{means[s]:.4f} ({means[s] - base:+.4f})")
+            else:
+                recovered = (means[s] - base) / loss
+                cells.append(f"{means[s]:.4f} ({means[s] - base:+.4f}, {recovered:.0%} of the loss)")
         lines.append(f"| {scenario} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -253,6 +253,7 @@ class CoresetParams(Block):
     denoise_radius: NonNegativeInt = 1
     denoise_neighbours: PositiveInt = 3
     denoise_min_score: Annotated[float, Field(ge=1)] = 1.3
+    denoise_image_gate: Annotated[float, Field(gt=0)] | None = 3.5
     denoise_by_category: dict[str, str] = {}
     upload_folds: bool = False
 

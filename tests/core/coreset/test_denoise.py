@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from fedpatchcore.core.banks.knn import build_index
-from fedpatchcore.core.coreset.denoise import DenoiseSettings, denoise_rows, outlier_scores
+from fedpatchcore.core.coreset.denoise import (
+    DenoiseSettings,
+    denoise_rows,
+    image_outlyingness,
+    outlier_scores,
+)
 from fedpatchcore.core.coreset.kcenter import greedy_kcenter
 from fedpatchcore.core.features.backbones import load_backbone
 from fedpatchcore.core.features.embedding import PatchEmbedder
@@ -94,6 +99,31 @@ def test_min_score_keeps_a_top_share_row_that_is_not_outlying_enough():
     assert floored.weights[floored.kept.tolist().index(5)] == pytest.approx(2.0)  # kept, weighed by its score
 
 
+def test_image_outlyingness_is_the_robust_z_of_each_images_third_highest_score():
+    # 5 images of 4 rows; third-highest per image: 1.0, 1.1, 1.2, 1.3, 3.0 -> median 1.2,
+    # MAD 0.1 (deviations 0.2, 0.1, 0, 0.1, 1.8), scaled by 1.4826.
+    scores = np.array([[0.5, 1.0, 4.0, 9.0], [1.1, 1.1, 1.1, 1.1], [0.9, 1.2, 1.2, 1.2], [1.3, 1.3, 1.3, 0.0], [3, 3, 3, 3]])
+    np.testing.assert_allclose(image_outlyingness(scores.reshape(-1), 5), np.array([-0.2, -0.1, 0, 0.1, 1.8]) / 0.14826)
+    # all alike: nothing stands out, an image above the common value is infinitely outlying
+    np.testing.assert_array_equal(image_outlyingness(np.array([1.0, 1, 1, 1, 1, 1, 2, 2, 2]), 3), [0, 0, np.inf])
+
+
+def test_image_gate_keeps_a_clean_images_rare_patch_and_drops_a_defective_images_cluster():
+    # 8 images of a 1x4 grid, each position its own cluster (image i at position p: 100 p + 0.1 i).
+    # Image 6 holds one rare patch (position 3, +5: a rare normal part); image 7 a defect over
+    # positions 0-2 (+5 each). All four odd patches score alike (about 49 times their median).
+    values = np.array([[100.0 * p + 0.1 * i for p in range(4)] for i in range(8)])
+    values[6, 3] += 5
+    values[7, :3] += 5
+    rows = values.reshape(-1, 1)
+    plain = DenoiseSettings("knn", share=0.2, radius=0, neighbours=1, min_score=3.0, image_gate=None)
+    assert denoise_rows(rows, 8, (1, 4), plain).dropped.tolist() == [27, 28, 29, 30]
+    gated = denoise_rows(rows, 8, (1, 4), DenoiseSettings("knn", 0.2, 0, 1, min_score=3.0, image_gate=3.5))
+    assert gated.dropped.tolist() == [28, 29, 30]  # image 7's three patches; image 6's rare one (row 27) stays
+    assert gated.weights[gated.kept.tolist().index(27)] > 30  # kept, and weighed by its score
+    assert DenoiseSettings.from_parameters({"denoise": "knn", "denoise_image_gate": 3.5}).image_gate == 3.5
+
+
 def test_denoising_off_keeps_every_row_at_weight_one():
     result = denoise_rows(np.zeros((8, 3)), 2, (2, 2), DenoiseSettings())
     assert result.kept.tolist() == list(range(8)) and (result.weights == 1).all()
@@ -111,6 +141,7 @@ def test_one_image_has_nothing_to_compare_with():
         ({"method": "knn", "radius": -1}, "coreset.denoise_radius"),
         ({"method": "knn", "neighbours": 0}, "coreset.denoise_neighbours"),
         ({"method": "knn", "min_score": 0.5}, "coreset.denoise_min_score"),
+        ({"method": "knn", "image_gate": 0.0}, "coreset.denoise_image_gate"),
     ],
 )
 def test_bad_settings_name_the_parameter(settings, message):
@@ -176,11 +207,15 @@ def planted():
     return embedder, features.reshape(-1, d), (h, w), truth.reshape(-1)
 
 
-@pytest.mark.parametrize(("method", "min_precision"), [("knn", 0.9), ("lof", 0.85), ("gaussian", 0.7)])
-def test_denoising_drops_the_planted_patches_first(planted, method, min_precision):
+@pytest.mark.parametrize(
+    ("method", "min_precision", "image_gate"),
+    [("knn", 0.9, None), ("lof", 0.85, None), ("gaussian", 0.7, None), ("knn", 0.9, 3.5)],
+)
+def test_denoising_drops_the_planted_patches_first(planted, method, min_precision, image_gate):
     _, rows, grid, truth = planted
     share = truth.mean()  # drop exactly as many rows as were planted
-    result = denoise_rows(rows, N_GOOD, grid, DenoiseSettings(method, share=share, radius=1, neighbours=3))
+    settings = DenoiseSettings(method, share=share, radius=1, neighbours=3, image_gate=image_gate)
+    result = denoise_rows(rows, N_GOOD, grid, settings)
     dropped = np.zeros(len(rows), dtype=bool)
     dropped[result.dropped] = True
     precision = (dropped & truth).sum() / dropped.sum()
