@@ -137,7 +137,7 @@ def run_scenario(
     by_key = {s.key: s for s in samples}
     results = {}
     for name in names:
-        coreset_overrides, strategy = STRATEGIES.get(name, ({}, "federated_coreset"))
+        coreset_overrides, strategy = ({}, "federated_coreset") if name == MATCHED_CLEAN else STRATEGIES[name]
         lanes = clean_assignment if name == MATCHED_CLEAN else assignment
         coreset = {"ratio": 0.1, "max_size": 20000, "projection_dim": 128, "num_starts": 1, "device": "cpu", **coreset_overrides}
         uploads = []
@@ -206,16 +206,16 @@ def main() -> None:
     started = time.perf_counter()
     samples, infos, features = embed_dataset(root, workdir / f"{name}.features.npz")
     print(f"{name}: {len(samples)} images embedded in {time.perf_counter() - started:.0f} s; load average {os.getloadavg()[0]:.2f}")
-    for key, value in (
-        ("denoise_min_score", args.denoise_min_score),
-        ("denoise_neighbours", args.denoise_neighbours),
-        ("denoise_share", args.denoise_share),
-    ):
-        for overrides, _ in STRATEGIES.values():
-            if value is not None and "denoise" in overrides:
-                overrides[key] = value
+    denoise_overrides = {
+        "denoise_min_score": args.denoise_min_score,
+        "denoise_neighbours": args.denoise_neighbours,
+        "denoise_share": args.denoise_share,
+    }
     for overrides, _ in STRATEGIES.values():
-        if args.image_gate is not None and "denoise_image_gate" in overrides:
+        if "denoise" not in overrides:
+            continue
+        overrides.update((key, value) for key, value in denoise_overrides.items() if value is not None)
+        if args.image_gate is not None and overrides["denoise_image_gate"] is not None:  # the *_gated ones
             overrides["denoise_image_gate"] = args.image_gate
     grid = scenarios(args.clients)
     chosen = args.scenarios or list(grid)
