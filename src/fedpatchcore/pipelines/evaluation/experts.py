@@ -38,17 +38,20 @@ logger = logging.getLogger(__name__)
 class _Embedders:
     """One embedder per distinct network among the categories' settings."""
 
-    def __init__(self, backbone, extraction, scoring, tuned):
+    def __init__(self, backbone, extraction, scoring, tuned, category_info):
         self.backbone, self.extraction, self.scoring, self.tuned = backbone, extraction, scoring, tuned
+        self.category_info = category_info
         self._cache: dict[Any, Any] = {}
 
     def for_category(self, category: str, categories) -> tuple[Any, Any, dict[str, Any]]:
+        """The category's info at its setting's input size, its embedder and its scoring block."""
         setting = run_settings.category_settings(categories, self.backbone, self.extraction, self.scoring, self.tuned)[category]
         key = None if setting is None else setting.embedding_key
         backbone, extraction, scoring = run_settings.blocks_for(setting, self.backbone, self.extraction, self.scoring)
         if key not in self._cache:
             self._cache[key] = make_embedder(backbone, extraction)
-        return setting, self._cache[key], scoring
+        info = run_settings.info_for(setting, category_info_from_dict(self.category_info[category]))
+        return info, self._cache[key], scoring
 
 
 def choose_fusion_rules(
@@ -79,14 +82,13 @@ def choose_fusion_rules(
     index = index_for_bank(faiss_index, memory_bank, scoring, seed)
     banks = CategoryBanks.from_arrays(memory_bank).banks
     models = experts_from_arrays(expert_model)
-    embedders = _Embedders(backbone, extraction, scoring, tuned)
+    embedders = _Embedders(backbone, extraction, scoring, tuned, category_info)
     by_category = group_by_category(validation)
     rules = {}
     for category, model in models.items():
         if category not in by_category:
             raise ValueError(f"no validation image of category '{category}' to choose its fusion rule on")
-        setting, embedder, cat_scoring = embedders.for_category(category, models)
-        info = run_settings.info_for(setting, category_info_from_dict(category_info[category]))
+        info, embedder, cat_scoring = embedders.for_category(category, models)
         choice = choose_category_fusion(
             by_category[category],
             info,
@@ -133,14 +135,13 @@ def score_test_images_with_experts(
     (``<variant>.expert_scores``)."""
     ExpertSettings.from_parameters(experts, seed)  # the block is valid
     models = experts_from_arrays(expert_model)
-    embedders = _Embedders(backbone, extraction, scoring, tuned)
+    embedders = _Embedders(backbone, extraction, scoring, tuned, category_info)
     test = group_by_category([s for s in frame_to_samples(evaluation_index) if s.split == TEST])
     out: dict[str, np.ndarray] = {}
     for category, samples in test.items():
         if category not in models:
             raise KeyError(f"no experts for category '{category}': no client held its training images")
-        setting, embedder, _ = embedders.for_category(category, models)
-        info = run_settings.info_for(setting, category_info_from_dict(category_info[category]))
+        info, embedder, _ = embedders.for_category(category, models)
         scores = score_category_experts(
             samples,
             info,
