@@ -295,8 +295,10 @@ def run_pipeline(pipeline: str, params: str, code: Path = REPO, profile: bool = 
         result = Path(tmp) / "result.json"
         command = [sys.executable, __file__, "--child", pipeline, "--params", params, "--result", str(result),
                    "--code-dir", str(code)] + (["--profile-scoring"] if profile else [])  # fmt: skip
-        # The child imports the package from the code under test, whatever is installed.
-        env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(code / "src")}
+        # The child imports the package from the code under test, whatever is installed; what
+        # PYTHONPATH held (e.g. packages installed with pip --target) stays importable after it.
+        path = os.pathsep.join([str(code / "src"), *filter(None, [os.environ.get("PYTHONPATH")])])
+        env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "PYTHONPATH": path}
         subprocess.run(command, check=True, env=env)
         return json.loads(result.read_text())
 

@@ -30,12 +30,14 @@ from fedpatchcore.core.features.backbones import BackboneWeightsMissing, load_ba
 from fedpatchcore.core.features.embedding import PatchEmbedder, set_threads
 
 
-def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | None:
+def backbone_for_timing(name: str, args: argparse.Namespace, what: str = "benchmark"):
+    """``load_backbone(name)``; without its weights, a random-init WRN50 under
+    ``--random-init-timing-only`` (speed does not depend on the weight values), else None."""
     try:
-        backbone = load_backbone(name, device=args.device)
+        return load_backbone(name, device=args.device)
     except BackboneWeightsMissing as err:
         if not (args.random_init_timing_only and name == "wide_resnet50_2"):
-            print(f"[{name}] skipped: {err}")
+            print(f"[{name}] {what} skipped: {err}")
             return None
         # Timing only: speed does not depend on the weight values. Never used for features.
         from torchvision.models import wide_resnet50_2
@@ -43,7 +45,13 @@ def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | No
         from fedpatchcore.core.features.backbones import WideResNet50Features
 
         print(f"[{name}] weights absent: RANDOM-INIT network, timings only (--random-init-timing-only)")
-        backbone = WideResNet50Features(wide_resnet50_2(weights=None)).to(args.device)
+        return WideResNet50Features(wide_resnet50_2(weights=None)).to(args.device).freeze()
+
+
+def bench_backbone(name: str, args: argparse.Namespace) -> dict[str, float] | None:
+    backbone = backbone_for_timing(name, args)
+    if backbone is None:
+        return None
     embedder = PatchEmbedder(backbone, neighbourhood=3, device=args.device, precision=args.precision)
     device = embedder.device
     rng = np.random.default_rng(args.seed)
@@ -154,10 +162,8 @@ def bench_feature_stage(name: str, args: argparse.Namespace) -> dict[str, float]
     from fedpatchcore.core.data.synthetic import generate_synthetic_dataset
     from fedpatchcore.core.features.extraction import extract_patch_features
 
-    try:
-        backbone = load_backbone(name, device=args.device)
-    except BackboneWeightsMissing as err:
-        print(f"[{name}] stage benchmark skipped: {err}")
+    backbone = backbone_for_timing(name, args, "stage benchmark")
+    if backbone is None:
         return None
     embedder = PatchEmbedder(backbone, neighbourhood=3, device=args.device, precision=args.precision)
     n_images = args.batch_size * args.batches
@@ -182,11 +188,18 @@ def bench_feature_stage(name: str, args: argparse.Namespace) -> dict[str, float]
             .to(embedder.device)
             for i in range(0, n_images, args.batch_size)
         ]
+        on_cuda = embedder.device.type == "cuda"
+        if on_cuda:
+            bare_inputs = [x.contiguous(memory_format=torch.channels_last) for x in bare_inputs]
 
         def run_bare() -> None:
-            with torch.inference_mode():
+            # the embedding's arithmetic (autocast on CUDA's half precision; float32 on CPU: none),
+            # finished before the clock stops
+            with torch.inference_mode(), embedder._autocast():
                 for batch in bare_inputs:
                     backbone(batch)
+            if on_cuda:
+                torch.cuda.synchronize()
 
         def run_stage(round_number: int) -> None:
             extract_patch_features(
