@@ -121,6 +121,8 @@ def test_image_gate_keeps_a_clean_images_rare_patch_and_drops_a_defective_images
     gated = denoise_rows(rows, 8, (1, 4), DenoiseSettings("knn", 0.2, 0, 1, min_score=3.0, image_gate=3.5))
     assert gated.dropped.tolist() == [28, 29, 30]  # image 7's three patches; image 6's rare one (row 27) stays
     assert gated.weights[gated.kept.tolist().index(27)] > 30  # kept, and weighed by its score
+    assert [image for image, _ in gated.suspect_images(3.5)] == [7]  # what the client names to the user
+    assert plain.image_gate is None and gated.suspect_images(None) == []
     assert DenoiseSettings.from_parameters({"denoise": "knn", "denoise_image_gate": 3.5}).image_gate == 3.5
 
 

@@ -229,6 +229,23 @@ def test_denoising_client_drops_outlying_patches_before_k_center_and_weighs_its_
     np.testing.assert_array_equal(bank.row_weights("fabric"), local.weights["fabric"])
 
 
+def test_denoising_client_names_the_training_images_that_stand_out(tmp_path, caplog):
+    # 8 images of a 2x4 grid, alike at each position; image 5 is off by a lot at three positions.
+    rng = np.random.default_rng(1)
+    rows = (np.arange(8)[None, :, None] * 10.0 + rng.normal(0, 0.1, (8, 8, 6))).astype(np.float32)
+    rows[5, :3] += 50.0
+    writer = PatchFeatureWriter(tmp_path / "plate.npy", dim=6, projection_dim=8, seed=0)
+    writer.append(rows.reshape(-1, 6))
+    keys = [f"plate/train/good/{i:03d}.png" for i in range(8)]
+    extracted = ExtractedFeatures({"plate": writer.close()}, {"plate": keys}, {"plate": (2, 4)})
+    settings = _client_settings(denoise="knn", denoise_radius=0, denoise_neighbours=1)
+    with caplog.at_level("WARNING", logger=client.__name__):
+        client.select_local_coreset(extracted, settings)
+    flagged = [r.getMessage() for r in caplog.records if "stand out" in r.getMessage()]
+    assert len(flagged) == 1 and "plate/train/good/005.png" in flagged[0]
+    assert "004.png" not in flagged[0] and "1 of 8 training images" in flagged[0]
+
+
 def test_uploads_name_the_half_of_the_images_each_row_came_from(features):
     extracted, _ = features
     settings = _client_settings(upload_folds=True)

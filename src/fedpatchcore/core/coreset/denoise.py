@@ -33,6 +33,8 @@ a whole may be dropped: the robust z-score (median, MAD over the category's imag
 image's 3rd-highest row score. A defect is a cluster of outlying patches in one image, a clean
 image's rare normal patch is alone; this is what lets ``knn`` (better recall of weak defects than
 ``lof``) run on a clean folder without dropping its rare normal patches.
+:meth:`DenoiseResult.suspect_images` lists the images the gate lets through, most outlying first:
+the client logs them by key, as "good" images a user should look at again.
 
 The weight of a kept row is that ratio, floored at 1: a row as typical as its position's
 median, or more, keeps its distances unchanged, a row ``w`` times more outlying multiplies the
@@ -134,6 +136,17 @@ class DenoiseResult:
     kept: np.ndarray  # (M,) int64, increasing: rows of the feature file k-center may choose
     weights: np.ndarray  # (M,) float32 >= 1, one per kept row
     scores: np.ndarray  # (N,) float32, every row's outlier score over its window's median
+    # (n_images,) each image's outlyingness (image_outlyingness); None when nothing was scored
+    image_outlyingness: np.ndarray | None = None
+
+    def suspect_images(self, gate: float | None) -> list[tuple[int, float]]:
+        """(image position, outlyingness) of the images at least ``gate`` outlying, most first:
+        the "good" images a user should look at (None: no gate, no suspects)."""
+        if gate is None or self.image_outlyingness is None:
+            return []
+        flagged = np.flatnonzero(self.image_outlyingness >= gate)
+        flagged = flagged[np.argsort(-self.image_outlyingness[flagged], kind="stable")]
+        return [(int(i), float(self.image_outlyingness[i])) for i in flagged]
 
     @property
     def dropped(self) -> np.ndarray:
@@ -336,18 +349,18 @@ def denoise_rows(vectors: np.ndarray, n_images: int, grid: tuple[int, int], sett
     if not settings.enabled:
         return DenoiseResult(np.arange(n_rows, dtype=np.int64), np.ones(n_rows, np.float32), np.ones(n_rows, np.float32))
     scores = outlier_scores(vectors, n_images, grid, settings.method, settings.radius, settings.neighbours)
+    outlyingness = image_outlyingness(scores, n_images) if n_images > 1 else None
     n_drop = int(np.floor(settings.share * n_rows))
     eligible = scores >= settings.min_score  # a clean folder's tail is not noise
-    if settings.image_gate is not None and n_images > 1:
-        gated = image_outlyingness(scores, n_images) >= settings.image_gate
-        eligible &= np.repeat(gated, n_rows // int(n_images))
+    if settings.image_gate is not None and outlyingness is not None:
+        eligible &= np.repeat(outlyingness >= settings.image_gate, n_rows // int(n_images))
     order = np.lexsort((np.arange(n_rows), -scores))  # most outlying first, earlier row first on ties
     dropped = order[eligible[order]][:n_drop]
     mask = np.ones(n_rows, dtype=bool)
     mask[dropped] = False
     kept = np.flatnonzero(mask)
     weights = np.maximum(scores[kept], 1.0).astype(np.float32)
-    return DenoiseResult(kept.astype(np.int64), weights, scores)
+    return DenoiseResult(kept.astype(np.int64), weights, scores, outlyingness)
 
 
 def denoise_feature_file(

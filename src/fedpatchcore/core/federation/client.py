@@ -391,6 +391,15 @@ def select_local_coreset(features: ExtractedFeatures, settings: ClientSettings) 
                 "client %s: %s denoising (%s) dropped %d of %d patch vectors",
                 settings.client_id, category, denoise.method, feature_file.n_rows - len(kept), feature_file.n_rows,
             )
+            suspects = result.suspect_images(denoise.image_gate)
+            if suspects:  # the "good" images a user should look at: likely defective parts
+                keys = features.image_keys[category]
+                logger.warning(
+                    "client %s: %s: %d of %d training images stand out as a whole (outlyingness >= %s), check "
+                    "them for defects: %s",
+                    settings.client_id, category, len(suspects), len(keys), denoise.image_gate,
+                    ", ".join(f"{keys[i]} ({z:.1f})" for i, z in suspects),
+                )
         chosen = select_coreset_streaming(
             feature_file, k, seed=settings.seed, num_starts=settings.coreset_num_starts, device=device, candidates=kept
         )
