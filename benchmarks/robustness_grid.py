@@ -21,7 +21,8 @@ before the swap, scored on the same test images (the swap sets the defective ima
 aside from evaluation, so the ``clean`` row is scored on more and other defects), and prints
 the share of that loss each strategy recovers; it also adds ``oracle_filter``, the noisy partition
 less every planted image: the swap removed as many clean images, so that is the most a filter can
-recover:
+recover (``--plant beside`` keeps those clean images and only adds the defective ones, so a perfect
+filter recovers the whole loss; ``heterogeneity.label_noise`` swaps):
 
     python benchmarks/robustness_grid.py --data-seed 0 --size 128 --n-train 24 --test-good 16 --test-per-defect 6 \
         --seeds 0 1 2 3 4 5 --strategies federated_coreset denoise denoise_knn_gated --matched-clean
@@ -118,9 +119,12 @@ def embed_dataset(root: Path, cache: Path) -> tuple[list, dict, dict[str, np.nda
 
 
 def run_scenario(
-    samples, infos, features, workdir: Path, seed: int, num_clients: int, heterogeneity: dict, names, options=None
+    samples, infos, features, workdir: Path, seed: int, num_clients: int, heterogeneity: dict, names, options=None,
+    plant: str = "swap",
 ):
-    """{strategy: {category: image AUC-ROC}} for one partition seed and scenario."""
+    """{strategy: {category: image AUC-ROC}} for one partition seed and scenario (``plant``: the
+    defective images replace as many clean ones, as ``heterogeneity.label_noise`` does, or join
+    them, ``beside``)."""
     train = [s for s in samples if s.split == TRAIN]
     assignment = make_partition(train, "iid", num_clients=num_clients, seed=seed)
     specs = parse_heterogeneity(heterogeneity)
@@ -139,7 +143,10 @@ def run_scenario(
             defective.setdefault(s.category, []).append(s.key)
     pool = label_noise_pool(defective, needed, seed)
     clean_assignment = assignment
-    assignment, _ = apply_label_noise(assignment, samples, specs, pool, seed)
+    assignment, swaps = apply_label_noise(assignment, samples, specs, pool, seed)
+    if plant == "beside":  # the clean images the swap removed stay: the folder only gains defective ones
+        removed = {cid: {k for per in by_cat.values() for k in per["removed"]} for cid, by_cat in swaps.items()}
+        assignment = {cid: sorted(set(keys) | removed.get(str(cid), set())) for cid, keys in assignment.items()}
     reserved = {key for keys in pool.values() for key in keys}  # the planted images
     by_key = {s.key: s for s in samples}
     results = {}
@@ -203,6 +210,11 @@ def main() -> None:
         help=f"also score {MATCHED_CLEAN} and {ORACLE} in every noisy scenario and print the share of the loss "
         "each strategy recovers",
     )
+    parser.add_argument(
+        "--plant", choices=("swap", "beside"), default="swap",
+        help="swap: planted defective images replace as many clean ones (heterogeneity.label_noise); beside: they "
+        "join them, so a perfect filter recovers the whole loss",
+    )
     parser.add_argument("--confirm-quantile", type=float, default=None, help="aggregation.options.confirm_quantile")
     parser.add_argument("--workdir", default=None, help="dataset and feature cache (default: a temporary folder)")
     parser.add_argument("--json", default=None, help="also write every per-seed, per-category value here")
@@ -241,7 +253,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory(dir=workdir) as scratch:
                 options = {} if args.confirm_quantile is None else {"confirm_quantile": args.confirm_quantile}
                 result = run_scenario(
-                    samples, infos, features, Path(scratch), seed, num_clients, heterogeneity, names, options
+                    samples, infos, features, Path(scratch), seed, num_clients, heterogeneity, names, options, args.plant
                 )
             for strategy, per_category in result.items():
                 values.setdefault(scenario, {}).setdefault(strategy, {})[seed] = per_category
